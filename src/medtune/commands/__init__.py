@@ -1,0 +1,1 @@
+"""One module per CLI command; each defines NAME, a docstring (the help text) and `command`."""

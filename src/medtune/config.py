@@ -1,0 +1,329 @@
+"""The run configuration: one YAML file, validated into typed sections, one per stage.
+
+`load_config(path, overrides)` is the only entry point. Every problem in a file (unknown keys,
+wrong types, impossible values) is collected and reported at once, each naming the file and the
+dotted key, with what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medtune.errors import ConfigError
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+SAMPLE_DATA = "builtin:reasonmed-sample"
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DecontaminationConfig(Section):
+    """Drop training records whose question matches an evaluation item (see `medtune.data.decontaminate`)."""
+
+    enabled: bool = Field(False, description="Turn decontamination on.")
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["pubmedqa", "medqa", "medmcqa", "mmlu_medical"],
+        description="Benchmarks whose test items are matched against training questions.",
+    )
+    ngram: int = Field(13, ge=3, le=50, description="n-gram length (words) for the overlap test.")
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="Fraction of a test item's n-grams found in a training question that counts as a match."
+    )
+
+
+class DataConfig(Section):
+    """Where the training data comes from and how it becomes tokenized chat examples."""
+
+    dataset: str | None = Field(None, description="Hugging Face dataset id, e.g. lingshu-medical-mllm/ReasonMed.")
+    dataset_config: str | None = Field(None, description="Dataset config/subset name on the hub.")
+    split: str = Field("train", description="Split to load from the hub.")
+    data_files: list[str] | None = Field(
+        None, description="Files inside the hub dataset to load (e.g. ReasonMed.json)."
+    )
+    files: list[str] = Field(
+        default_factory=list,
+        description=f"Local .jsonl/.json/.parquet files, or '{SAMPLE_DATA}' for the shipped sample set.",
+    )
+    format: Literal["auto", "reasonmed", "conversations", "sharegpt", "messages", "prompt_completion"] = Field(
+        "auto", description="Record format; 'auto' detects it from the first record's keys."
+    )
+    system_prompt: str | None = Field(None, description="System message prepended to every example.")
+    val_size: float = Field(
+        0.05, ge=0, description="Validation share (<1) or count (>=1) of the kept records."
+    )
+    max_length: int = Field(2048, ge=16, description="Maximum tokens per example (prompt + reply).")
+    too_long: Literal["drop", "truncate"] = Field("drop", description="What to do with examples over max_length.")
+    invalid: Literal["skip", "error"] = Field(
+        "skip", description="'skip' drops bad records and counts them by reason; 'error' stops at the first."
+    )
+    deduplicate: bool = Field(True, description="Drop exact duplicate records.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N records (after loading).")
+    num_proc: int | None = Field(None, ge=1, description="Worker processes for tokenization (default: CPU count).")
+    decontaminate: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if bool(self.dataset) == bool(self.files):
+            raise ValueError("set exactly one of data.dataset (a hub id) or data.files (local files)")
+        return self
+
+
+class ModelConfig(Section):
+    """The base model to fine-tune."""
+
+    base: str = Field(
+        EMBEDDED_MODEL,
+        description=f"Hub id, local Hugging Face directory, a .gguf file, or '{EMBEDDED_MODEL}'.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub repository to run.")
+    pad_token: str | None = Field(
+        None, description="Pad token to use; default: a reserved token of the vocabulary, never EOS."
+    )
+    chat_template: str | None = Field(
+        None, description="Path to a Jinja chat template that replaces the tokenizer's own."
+    )
+    license: str | None = Field(None, description="Base model licence, recorded in GGUF metadata and the model card.")
+
+
+class LoraConfig(Section):
+    """PEFT LoRA adapter shape."""
+
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or 'all-linear'.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one module name, or 'all-linear'")
+        return value
+
+
+class TrainConfig(Section):
+    """LoRA supervised fine-tuning."""
+
+    epochs: float = Field(3, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch (unpacked).")
+    gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where supported, else fp16 (LoRA weights fp32) on GPU, fp32 on CPU."
+    )
+    packing: Literal["auto", "on", "off"] = Field(
+        "auto", description="Padding-free packed batches (auto: on for GPU, off for CPU)."
+    )
+    max_tokens_per_batch: int = Field(
+        16384, ge=64, description="Token budget of one packed micro-batch on GPU."
+    )
+    attention: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; auto picks varlen flash attention for packed GPU batches."
+    )
+    liger_kernels: Literal["auto", "on", "off"] = Field("auto", description="Fused Liger kernels when installed (GPU).")
+    compile: bool = Field(False, description="torch.compile the model (GPU).")
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int = Field(100, ge=1, description="Validation loss every N optimizer steps.")
+    save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(3, ge=1)
+    dataloader_workers: int = Field(0, ge=0)
+    test_question: bool = Field(True, description="Answer the seed's test question with the adapter after training.")
+
+
+class MergeConfig(Section):
+    """Merging the adapter into a full-precision base, then checking it still is the same model."""
+
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Precision of the merged weights (auto: fp32 on CPU, bf16 on GPU)."
+    )
+    verify_prompts: int = Field(8, ge=1, description="Validation prompts used to compare merged vs base+adapter.")
+    max_abs_diff: float = Field(1e-3, gt=0, description="Largest allowed logit difference in fp32.")
+
+
+class ExportConfig(Section):
+    """GGUF conversion and quantization through llama.cpp."""
+
+    outtype: Literal["f16", "bf16"] = Field("f16", description="16-bit GGUF written by llama.cpp's converter.")
+    quant_types: list[str] = Field(
+        default_factory=lambda: ["Q4_K_M", "Q5_K_M", "Q8_0"],
+        description="llama.cpp quantization types to make from the 16-bit file.",
+    )
+    verify_prompts: int = Field(8, ge=1, description="Validation prompts for logit agreement checks.")
+    min_f16_top1: float = Field(0.99, ge=0, le=1, description="Required top-1 agreement of the 16-bit GGUF with the merged model.")
+    ollama_modelfile: bool = True
+    n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores).")
+
+
+class BenchmarkSpec(Section):
+    """One benchmark to run: a registered name plus where its data comes from."""
+
+    name: str = Field(description="Registered benchmark name, e.g. pubmedqa, medqa, medmcqa, mmlu_medical.")
+    path: str | None = Field(None, description="Local data in the benchmark's original format; default: the hub.")
+    limit: int | None = Field(None, ge=1, description="Evaluate a fixed seeded subset of N items.")
+
+
+class EvalConfig(Section):
+    """Benchmarks run on every artifact."""
+
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+    modes: list[Literal["loglik", "cot"]] = Field(default_factory=lambda: ["loglik"])
+    artifacts: list[str] = Field(
+        default_factory=lambda: ["base", "merged", "gguf"],
+        description="What to evaluate: base, adapter, merged, gguf (every file), or gguf:TYPE.",
+    )
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(512, ge=1, description="Generation budget in cot mode.")
+    bootstrap_samples: int = Field(1000, ge=100)
+
+
+class RunConfig(Section):
+    """A whole run: run-level fields plus one section per stage."""
+
+    name: str = Field(description="Run name; the run directory is <output_dir>/<name>.")
+    output_dir: str = Field("runs", description="Parent folder of run directories.")
+    seed: int = Field(42, description="Seed for splits, sampling and training.")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names a folder and files)")
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def section_dump(self, section: str) -> dict[str, Any]:
+        """The JSON-able contents of one section (used for stage fingerprints)."""
+        return getattr(self, section).model_dump(mode="json")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML scalars (1e-4, true, [a, b])."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return raw
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML 1.1 reads "1e-4" as a string; accept it as the float a user means.
+    try:
+        return float(text) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", text.strip()) else yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config.
+
+    Raises ConfigError listing every problem, each as `file: key: message`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, model, ...)")
+    raw = _fix_yaml_floats(apply_overrides(raw, overrides or []))
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def _fix_yaml_floats(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", node.strip()):
+        return float(node)
+    return node
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s) in the config:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            lines.append(f"  - {key}: unknown key; allowed here: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            lines.append(f"  - {key}: required, but missing")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"  - {key}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an index into a list of sections
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def save_resolved_config(config: RunConfig, destination: Path) -> None:
+    """Write the fully resolved config (defaults filled in) as YAML, atomically."""
+    from medtune.artifacts import atomic_write_text
+
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    atomic_write_text(destination, text)

@@ -1,0 +1,125 @@
+"""Loading the base model's tokenizer and making it fit for training.
+
+Fix-ups, each for a known failure of naive recipes:
+- pad must differ from EOS, or EOS positions get masked out of the loss and the model never learns
+  to stop. A reserved token of the vocabulary is used (no embedding resize), e.g. Llama 3's
+  `<|finetune_right_pad_id|>`.
+- a chat template must be present: rendering and the exported GGUF both depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from medtune.config import EMBEDDED_MODEL, ModelConfig
+from medtune.errors import ModelError
+
+# Reserved tokens that are never produced by chat templates, tried in order as the pad token.
+PAD_CANDIDATES = (
+    "<|finetune_right_pad_id|>",
+    "<|pad|>",
+    "<pad>",
+    "[PAD]",
+    "<|reserved_special_token_0|>",
+    "<|endoftext|>",
+    "<unk>",
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights and tokenizer come from."""
+
+    kind: str  # "hub", "local", "gguf"
+    path: str  # hub id, directory, or the directory holding the .gguf
+    gguf_file: str | None = None
+
+    def load_kwargs(self) -> dict[str, str]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model_source(base: str) -> ModelSource:
+    """Classify `model.base`: the embedded default, a .gguf file, a local directory, or a hub id."""
+    if base == EMBEDDED_MODEL:
+        from medtune.embedded import smollm2_gguf_path
+
+        gguf = smollm2_gguf_path()
+        return ModelSource("gguf", str(gguf.parent), gguf.name)
+    path = Path(base).expanduser()
+    if base.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"model.base: GGUF file {base} does not exist")
+        return ModelSource("gguf", str(path.resolve().parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.base: {base} is a folder but has no config.json (not a Hugging Face model folder)")
+        return ModelSource("local", str(path.resolve()))
+    if path.exists() or base.startswith((".", "/", "~")) or base.count("/") > 1:
+        raise ModelError(f"model.base: {base} is neither a model folder, a .gguf file, nor a hub id (owner/name)")
+    return ModelSource("hub", base)
+
+
+def load_tokenizer(model: ModelConfig):
+    """Load the base model's tokenizer with a pad token distinct from EOS and a chat template.
+
+    Raises ModelError if no chat template is available or no safe pad token can be chosen.
+    """
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(model.base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path,
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            **source.load_kwargs(),
+        )
+    except OSError as exc:
+        raise ModelError(f"model.base: cannot load the tokenizer of {model.base}: {exc}") from exc
+    if model.chat_template:
+        template_path = Path(model.chat_template)
+        if not template_path.is_file():
+            raise ModelError(f"model.chat_template: file {template_path} does not exist")
+        tokenizer.chat_template = template_path.read_text(encoding="utf-8")
+    if not tokenizer.chat_template:
+        raise ModelError(
+            f"the tokenizer of {model.base} has no chat template; use an instruct/chat model "
+            "or set model.chat_template to a Jinja template file"
+        )
+    fix_pad_token(tokenizer, model.pad_token)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def fix_pad_token(tokenizer, requested: str | None = None) -> str:
+    """Set a pad token that is in the vocabulary and is not the EOS token; return it."""
+    eos = tokenizer.eos_token
+    vocab = tokenizer.get_vocab()
+    candidates = [requested] if requested else list(PAD_CANDIDATES)
+    for token in candidates:
+        if token and token in vocab and token != eos:
+            tokenizer.pad_token = token
+            return token
+    if requested:
+        raise ModelError(
+            f"model.pad_token: {requested!r} is {'the EOS token' if requested == eos else 'not in the vocabulary'}; "
+            "pick another reserved token"
+        )
+    raise ModelError(
+        f"no reserved token to pad with in this vocabulary (EOS is {eos!r}); set model.pad_token to an unused token"
+    )
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The token the chat template emits after each assistant reply (e.g. <|im_end|>, <|eot_id|>)."""
+    probe = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "MEDTUNE_PROBE"}], tokenize=False
+    )
+    tail = probe.split("MEDTUNE_PROBE", 1)[1]
+    for token in tokenizer.all_special_tokens:
+        if token and tail.lstrip().startswith(token):
+            return token
+    if tokenizer.eos_token and tokenizer.eos_token in tail:
+        return tokenizer.eos_token
+    raise ModelError("the chat template emits no special end-of-turn token after a reply; generation would never stop")
