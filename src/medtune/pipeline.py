@@ -1,0 +1,221 @@
+"""The pipeline: prepare -> train -> merge -> export -> eval, resumable and self-describing.
+
+Each stage's manifest entry holds a fingerprint of its inputs: the config sections it reads, the
+run-level fields, and the digests of the earlier stages' outputs. A rerun skips a stage whose
+fingerprint is unchanged and whose recorded outputs still verify (size + sha256), so changing
+e.g. `export.quant_types` redoes export and eval only.
+
+A stage that is interrupted (Ctrl-C, kill -9) leaves only temporary folders (`*.tmp-PID`), which
+the next run deletes, and a manifest entry with status "running". Training resumes from its last
+checkpoint when the interrupted attempt had the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtune.artifacts import (
+    describe_outputs,
+    fingerprint,
+    read_manifest,
+    record_stage,
+    remove_stale_temporaries,
+    sha256_file,
+)
+from medtune.config import RunConfig, save_resolved_config
+from medtune.errors import ConfigError, MedtuneError
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    output: str  # folder under the run directory that the stage writes
+    sections: tuple[str, ...]  # config sections it reads
+    after: tuple[str, ...]  # earlier stages whose outputs it reads
+    target: str  # "module:function", called with the RunConfig (train also gets resume=)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", "data", ("data", "model"), (), "medtune.data.prepare:prepare_data"),
+    Stage("train", "adapter", ("model", "lora", "train"), ("prepare",), "medtune.train.trainer:train_adapter"),
+    Stage("merge", "merged", ("model", "merge"), ("train",), "medtune.merge:merge_adapter"),
+    Stage("export", "gguf", ("model", "export"), ("merge",), "medtune.export:export_gguf"),
+    Stage("eval", "eval", ("model", "eval"), ("prepare", "train", "merge", "export"), "medtune.eval.stage:evaluate"),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    action: str  # "ran", "skipped", "resumed"
+    seconds: float
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_by_name(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
+
+
+def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any]) -> str:
+    """Hash of everything the stage's result depends on."""
+    inputs = {}
+    for dependency in stage.after:
+        entry = manifest.get("stages", {}).get(dependency, {})
+        inputs[dependency] = entry.get("outputs_digest")
+    return fingerprint(
+        {
+            "stage": stage.name,
+            "run": {"name": config.name, "seed": config.seed},
+            "sections": {section: config.section_dump(section) for section in stage.sections},
+            "inputs": inputs,
+        }
+    )
+
+
+def outputs_verify(run_dir: Path, entry: dict[str, Any]) -> tuple[bool, str]:
+    """Check that every file recorded for a stage still exists with its size and sha256."""
+    outputs = entry.get("outputs") or []
+    if not outputs:
+        return False, "no outputs recorded"
+    for record in outputs:
+        path = run_dir / record["path"]
+        if not path.is_file():
+            return False, f"{record['path']} is missing"
+        if path.stat().st_size != record["size"]:
+            return False, f"{record['path']} changed size"
+        if sha256_file(path) != record["sha256"]:
+            return False, f"{record['path']} changed content"
+    return True, "outputs verified"
+
+
+def _call(stage: Stage) -> Callable[..., Any]:
+    module_name, _, function_name = stage.target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOutcome:
+    """Run one stage unconditionally and record it (used by the single-stage commands too)."""
+    stage = stage_by_name(name)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(config, run_dir / "config.yaml")
+    remove_stale_temporaries(run_dir)
+    _require_inputs(run_dir, stage)
+    manifest = read_manifest(run_dir)
+    current = stage_fingerprint(config, stage, manifest)
+    record_stage(run_dir, stage.name, {"status": "running", "fingerprint": current})
+    started = time.perf_counter()
+    kwargs = {"resume": resume} if stage.name == "train" else {}
+    result = _call(stage)(config, **kwargs)
+    seconds = time.perf_counter() - started
+    outputs = describe_outputs([run_dir / stage.output], run_dir)
+    own = read_manifest(run_dir).get("stages", {}).get(stage.name, {})
+    figures = {k: v for k, v in own.items() if k not in {"status", "fingerprint", "outputs", "recorded_at"}}
+    figures.update(_figures_from_result(result))
+    record_stage(
+        run_dir,
+        stage.name,
+        {
+            **figures,
+            "status": "done",
+            "fingerprint": current,
+            "outputs": outputs,
+            "outputs_digest": fingerprint(outputs),
+            "seconds": round(seconds, 2),
+        },
+    )
+    # Later stages were built from the old outputs: their fingerprints no longer match, so a
+    # `medtune run` redoes them. Nothing to clean up here.
+    return StageOutcome(stage.name, "resumed" if resume else "ran", seconds, "", figures)
+
+
+def _figures_from_result(result: Any) -> dict[str, Any]:
+    figures = getattr(result, "figures", None)
+    if callable(figures):
+        figures = figures()
+    return dict(figures) if isinstance(figures, dict) else {}
+
+
+def _require_inputs(run_dir: Path, stage: Stage) -> None:
+    manifest = read_manifest(run_dir).get("stages", {})
+    for dependency in stage.after:
+        if dependency == "export" and stage.name == "eval":
+            continue  # eval evaluates whatever artifacts exist and are requested
+        if dependency in ("train", "merge") and stage.name == "eval":
+            continue
+        if manifest.get(dependency, {}).get("status") != "done":
+            raise MedtuneError(
+                f"stage '{stage.name}' needs the output of '{dependency}', which has not completed in {run_dir}; "
+                f"run `medtune {dependency}` (or `medtune run`) first"
+            )
+
+
+def run_pipeline(
+    config: RunConfig,
+    *,
+    force: str | None = None,
+    until: str | None = None,
+    on_event: Callable[[str, str], None] = lambda stage, message: None,
+) -> list[StageOutcome]:
+    """Walk the stages in order, skipping those whose fingerprint and outputs are unchanged.
+
+    force: redo this stage and every stage after it. until: stop after this stage.
+    Raises MedtuneError naming the failing stage; earlier good artifacts stay untouched.
+    """
+    if force is not None:
+        stage_by_name(force)
+    if until is not None:
+        stage_by_name(until)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(config, run_dir / "config.yaml")
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        on_event("run", f"removed {len(removed)} unfinished temporary artifact(s) from an interrupted run")
+    outcomes: list[StageOutcome] = []
+    forcing = False
+    for stage in STAGES:
+        forcing = forcing or stage.name == force
+        manifest = read_manifest(run_dir)
+        entry = manifest.get("stages", {}).get(stage.name, {})
+        current = stage_fingerprint(config, stage, manifest)
+        if not forcing and entry.get("status") == "done" and entry.get("fingerprint") == current:
+            ok, why = outputs_verify(run_dir, entry)
+            if ok:
+                outcomes.append(StageOutcome(stage.name, "skipped", 0.0, "unchanged, outputs verified", entry))
+                on_event(stage.name, "skipped: inputs unchanged and outputs verified")
+                if stage.name == until:
+                    break
+                continue
+            on_event(stage.name, f"redoing: {why}")
+        resume = False
+        if stage.name == "train":
+            interrupted_same = entry.get("status") == "running" and entry.get("fingerprint") == current
+            resume = interrupted_same and not forcing and (run_dir / CHECKPOINTS).is_dir()
+            if not resume and (run_dir / CHECKPOINTS).exists():
+                shutil.rmtree(run_dir / CHECKPOINTS)  # checkpoints of another recipe or data
+        on_event(stage.name, "resuming from the last checkpoint" if resume else "running")
+        try:
+            outcome = run_stage(config, stage.name, resume=resume)
+        except MedtuneError as exc:
+            raise MedtuneError(f"stage '{stage.name}' failed: {exc}") from exc
+        outcomes.append(outcome)
+        if stage.name == until:
+            break
+    if until is None:
+        from medtune.model_card import write_model_card
+
+        write_model_card(config)
+    return outcomes
