@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Set up the one pinned llama.cpp that medtune uses for conversion, quantization and inference.
+#
+#   bash scripts/setup-llama-cpp.sh          # with the project's virtualenv active
+#
+# What it does (idempotent; a second run takes seconds):
+#   1. Gets the llama-cpp-python sdist (pinned version below). The sdist vendors the full llama.cpp
+#      tree at the exact commit it builds, so converter, quantizer and runtime always agree.
+#      Looked for in $MEDTUNE_LLAMA_SDIST, then the cache, then fetched with
+#      `pip download --no-deps --no-binary :all: llama-cpp-python==VERSION` (package index only).
+#   2. Extracts the converter (convert_hf_to_gguf.py, conversion/, gguf-py/) to
+#      $CACHE/llama.cpp-VERSION/ (medtune finds it there; LLAMA_CPP_DIR overrides with a checkout).
+#   3. Builds llama-cpp-python from that sdist into the active Python, once, and caches the wheel
+#      under $CACHE/wheels/ keyed by version + CMake flags + compiler; later runs reinstall it.
+#      The quantizer is llama.cpp's C API (llama_model_quantize) exposed by that same library,
+#      so no separate llama-quantize binary is built.
+#
+# Why these build flags (x86-64):
+#   A default build uses GGML_NATIVE=ON (-march=native). On AMX-capable CPUs that turns on ggml's
+#   AMX kernels, and GCC 12.2 miscompiles their tile set-up (ldtilecfg faults: segfaults on quantized
+#   models, ~400x slowdown on F16; upstream llama.cpp issue #20824). ggml's runtime dispatch
+#   (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS) is no cure here: it builds 13 CPU variants (far too
+#   slow to build on small machines) and picks its "sapphirerapids" AMX variant on exactly the CPUs
+#   that crash, and llama-cpp-python does not load dynamic backends by itself.
+#   So: GGML_NATIVE=OFF and every ISA switch set explicitly from what THIS machine's CPU reports in
+#   /proc/cpuinfo (SSE4.2, AVX, F16C, FMA, AVX2, BMI2, AVX-VNNI, AVX512F/VBMI/VNNI/BF16), and AMX
+#   always OFF. The wheel is built where it runs, and the cache key includes the flag set, so a
+#   cache shared with a machine whose CPU has fewer features never hands it an unusable wheel.
+#   MEDTUNE_LLAMA_CPU=avx2 builds the x86-64-v3 set (AVX2/FMA/F16C/BMI2; runs on any x86-64 from
+#   ~2013 on) and MEDTUNE_LLAMA_CPU=baseline builds with no SIMD beyond SSE2 (any x86-64), for
+#   wheels meant to be copied to other machines. On non-x86 CPUs the upstream default (native) is
+#   kept: the AMX problem is x86-only.
+#   Your own CMAKE_ARGS (e.g. CMAKE_ARGS="-DGGML_CUDA=on") are appended after ours, so they win.
+#
+# Environment: MEDTUNE_CACHE_DIR (default ~/.cache/medtune), MEDTUNE_LLAMA_SDIST (a local sdist),
+#   LLAMA_CPP_DIR (your llama.cpp checkout for the converter), CMAKE_ARGS, MEDTUNE_LLAMA_CPU,
+#   MEDTUNE_LLAMA_REBUILD=1 (ignore the cached wheel), PYTHON (default: python of the active venv).
+set -euo pipefail
+
+VERSION="0.3.36"   # keep in sync with LLAMA_CPP_PYTHON_VERSION in src/medtune/llamacpp.py
+PY="${PYTHON:-python}"
+CACHE="${MEDTUNE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/medtune}"
+SDIST_DIR="$CACHE/sdist"
+SDIST="$SDIST_DIR/llama_cpp_python-$VERSION.tar.gz"
+TREE="$CACHE/llama.cpp-$VERSION"
+say() { printf '[setup-llama-cpp] %s\n' "$*"; }
+die() { printf '[setup-llama-cpp] error: %s\n' "$*" >&2; exit 1; }
+
+"$PY" -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null \
+  || die "needs Python >= 3.10 as '$PY' (activate the project's virtualenv or set PYTHON)"
+[ -n "${VIRTUAL_ENV:-}" ] || say "note: no virtualenv active; installing into $("$PY" -c 'import sys; print(sys.prefix)')"
+mkdir -p "$SDIST_DIR" "$CACHE/wheels"
+
+# ---- 1. the sdist ---------------------------------------------------------------------------
+if [ ! -s "$SDIST" ]; then
+  if [ -n "${MEDTUNE_LLAMA_SDIST:-}" ] && [ -s "$MEDTUNE_LLAMA_SDIST" ]; then
+    say "using sdist $MEDTUNE_LLAMA_SDIST"
+    cp "$MEDTUNE_LLAMA_SDIST" "$SDIST.part" && mv "$SDIST.part" "$SDIST"
+  else
+    say "fetching llama-cpp-python==$VERSION sdist from the package index"
+    tmp="$(mktemp -d "$SDIST_DIR/dl.XXXXXX")"
+    "$PY" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$tmp" \
+      || die "could not download the llama-cpp-python==$VERSION sdist; set MEDTUNE_LLAMA_SDIST=/path/to/llama_cpp_python-$VERSION.tar.gz"
+    mv "$tmp"/llama_cpp_python-"$VERSION".tar.gz "$SDIST" && rm -rf "$tmp"
+  fi
+fi
+
+# ---- 2. the converter tree ------------------------------------------------------------------
+if [ ! -f "$TREE/.complete" ]; then
+  say "extracting the llama.cpp converter to $TREE"
+  tmp="$(mktemp -d "$CACHE/tree.XXXXXX")"
+  top="llama_cpp_python-$VERSION/vendor/llama.cpp"
+  tar -xzf "$SDIST" -C "$tmp" \
+    "$top/convert_hf_to_gguf.py" "$top/conversion" "$top/gguf-py" "$top/requirements" \
+    "$top/requirements.txt" "$top/LICENSE"
+  rm -rf "$TREE"
+  mv "$tmp/$top" "$TREE" && rm -rf "$tmp"
+  echo "llama-cpp-python $VERSION" > "$TREE/.complete"
+fi
+# The converter puts its own gguf-py first on sys.path; its other imports must be in this Python.
+missing="$("$PY" - <<'EOF'
+import importlib.util
+need = {"numpy": "numpy", "torch": "torch", "sentencepiece": "sentencepiece",
+        "safetensors": "safetensors", "transformers": "transformers", "yaml": "pyyaml",
+        "tqdm": "tqdm", "jinja2": "jinja2"}
+print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
+EOF
+)"
+if [ -n "$missing" ]; then
+  say "installing the converter's Python needs: $missing"
+  "$PY" -m pip install --quiet $missing
+fi
+
+# ---- 3. the runtime -------------------------------------------------------------------------
+arch="$(uname -m)"
+ours=""
+if [ "$arch" = "x86_64" ] || [ "$arch" = "amd64" ]; then
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+  has() { case "$flags" in *" $1 "*) echo ON;; *) echo OFF;; esac; }
+  case "${MEDTUNE_LLAMA_CPU:-host}" in
+    host)
+      isa="-DGGML_SSE42=$(has sse4_2) -DGGML_AVX=$(has avx) -DGGML_F16C=$(has f16c) -DGGML_FMA=$(has fma)"
+      isa="$isa -DGGML_AVX2=$(has avx2) -DGGML_BMI2=$(has bmi2) -DGGML_AVX_VNNI=$(has avx_vnni)"
+      isa="$isa -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VBMI=$(has avx512vbmi)"
+      isa="$isa -DGGML_AVX512_VNNI=$(has avx512_vnni) -DGGML_AVX512_BF16=$(has avx512_bf16)";;
+    avx2)
+      isa="-DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_F16C=ON -DGGML_FMA=ON -DGGML_AVX2=ON -DGGML_BMI2=ON"
+      isa="$isa -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF";;
+    baseline)
+      isa="-DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_F16C=OFF -DGGML_FMA=OFF -DGGML_AVX2=OFF -DGGML_BMI2=OFF"
+      isa="$isa -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF";;
+    *) die "MEDTUNE_LLAMA_CPU must be host, avx2 or baseline (got '${MEDTUNE_LLAMA_CPU}')";;
+  esac
+  ours="-DGGML_NATIVE=OFF $isa -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+fi
+# Multimodal (mtmd) is not used by medtune; skipping it saves a third of the build.
+ours="$ours -DLLAVA_BUILD=OFF -DCMAKE_BUILD_TYPE=Release"
+cmake_args="$(echo "$ours ${CMAKE_ARGS:-}" | tr -s ' ' | sed 's/^ //; s/ $//')"
+cc_id="$( (${CC:-cc} --version 2>/dev/null || true) | head -1)"
+key="$(printf '%s|%s|%s|%s' "$VERSION" "$cmake_args" "$cc_id" "$arch" | sha256sum | cut -c1-16)"
+wheel_dir="$CACHE/wheels/llama-cpp-python-$VERSION-$key"
+
+installed="$("$PY" - <<'EOF' 2>/dev/null || true
+import importlib.metadata, json, pathlib
+try:
+    dist = importlib.metadata.distribution("llama_cpp_python")
+except importlib.metadata.PackageNotFoundError:
+    raise SystemExit
+stamp = pathlib.Path(dist.locate_file("llama_cpp")) / "medtune_build.json"
+print(json.loads(stamp.read_text())["key"] if stamp.exists() else "unknown-" + dist.version)
+EOF
+)"
+if [ "$installed" = "$key" ] && [ -z "${MEDTUNE_LLAMA_REBUILD:-}" ]; then
+  say "llama-cpp-python $VERSION already installed with these flags (key $key)"
+else
+  wheel="$(ls "$wheel_dir"/llama_cpp_python-*.whl 2>/dev/null | head -1 || true)"
+  if [ -z "$wheel" ] || [ -n "${MEDTUNE_LLAMA_REBUILD:-}" ]; then
+    say "building llama-cpp-python $VERSION (one time, several minutes on 2 cores)"
+    say "CMAKE_ARGS: $cmake_args"
+    tmp="$(mktemp -d "$CACHE/wheels/build.XXXXXX")"
+    start=$(date +%s)
+    CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+      "$PY" -m pip wheel --no-deps --no-cache-dir "$SDIST" -w "$tmp" > "$tmp/build.log" 2>&1 \
+      || { tail -40 "$tmp/build.log" >&2; die "build failed; full log: $tmp/build.log"; }
+    rm -rf "$wheel_dir"; mkdir -p "$wheel_dir"
+    mv "$tmp"/llama_cpp_python-*.whl "$wheel_dir"/ && mv "$tmp/build.log" "$wheel_dir"/ && rm -rf "$tmp"
+    printf '{"version": "%s", "key": "%s", "cmake_args": "%s", "compiler": "%s", "build_seconds": %s}\n' \
+      "$VERSION" "$key" "$cmake_args" "$cc_id" "$(( $(date +%s) - start ))" > "$wheel_dir/build.json"
+    wheel="$(ls "$wheel_dir"/llama_cpp_python-*.whl | head -1)"
+    say "built in $(( $(date +%s) - start )) s; cached $wheel"
+  else
+    say "installing cached wheel $wheel"
+  fi
+  "$PY" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+  "$PY" -m pip install --quiet "typing-extensions>=4.5.0" "numpy>=1.20.0" "diskcache>=5.6.1" "jinja2>=2.11.3"
+  # Record the flags inside the installed package so medtune can report (and check) them.
+  "$PY" - "$wheel_dir/build.json" <<'EOF'
+import importlib.metadata, pathlib, shutil, sys
+dist = importlib.metadata.distribution("llama_cpp_python")
+shutil.copy(sys.argv[1], pathlib.Path(dist.locate_file("llama_cpp")) / "medtune_build.json")
+EOF
+fi
+
+# ---- smoke check: the library loads and has no AMX kernels -----------------------------------
+"$PY" - <<'EOF' || die "the installed llama.cpp runtime does not load (see above)"
+import llama_cpp
+info = llama_cpp.llama_print_system_info().decode()
+if "AMX_INT8 = 1" in info:
+    raise SystemExit("runtime was built with AMX kernels, which GCC 12 miscompiles; rebuild with MEDTUNE_LLAMA_REBUILD=1")
+print("[setup-llama-cpp] runtime ok: llama-cpp-python", llama_cpp.__version__, "|", info.strip()[:160])
+EOF
+say "converter: $TREE/convert_hf_to_gguf.py"

@@ -1,0 +1,364 @@
+"""Everything about llama.cpp: where the pinned tree and runtime are, converting, quantizing, loading.
+
+One llama.cpp version serves every step so converter, quantizer and runtime agree on the format:
+the llama-cpp-python sdist (LLAMA_CPP_PYTHON_VERSION) vendors the full llama.cpp tree it builds.
+`scripts/setup-llama-cpp.sh` builds the runtime from that sdist with safe CPU flags (see the script
+for why: GCC 12 miscompiles ggml's AMX kernels) and extracts the converter
+(`convert_hf_to_gguf.py` + its `gguf-py`) into the cache. `LLAMA_CPP_DIR` points at your own
+llama.cpp checkout instead. The quantizer is llama.cpp's C API (`llama_model_quantize`) in the
+runtime library, so no separate binary is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.metadata
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medtune.errors import ConfigError, ToolError
+
+if TYPE_CHECKING:
+    import llama_cpp
+    import numpy as np
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # keep in sync with VERSION in scripts/setup-llama-cpp.sh
+SETUP_HINT = "run `bash scripts/setup-llama-cpp.sh` with the project's virtualenv active"
+CONVERTER = "convert_hf_to_gguf.py"
+
+# Types whose low-bit tensors llama.cpp refuses to make without an importance matrix
+# (llama-quant.cpp: tensor_requires_imatrix); medtune does not compute one.
+NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"})
+# Short names llama-quantize accepts as aliases (tools/quantize/quantize.cpp).
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+
+
+# ---- where things are ---------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """medtune's cache: $MEDTUNE_CACHE_DIR, else $XDG_CACHE_HOME/medtune, else ~/.cache/medtune."""
+    if os.environ.get("MEDTUNE_CACHE_DIR"):
+        return Path(os.environ["MEDTUNE_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "medtune"
+
+
+def _runtime_package_dir() -> Path | None:
+    spec = importlib.util.find_spec("llama_cpp")  # no import: loading the library is slow-ish
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def runtime_version() -> str | None:
+    """Installed llama-cpp-python version, or None."""
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def runtime_build_info() -> dict[str, Any] | None:
+    """The flags scripts/setup-llama-cpp.sh built the runtime with (None for other builds)."""
+    folder = _runtime_package_dir()
+    stamp = folder / "medtune_build.json" if folder else None
+    if stamp is None or not stamp.is_file():
+        return None
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def runtime_description() -> str:
+    """One line for `medtune info`: version and build flags, or how to install."""
+    version = runtime_version()
+    if version is None or _runtime_package_dir() is None:
+        return f"not installed: {SETUP_HINT}"
+    info = runtime_build_info()
+    if info is None:
+        flags = "built outside medtune's set-up script (unknown flags)"
+    else:
+        args = info.get("cmake_args", "")
+        isa = [m.group(1) for m in re.finditer(r"-DGGML_(\w+)=ON", args)]
+        extra = [a for a in args.split() if not a.startswith(("-DGGML_", "-DLLAVA_BUILD", "-DCMAKE_BUILD_TYPE"))]
+        native = "native" if "-DGGML_NATIVE=OFF" not in args else "GGML_NATIVE=OFF"
+        flags = f"{native}, {'/'.join(isa) or 'no SIMD extensions'}, no AMX" + (f", {' '.join(extra)}" if extra else "")
+    pin = "" if version == LLAMA_CPP_PYTHON_VERSION else f" (medtune pins {LLAMA_CPP_PYTHON_VERSION}: {SETUP_HINT})"
+    return f"llama-cpp-python {version}: {flags}{pin}"
+
+
+def converter_dir() -> Path | None:
+    """The llama.cpp tree holding convert_hf_to_gguf.py: $LLAMA_CPP_DIR, else the cached pinned tree."""
+    user = os.environ.get("LLAMA_CPP_DIR")
+    if user:
+        return Path(user).expanduser()
+    return cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def find_converter() -> Path:
+    """Path of convert_hf_to_gguf.py. Raises ToolError saying how to get it."""
+    folder = converter_dir()
+    script = folder / CONVERTER if folder else None
+    if script is None or not script.is_file():
+        if os.environ.get("LLAMA_CPP_DIR"):
+            raise ToolError(f"LLAMA_CPP_DIR={folder} has no {CONVERTER}; point it at a llama.cpp checkout or unset it")
+        raise ToolError(f"llama.cpp converter not found at {script}: {SETUP_HINT}")
+    if not (folder / "gguf-py" / "gguf").is_dir():
+        raise ToolError(f"{folder} has no gguf-py/ next to {CONVERTER}; the converter needs its own gguf-py")
+    return script
+
+
+def converter_description() -> str:
+    """One line for `medtune info`: where the converter is, or how to install it."""
+    try:
+        script = find_converter()
+    except ToolError as exc:
+        return f"not installed: {exc}" if "not installed" not in str(exc) else str(exc)
+    source = "LLAMA_CPP_DIR" if os.environ.get("LLAMA_CPP_DIR") else f"pinned to llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}"
+    return f"{script} ({source})"
+
+
+# ---- the runtime --------------------------------------------------------------------------------
+
+
+def load_runtime():
+    """Import llama_cpp, checking it is the pinned version and was not built with AMX kernels.
+
+    Raises ToolError with the set-up command when it is missing, a different version (converter and
+    runtime must agree), or an AMX build (those crash or crawl when compiled by GCC 12).
+    """
+    version = runtime_version()
+    if version is None:
+        raise ToolError(f"the llama.cpp runtime (llama-cpp-python) is not installed: {SETUP_HINT}")
+    if version != LLAMA_CPP_PYTHON_VERSION and not os.environ.get("LLAMA_CPP_DIR"):
+        raise ToolError(
+            f"llama-cpp-python {version} is installed but medtune pins {LLAMA_CPP_PYTHON_VERSION} so that the "
+            f"runtime matches the converter; {SETUP_HINT} (or set LLAMA_CPP_DIR to the llama.cpp tree of {version})"
+        )
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:
+        raise ToolError(f"the llama.cpp runtime does not load ({exc}); {SETUP_HINT}") from exc
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    if "AMX_INT8 = 1" in info and runtime_build_info() is None:
+        raise ToolError(
+            "the installed llama-cpp-python was built with ggml's AMX kernels (a plain `pip install` on this CPU), "
+            f"which GCC 12 miscompiles (segfaults, ~400x slowdown); {SETUP_HINT} to rebuild it with safe flags"
+        )
+    return llama_cpp
+
+
+def runtime_available() -> bool:
+    """True when the pinned runtime can be loaded (used by tests to skip with a reason)."""
+    try:
+        load_runtime()
+    except ToolError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def quiet_runtime() -> Iterator[io.StringIO]:
+    """Collect llama.cpp's log lines (routed by llama-cpp-python to Python's sys.stderr)."""
+    llama_cpp = load_runtime()
+    from llama_cpp import _logger
+
+    buffer = io.StringIO()
+    previous = _logger.logger.level
+    _logger.set_verbose(True)  # let every line reach the buffer, for error messages
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield buffer
+    finally:
+        _logger.logger.setLevel(previous)
+        del llama_cpp
+
+
+def open_gguf(
+    path: str | Path,
+    *,
+    n_ctx: int = 2048,
+    logits_all: bool = False,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    verbose: bool = False,
+) -> llama_cpp.Llama:
+    """Load a GGUF file in the pinned llama.cpp runtime.
+
+    n_ctx: context length (tokens); logits_all: keep logits for every position (needed for
+    scoring a whole sequence; costs n_ctx x vocab floats); n_threads: CPU threads (default: all
+    cores). Also sets n_batch = n_ctx so one eval() call scores a whole prompt.
+    Raises ToolError if the runtime is missing/unsafe or the file does not load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolError(f"GGUF file {path} does not exist")
+    llama_cpp = load_runtime()
+    threads = n_threads or os.cpu_count() or 1
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(log if not verbose else sys.stderr):
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_ubatch=min(n_ctx, 512),
+                logits_all=logits_all,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers,
+                verbose=verbose,
+            )
+    except (ValueError, RuntimeError) as exc:
+        tail = "\n".join(log.getvalue().strip().splitlines()[-5:])
+        raise ToolError(f"llama.cpp cannot load {path}: {exc}" + (f"\n{tail}" if tail else "")) from exc
+
+
+def sequence_logits(llm: llama_cpp.Llama, tokens: Sequence[int]) -> np.ndarray:
+    """Next-token logits at every position of `tokens` (shape [len(tokens), vocab], float32).
+
+    `llm` must come from open_gguf(..., logits_all=True) with n_ctx >= len(tokens).
+    """
+    import numpy as np
+
+    if len(tokens) > llm.n_ctx():
+        raise ToolError(f"sequence of {len(tokens)} tokens exceeds the context of {llm.n_ctx()} it was opened with")
+    llm.reset()
+    llm.eval(list(tokens))
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32, copy=True)
+
+
+# ---- quantization types -------------------------------------------------------------------------
+
+
+def quant_type_names() -> dict[str, int]:
+    """Every file type llama.cpp's quantizer knows (name -> llama_ftype), read from the pinned runtime.
+
+    Read from the runtime's own enum (llama_cpp.LLAMA_FTYPE_*), without loading the library; falls
+    back to the pinned version's list when the runtime is not installed.
+    """
+    folder = _runtime_package_dir()
+    source = folder / "llama_cpp.py" if folder else None
+    text = source.read_text(encoding="utf-8") if source and source.is_file() else ""
+    found = {
+        m.group(2): int(m.group(3))
+        for m in re.finditer(r"^LLAMA_FTYPE_(MOSTLY|ALL)_(\w+) = (\d+)$", text, flags=re.MULTILINE)
+    }
+    return found or dict(_PINNED_FTYPES)
+
+
+# llama.h of the pinned version (fallback when the runtime is not installed yet).
+_PINNED_FTYPES = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11,
+    "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18,
+    "IQ2_XXS": 19, "IQ2_XS": 20, "Q2_K_S": 21, "IQ3_XS": 22, "IQ3_XXS": 23, "IQ1_S": 24, "IQ4_NL": 25,
+    "IQ3_S": 26, "IQ3_M": 27, "IQ2_S": 28, "IQ2_M": 29, "IQ4_XS": 30, "IQ1_M": 31, "BF16": 32,
+    "TQ1_0": 36, "TQ2_0": 37, "MXFP4_MOE": 38, "NVFP4": 39, "Q1_0": 40, "Q2_0": 41,
+}  # fmt: skip
+
+
+def allowed_quant_types() -> list[str]:
+    """Type names accepted in export.quant_types (llama.cpp's list minus imatrix-only types)."""
+    return sorted(set(quant_type_names()) - NEEDS_IMATRIX) + sorted(ALIASES)
+
+
+def normalize_quant_types(names: Sequence[str], outtype: str = "f16") -> list[str]:
+    """Canonical upper-case type names, in order, without duplicates.
+
+    Raises ConfigError naming every unknown/unsupported name and the allowed ones.
+    """
+    known = quant_type_names()
+    problems, result = [], []
+    for raw in names:
+        name = ALIASES.get(str(raw).strip().upper(), str(raw).strip().upper())
+        if name in NEEDS_IMATRIX:
+            problems.append(f"{raw!r} needs an importance matrix (imatrix), which medtune does not compute")
+        elif name not in known:
+            problems.append(f"{raw!r} is not a llama.cpp quantization type")
+        elif name == outtype.upper():
+            problems.append(f"{raw!r} is the 16-bit file export.outtype already writes")
+        elif name not in result:
+            result.append(name)
+    if problems:
+        raise ConfigError(
+            "export.quant_types: " + "; ".join(problems) + f". Allowed: {', '.join(allowed_quant_types())}"
+        )
+    return result
+
+
+# ---- converting and quantizing ------------------------------------------------------------------
+
+
+def convert_to_gguf(
+    hf_dir: str | Path,
+    out_path: str | Path,
+    outtype: str = "f16",
+    metadata: dict[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+) -> Path:
+    """Convert a Hugging Face model folder to a 16-bit GGUF with llama.cpp's own converter.
+
+    metadata: GGUF key/values that override what the converter infers (e.g. general.name,
+    general.license, general.base_model.0.name), passed through its --metadata file.
+    The output appears atomically at out_path. Raises ToolError with the converter's last lines.
+    """
+    from medtune.artifacts import atomic_file
+
+    script = find_converter()
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    if outtype not in ("f16", "bf16", "f32", "q8_0", "auto"):
+        raise ConfigError(f"export.outtype: {outtype!r} is not a converter output type (f16, bf16)")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NO_LOCAL_GGUF", None)  # use the converter's own gguf-py, matching the runtime
+    with tempfile.TemporaryDirectory(prefix="medtune-convert-") as scratch, atomic_file(out_path) as tmp:
+        command = [sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype]
+        if metadata:
+            meta_file = Path(scratch) / "metadata.json"
+            meta_file.write_text(json.dumps(metadata), encoding="utf-8")
+            command += ["--metadata", str(meta_file)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ToolError(f"llama.cpp converter timed out after {timeout} s on {hf_dir}") from exc
+        if done.returncode != 0 or not tmp.is_file():
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+            raise ToolError(f"llama.cpp converter failed on {hf_dir} (exit {done.returncode}):\n{tail}")
+    return out_path
+
+
+def quantize_gguf(src: str | Path, dst: str | Path, type_name: str, *, n_threads: int | None = None) -> Path:
+    """Quantize a 16-bit GGUF to `type_name` (e.g. Q4_K_M) with llama.cpp's llama_model_quantize.
+
+    Always quantize from the 16-bit file (never re-quantize a quantized one). The output appears
+    atomically at dst. Raises ConfigError for unknown types, ToolError if llama.cpp fails.
+    """
+    from medtune.artifacts import atomic_file
+
+    (name,) = normalize_quant_types([type_name], outtype="none")
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ToolError(f"cannot quantize: {src} does not exist")
+    llama_cpp = load_runtime()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = quant_type_names()[name]
+    params.nthread = n_threads or os.cpu_count() or 1
+    params.allow_requantize = False  # a quantized source would compound errors: refuse it
+    with atomic_file(dst) as tmp, quiet_runtime() as log:
+        status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0 or not tmp.is_file():
+            errors = [line for line in log.getvalue().splitlines() if "error" in line.lower() or "failed" in line.lower()]
+            raise ToolError(f"llama.cpp could not quantize {src.name} to {name}: " + ("; ".join(errors[-3:]) or f"status {status}"))
+    return dst
