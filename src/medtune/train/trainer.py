@@ -1,0 +1,439 @@
+"""The train stage: LoRA supervised fine-tuning of the base model on the prepared data.
+
+`train_adapter(config)` reads runs/<name>/data (the prepare stage's tokenized splits), trains a
+PEFT LoRA adapter with transformers' Trainer, checkpoints into runs/<name>/checkpoints (adapter,
+optimizer, scheduler, RNG, data position), and writes runs/<name>/adapter atomically: the adapter
+(safetensors), the tokenizer (fixed pad token, chat template), the resolved config, the JSONL
+training log, the loss curve and the adapter's answer to the seed's test question.
+
+On a GPU the defaults are bf16, packed padding-free micro-batches, torch's varlen flash attention
+and torch.compile; on CPU fp32 with padded batches. Under `accelerate launch` / `torchrun` the
+Trainer runs data parallel; only the main process logs and writes outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtune.artifacts import atomic_dir, atomic_write_json, describe_outputs, record_stage
+from medtune.config import LoraConfig, RunConfig, TrainConfig, save_resolved_config
+from medtune.errors import ArtifactError, ConfigError, DataError, ModelError
+from medtune.train.attention import VARLEN, resolve_attention
+from medtune.train.precision import Precision, resolve_precision
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+LOG_NAME = "train_log.jsonl"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The runtime choices resolved from `train` settings and the hardware."""
+
+    device_type: str
+    precision: Precision
+    packing: bool
+    attention: str
+    compile: bool
+    liger: bool
+    world_size: int = 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "device": self.device_type,
+            "precision": self.precision.name,
+            "packing": self.packing,
+            "attention": "varlen (torch)" if self.attention == VARLEN else self.attention,
+            "compile": self.compile,
+            "liger_kernels": self.liger,
+            "processes": self.world_size,
+        }
+
+
+@dataclass
+class TrainResult:
+    """What the train stage made and measured."""
+
+    adapter_dir: Path
+    steps: int
+    seconds: float
+    tokens_seen: int
+    train_loss: float | None
+    val_loss: float | None
+    first_val_loss: float | None
+    test_answer: dict[str, Any] | None
+    resumed_from_step: int | None
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        figures = {
+            "steps": self.steps,
+            "train_seconds": round(self.seconds, 2),
+            "tokens_seen": self.tokens_seen,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "first_val_loss": self.first_val_loss,
+            "resumed_from_step": self.resumed_from_step,
+            **{f"plan_{k}": v for k, v in self.plan.items()},
+        }
+        if self.test_answer:
+            figures["test_answer_choice"] = self.test_answer.get("choice")
+        return figures
+
+
+# --------------------------------------------------------------------------- choices
+
+
+def plan_training(train: TrainConfig, device_type: str | None = None) -> TrainPlan:
+    """Resolve the auto settings: precision, packing, attention kernel, compile, Liger kernels."""
+    import importlib.util
+
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(train.precision, device_type)
+    packing = train.packing == "on" or (train.packing == "auto" and device_type == "cuda")
+    attention = resolve_attention(train.attention, device_type=device_type, packing=packing)
+    compile_on = train.compile == "on" or (train.compile == "auto" and device_type == "cuda" and packing)
+    liger_installed = importlib.util.find_spec("liger_kernel") is not None
+    if train.liger_kernels == "on" and not liger_installed:
+        raise ConfigError("train.liger_kernels: on, but liger-kernel is not installed (pip install liger-kernel)")
+    liger = device_type == "cuda" and train.liger_kernels != "off" and liger_installed
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return TrainPlan(device_type, precision, packing, attention, compile_on, liger, world_size)
+
+
+def prepare_lora_model(model, lora: LoraConfig):
+    """Wrap `model` with a fresh LoRA adapter (trainable weights fp32, base frozen)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    model.config.use_cache = False
+    peft_config = PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+    )
+    try:
+        return get_peft_model(model, peft_config, autocast_adapter_dtype=True)
+    except ValueError as exc:
+        raise ConfigError(f"lora.target_modules: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- the Trainer
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class MedtuneTrainer(Trainer):
+        """transformers' Trainer plus a count of real (non-pad) tokens trained on.
+
+        Collators add `num_real_tokens` to each batch; it is removed here before the forward and
+        summed over processes at each log and checkpoint into `state.num_input_tokens_seen`, which
+        checkpoints carry across a resume.
+        """
+
+        _pending_tokens = 0
+
+        def _prepare_inputs(self, inputs):
+            count = inputs.pop("num_real_tokens", 0)
+            if self.model.training:
+                self._pending_tokens += int(count)
+            return super()._prepare_inputs(inputs)
+
+        def _flush_tokens(self) -> None:
+            local = self._pending_tokens
+            self._pending_tokens = 0
+            if self.args.world_size > 1:
+                total = torch.tensor([local], device=self.args.device, dtype=torch.long)
+                local = int(self.accelerator.reduce(total, reduction="sum").item())
+            self.state.num_input_tokens_seen = int(self.state.num_input_tokens_seen or 0) + local
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs:
+                self._flush_tokens()
+                logs["real_tokens"] = self.state.num_input_tokens_seen
+            super().log(logs, start_time)
+
+        def _save_checkpoint(self, model, trial):
+            self._flush_tokens()
+            super()._save_checkpoint(model, trial)
+
+    return MedtuneTrainer
+
+
+def build_trainer(
+    model,
+    train_data: Any,
+    eval_data: Any | None,
+    *,
+    train: TrainConfig,
+    plan: TrainPlan,
+    seed: int,
+    output_dir: Path,
+    pad_token_id: int,
+    callbacks: list | None = None,
+    eval_on_start: bool = False,
+):
+    """A Trainer for the PEFT `model` on tokenized examples (rows with input_ids and labels).
+
+    `train_data`/`eval_data`: a `datasets.Dataset` or a list of dicts. Packed plans group them
+    into token-budget micro-batches (one per device per step); unpacked plans pad `batch_size`
+    examples. Raises DataError when the training data is empty.
+    """
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from medtune.train.packing import ExampleDataset, ExampleRows, PackedCollator, PackedDataset, PaddedCollator
+
+    train_rows = ExampleRows(train_data)
+    if len(train_rows) == 0:
+        raise DataError("the training split is empty; check the prepare stage's report")
+    if plan.packing:
+        train_set = PackedDataset(train_rows, train.max_tokens_per_batch, seed)
+        eval_set = PackedDataset(ExampleRows(eval_data), train.max_tokens_per_batch, seed) if eval_data else None
+        collator, per_device = PackedCollator(), 1
+    else:
+        train_set = ExampleDataset(train_rows)
+        eval_set = ExampleDataset(ExampleRows(eval_data)) if eval_data else None
+        collator, per_device = PaddedCollator(pad_token_id), train.batch_size
+    has_eval = eval_set is not None and len(eval_set) > 0
+    if train.optimizer == "adafactor":
+        optim = "adafactor"
+    else:
+        optim = "adamw_torch_fused" if plan.device_type == "cuda" else "adamw_torch"
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # < 1 reads as a share of the steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=optim,
+        **plan.precision.trainer_flags(),
+        logging_steps=train.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=train.eval_steps,
+        eval_on_start=eval_on_start and has_eval,
+        prediction_loss_only=True,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=train.dataloader_workers,
+        dataloader_pin_memory=plan.device_type == "cuda",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=plan.device_type == "cpu",
+        torch_compile=plan.compile,
+        use_liger_kernel=plan.liger,
+        gradient_checkpointing=train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if train.gradient_checkpointing else None,
+        ddp_find_unused_parameters=False,
+    )
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set if has_eval else None,
+        data_collator=collator,
+        callbacks=list(callbacks or []),
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (trainer_state.json is written last) under `folder`."""
+    if not Path(folder).is_dir():
+        return None
+    found = []
+    for child in Path(folder).iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and (child / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def load_prepared_splits(run_dir: Path) -> tuple[Any, Any | None]:
+    """The prepare stage's tokenized train and val splits (datasets with input_ids and labels).
+
+    Raises ArtifactError when they are missing.
+    """
+    data_dir = Path(run_dir) / "data"
+    try:
+        from medtune.data.prepare import load_prepared
+    except ImportError:
+        load_prepared = None
+    if load_prepared is not None:
+        loaded = load_prepared(run_dir)
+        if isinstance(loaded, tuple):
+            return loaded[0], loaded[1] if len(loaded) > 1 else None
+        getter = loaded.get if hasattr(loaded, "get") else lambda key: getattr(loaded, key, None)
+        return getter("train"), getter("val") if getter("val") is not None else getter("validation")
+    if not (data_dir / "train").is_dir():
+        raise ArtifactError(f"{data_dir / 'train'} not found: run `medtune prepare CONFIG` first")
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(data_dir / "train"))
+    val = load_from_disk(str(data_dir / "val")) if (data_dir / "val").is_dir() else None
+    return train, val
+
+
+def _subset(data: Any, limit: int | None, seed: int) -> Any:
+    if data is None or limit is None or len(data) <= limit:
+        return data
+    indices = sorted(random.Random(seed).sample(range(len(data)), limit))
+    return data.select(indices) if hasattr(data, "select") else [data[i] for i in indices]
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | None = None) -> TrainResult:
+    """Train a LoRA adapter on runs/<name>/data and write runs/<name>/adapter.
+
+    resume: continue from the newest complete checkpoint in runs/<name>/checkpoints (a fresh start
+    when there is none). callbacks: extra transformers TrainerCallbacks (e.g. StopAtStep in tests).
+    Raises ArtifactError (no prepared data), ModelError (base model), ConfigError (impossible
+    settings for this hardware), DataError (empty split).
+    """
+    from medtune.modeling import load_base_model
+    from medtune.tokenizer import load_tokenizer
+    from medtune.train.callbacks import JsonlLogger, RichProgress, plot_loss_curve, read_log
+    from medtune.train.test_question import answer_test_question
+
+    started = time.perf_counter()
+    run_dir = config.run_dir
+    train_cfg = config.train
+    checkpoints = run_dir / CHECKPOINTS
+    log_path = checkpoints / LOG_NAME
+    train_data, val_data = load_prepared_splits(run_dir)
+    val_data = _subset(val_data, train_cfg.eval_max_examples, config.seed)
+    _check_lengths(train_data, train_cfg)
+
+    plan = plan_training(train_cfg)
+    checkpoint = latest_checkpoint(checkpoints) if resume else None
+    if not resume and _is_main_process() and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's checkpoints
+    resume_step = int(_CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint else None
+
+    tokenizer = load_tokenizer(config.model)
+    base = load_base_model(config.model, dtype=plan.precision.model_dtype, attn_implementation=plan.attention)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = prepare_lora_model(base, config.lora)
+
+    trainer = build_trainer(
+        model,
+        train_data,
+        val_data,
+        train=train_cfg,
+        plan=plan,
+        seed=config.seed,
+        output_dir=checkpoints,
+        pad_token_id=tokenizer.pad_token_id,
+        callbacks=[JsonlLogger(log_path, resume_step), RichProgress(), *(callbacks or [])],
+        eval_on_start=checkpoint is None,
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    records = read_log(log_path) if _is_main_process() else []
+    evaluated = [r for r in records if "eval_loss" in r]
+    if trainer.eval_dataset is not None and (not evaluated or evaluated[-1]["step"] != trainer.state.global_step):
+        trainer.evaluate()  # the final val loss, on every process (evaluation is collective)
+    if not trainer.is_world_process_zero():
+        return TrainResult(run_dir / ADAPTER, trainer.state.global_step, time.perf_counter() - started,
+                           int(trainer.state.num_input_tokens_seen or 0), None, None, None, None, resume_step,
+                           plan.describe())
+
+    records = read_log(log_path)
+    answer = None
+    if train_cfg.test_question:
+        if plan.attention != "sdpa":
+            model.base_model.model.set_attn_implementation("sdpa")  # generation is unpacked
+        answer = answer_test_question(
+            model, tokenizer, system_prompt=config.data.system_prompt, max_new_tokens=train_cfg.test_question_max_new_tokens
+        )
+    losses = [r["loss"] for r in records if "loss" in r]
+    val_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
+    result = TrainResult(
+        adapter_dir=run_dir / ADAPTER,
+        steps=trainer.state.global_step,
+        seconds=time.perf_counter() - started,
+        tokens_seen=int(trainer.state.num_input_tokens_seen or 0),
+        train_loss=losses[-1] if losses else None,
+        val_loss=val_losses[-1] if val_losses else None,
+        first_val_loss=val_losses[0] if val_losses else None,
+        test_answer=answer,
+        resumed_from_step=resume_step,
+        plan=plan.describe(),
+    )
+    with atomic_dir(run_dir / ADAPTER) as out:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        save_resolved_config(config, out / "config.yaml")
+        shutil.copyfile(log_path, out / LOG_NAME)
+        plot_loss_curve(records, out / "loss_curve.png", title=f"{config.name}: LoRA fine-tuning")
+        if answer is not None:
+            atomic_write_json(out / "test_answer.json", answer)
+        atomic_write_json(out / "train_summary.json", {**result.figures(), "adapter_dir": str(result.adapter_dir)})
+    _record(config, result)
+    return result
+
+
+def _check_lengths(train_data: Any, train_cfg: TrainConfig) -> None:
+    if hasattr(train_data, "column_names") and "length" in train_data.column_names and len(train_data):
+        longest = max(train_data["length"])
+        if longest > train_cfg.max_tokens_per_batch and train_cfg.packing != "off":
+            raise ConfigError(
+                f"train.max_tokens_per_batch ({train_cfg.max_tokens_per_batch}) is smaller than the longest "
+                f"training example ({longest} tokens); raise it to at least data.max_length"
+            )
+
+
+def _record(config: RunConfig, result: TrainResult) -> None:
+    from medtune.artifacts import fingerprint, read_manifest
+    from medtune.pipeline import stage_by_name, stage_fingerprint
+
+    run_dir = config.run_dir
+    outputs = describe_outputs([result.adapter_dir], run_dir)
+    record_stage(
+        run_dir,
+        "train",
+        {
+            "status": "done",
+            "fingerprint": stage_fingerprint(config, stage_by_name("train"), read_manifest(run_dir)),
+            "outputs": outputs,
+            "outputs_digest": fingerprint(outputs),
+            "seconds": round(result.seconds, 2),
+            **result.figures(),
+        },
+    )
+
+
+def _unused() -> None:  # keep asdict import meaningful for callers that serialise results
+    asdict  # noqa: B018
