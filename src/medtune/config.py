@@ -119,34 +119,57 @@ class TrainConfig(Section):
 
     epochs: float = Field(3, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch (unpacked).")
+    batch_size: int = Field(
+        4, ge=1, description="Examples per device per micro-batch when not packing (CPU); packed batches use max_tokens_per_batch."
+    )
     gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the optimizer steps spent warming the learning rate up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the LoRA weights.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where supported, else fp16 (LoRA weights fp32) on GPU, fp32 on CPU."
     )
     packing: Literal["auto", "on", "off"] = Field(
-        "auto", description="Padding-free packed batches (auto: on for GPU, off for CPU)."
+        "auto",
+        description="Padding-free packed micro-batches: examples concatenated, positions restart per example, "
+        "no attention across examples (auto: on for GPU, off for CPU).",
     )
     max_tokens_per_batch: int = Field(
-        16384, ge=64, description="Token budget of one packed micro-batch on GPU."
+        16384, ge=64, description="Token budget of one packed micro-batch (per device); at least data.max_length."
     )
     attention: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel; auto picks varlen flash attention for packed GPU batches."
+        "auto",
+        description="Attention kernel; auto: torch's varlen flash attention for packed GPU batches "
+        "(flash_attention_2 if torch lacks it and flash-attn is installed), else sdpa.",
     )
-    liger_kernels: Literal["auto", "on", "off"] = Field("auto", description="Fused Liger kernels when installed (GPU).")
-    compile: bool = Field(False, description="torch.compile the model (GPU).")
-    gradient_checkpointing: bool = False
-    logging_steps: int = Field(10, ge=1)
+    liger_kernels: Literal["auto", "on", "off"] = Field(
+        "auto", description="Fused Liger kernels (norms, rotary, SwiGLU, chunked loss) on GPU; auto: when installed."
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the model (auto: on for packed GPU training; compiling takes a minute or two)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="adamw (fused on GPU) or adafactor (the seed's).")
+    logging_steps: int = Field(10, ge=1, description="Log loss, lr, grad norm, tokens/s and memory every N optimizer steps.")
     eval_steps: int = Field(100, ge=1, description="Validation loss every N optimizer steps.")
-    save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps.")
-    save_total_limit: int = Field(3, ge=1)
-    dataloader_workers: int = Field(0, ge=0)
+    eval_max_examples: int | None = Field(
+        2000, ge=1, description="Validation examples used for the periodic val loss (a fixed seeded subset); null: all."
+    )
+    save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps (adapter, optimizer, scheduler, RNG, data position).")
+    save_total_limit: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    dataloader_workers: int = Field(0, ge=0, description="Worker processes that build batches.")
     test_question: bool = Field(True, description="Answer the seed's test question with the adapter after training.")
+    test_question_max_new_tokens: int = Field(256, ge=1, description="Generation budget for the test question (greedy).")
+
+    @field_validator("packing", "liger_kernels", "compile", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off/true/false as a bool.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class MergeConfig(Section):
