@@ -46,6 +46,7 @@ class DataConfig(Section):
     dataset: str | None = Field(None, description="Hugging Face dataset id, e.g. lingshu-medical-mllm/ReasonMed.")
     dataset_config: str | None = Field(None, description="Dataset config/subset name on the hub.")
     split: str = Field("train", description="Split to load from the hub.")
+    revision: str | None = Field(None, description="Hub dataset revision (branch, tag or commit) to pin.")
     data_files: list[str] | None = Field(
         None, description="Files inside the hub dataset to load (e.g. ReasonMed.json)."
     )
@@ -192,30 +193,89 @@ class ExportConfig(Section):
     )
     verify_prompts: int = Field(8, ge=1, description="Validation prompts for logit agreement checks.")
     min_f16_top1: float = Field(0.99, ge=0, le=1, description="Required top-1 agreement of the 16-bit GGUF with the merged model.")
-    ollama_modelfile: bool = True
-    n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores).")
+    answer_max_tokens: int = Field(
+        768, ge=16, description="Token limit for each file's greedy answer to the seed test question; it must stop (EOS) before this."
+    )
+    require_eos_stop: bool = Field(
+        True, description="Fail the stage when the 16-bit file's answer runs into answer_max_tokens (quantized files are only reported)."
+    )
+    ollama_modelfile: bool = Field(True, description="Write an Ollama Modelfile next to the GGUF files.")
+    modelfile_type: str | None = Field(
+        None, description="GGUF type the Modelfile's FROM uses (default: Q4_K_M if made, else the first quant type, else 16-bit)."
+    )
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads for llama.cpp (default: all cores, fewer when the machine is already busy)."
+    )
+
+    @field_validator("quant_types")
+    @classmethod
+    def _known_quant_types(cls, value: list[str]) -> list[str]:
+        from medtune.llamacpp import normalize_quant_types
+
+        try:  # names come from llama.cpp's own type list (the pinned runtime's enum)
+            return normalize_quant_types(value, outtype="none")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("export.quant_types: ")) from None
+
+    @model_validator(mode="after")
+    def _quant_not_outtype(self) -> ExportConfig:
+        if self.outtype.upper() in self.quant_types:
+            raise ValueError(f"quant_types lists {self.outtype.upper()}, the 16-bit file export.outtype already writes")
+        if self.modelfile_type and self.modelfile_type.upper() not in {*self.quant_types, self.outtype.upper()}:
+            raise ValueError(f"modelfile_type {self.modelfile_type!r} is not made: use one of quant_types or {self.outtype.upper()}")
+        return self
 
 
 class BenchmarkSpec(Section):
     """One benchmark to run: a registered name plus where its data comes from."""
 
-    name: str = Field(description="Registered benchmark name, e.g. pubmedqa, medqa, medmcqa, mmlu_medical.")
-    path: str | None = Field(None, description="Local data in the benchmark's original format; default: the hub.")
-    limit: int | None = Field(None, ge=1, description="Evaluate a fixed seeded subset of N items.")
+    name: str = Field(
+        description="Registered benchmark name: pubmedqa, medqa, medmcqa, mmlu_<subject>, or the group mmlu_medical."
+    )
+    path: str | None = Field(
+        None, description="Local data in the benchmark's original release format (file or folder); default: the hub."
+    )
+    limit: int | None = Field(None, ge=1, description="Evaluate a fixed seeded subset of N items (per member of a group).")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from medtune.eval.benchmarks import benchmark_names
+
+        if value not in benchmark_names():
+            raise ValueError(f"unknown benchmark; known: {', '.join(benchmark_names())}")
+        return value
 
 
 class EvalConfig(Section):
-    """Benchmarks run on every artifact."""
+    """Benchmarks run on every artifact, with the same prompts and scoring for every backend."""
 
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
-    modes: list[Literal["loglik", "cot"]] = Field(default_factory=lambda: ["loglik"])
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="Benchmarks to run (empty: eval does nothing).")
+    modes: list[Literal["loglik", "cot"]] = Field(
+        default_factory=lambda: ["loglik"],
+        description="loglik: most likely answer label after the prompt; cot: reason step by step, then parse the answer.",
+    )
     artifacts: list[str] = Field(
         default_factory=lambda: ["base", "merged", "gguf"],
-        description="What to evaluate: base, adapter, merged, gguf (every file), or gguf:TYPE.",
+        description="What to evaluate: base, adapter, merged, gguf (every file), or gguf:TYPE (e.g. gguf:Q8_0).",
     )
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass / generate call (transformers backend).")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget in cot mode.")
-    bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_samples: int = Field(1000, ge=100, description="Resamples for the 95% bootstrap confidence interval.")
+    subset_seed: int = Field(0, description="Seed choosing the items of a benchmark's `limit` subset (same items for every run).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device for the transformers backend (auto: cuda if visible).")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="transformers weights precision (auto: bf16 on GPU, fp32 on CPU)."
+    )
+    n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores).")
+
+    @field_validator("artifacts")
+    @classmethod
+    def _known_artifacts(cls, value: list[str]) -> list[str]:
+        for artifact in value:
+            if artifact not in ("base", "adapter", "merged", "gguf") and not re.fullmatch(r"gguf:[A-Za-z0-9_]+", artifact):
+                raise ValueError(f"unknown artifact {artifact!r}; use base, adapter, merged, gguf or gguf:TYPE")
+        return value
 
 
 class RunConfig(Section):
