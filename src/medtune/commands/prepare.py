@@ -1,0 +1,67 @@
+"""Turn the configured dataset into tokenized train/val chats (assistant-only labels) under runs/<name>/data/.
+
+Reads local .jsonl/.json/.parquet files or a Hugging Face dataset, normalises each record
+format to chat messages, validates every record (bad ones are counted by reason, or stop the run
+with file:line under data.invalid=error), renders the model's chat template, tokenizes, splits,
+and writes report.json. Reuses the previous output when nothing that affects it changed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from medtune.commands.common import ConfigArg, SetOption, load_run_config
+
+NAME = "prepare"
+
+
+def command(
+    config: ConfigArg,
+    overrides: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the inputs are unchanged.")] = False,
+) -> None:
+    from medtune.data.prepare import prepare_data
+    from medtune.pipeline import run_stage
+    from medtune.ui import console
+
+    run_config = load_run_config(config, overrides)
+    console.print(f"[bold]medtune prepare[/bold] {config} -> {run_config.run_dir / 'data'}")
+    if force:
+        prepare_data(run_config, force=True)  # rebuilds; run_stage below then finds it current
+    outcome = run_stage(run_config, "prepare")
+    if outcome.figures.get("reused") and not force:
+        console.print("inputs unchanged since the last prepare: reusing the existing data (--force rebuilds)")
+    print_report(run_config.run_dir)
+
+
+def print_report(run_dir) -> None:
+    """Summary tables of a run's data report: kept/dropped by reason (with examples) and token lengths."""
+    from rich.markup import escape
+
+    from medtune.data.prepare import read_report
+    from medtune.ui import console, print_summary
+
+    report = read_report(run_dir)
+    rows = [("records read", report["records"]), ("kept", report["kept"])]
+    rows += [("  train / val", f"{report['splits']['train']} / {report['splits']['val']}")]
+    for reason, count in report["dropped"].items():
+        rows.append((f"dropped: {reason}", count))
+    rows.append((f"truncated to {report['max_length']}", f"{report['truncated']} ({report['truncated_fraction']:.1%})"))
+    print_summary("data", rows, ("", "records"))
+    for reason, examples in report["examples"].items():
+        if examples:
+            console.print(f"[yellow]{reason}[/yellow] ({escape(report['reasons'].get(reason, ''))}), e.g.:")
+            for example in examples:
+                console.print(f"  {escape(example)}", highlight=False, soft_wrap=True)
+    tokens, before = report["tokens"], report["tokens_before_limit"]
+    stats = ("p50", "p90", "p99", "max", "mean")
+    print_summary(
+        "tokens per example",
+        [("kept", *(tokens[k] for k in stats)), ("before max_length", *(before[k] for k in stats))],
+        ("", *stats),
+    )
+    console.print(
+        f"labelled (reply + {report['chat_template_eot']}) tokens: {report['label_tokens']:,}; "
+        f"pad token: {report['pad_token']}; took {report['seconds']} s"
+    )
