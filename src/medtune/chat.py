@@ -1,0 +1,179 @@
+"""Chat with a model medtune made: a GGUF file (llama.cpp runtime), a merged folder, or an adapter.
+
+Every backend uses the model's own chat template and stops at its end-of-turn token: the GGUF
+through llama.cpp's chat path (template and EOS from the file's metadata), the Hugging Face
+backends through `apply_chat_template` and generation_config's EOS ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medtune.errors import ArtifactError, ModelError
+
+
+@dataclass
+class Sampling:
+    """Sampling settings; temperature 0 means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 1024
+
+
+@dataclass
+class Reply:
+    """How the last reply ended (filled in while it streams)."""
+
+    tokens: int = 0
+    stopped_on_eos: bool = False
+
+
+def describe_target(target: str | Path) -> str:
+    """'gguf', 'merged' or 'adapter' for a chat target path. Raises ArtifactError for anything else."""
+    path = Path(target)
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf"
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return "adapter"
+    if path.is_dir() and (path / "config.json").is_file():
+        return "merged"
+    if path.is_dir() and list(path.glob("*.gguf")):
+        files = ", ".join(sorted(p.name for p in path.glob("*.gguf")))
+        raise ArtifactError(f"{path} is a folder of GGUF files; pick one: {files}")
+    raise ArtifactError(f"{path}: not a .gguf file, a merged model folder (config.json) or an adapter folder (adapter_config.json)")
+
+
+class ChatModel:
+    """A loaded chat model that streams replies to a list of messages."""
+
+    def __init__(self, target: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None):
+        self.target = Path(target)
+        self.kind = describe_target(self.target)
+        self.n_ctx = n_ctx
+        if self.kind == "gguf":
+            from medtune import llamacpp
+
+            self._llm = llamacpp.open_gguf(self.target, n_ctx=n_ctx, n_threads=n_threads)
+        else:
+            self._model, self._tokenizer = _load_hf(self.target, self.kind)
+
+    def stream(self, messages: list[dict[str, str]], sampling: Sampling, reply: Reply | None = None) -> Iterator[str]:
+        """Yield the reply's text piece by piece; `reply` records token count and whether EOS ended it."""
+        reply = reply if reply is not None else Reply()
+        if self.kind == "gguf":
+            yield from self._stream_gguf(messages, sampling, reply)
+        else:
+            yield from self._stream_hf(messages, sampling, reply)
+
+    def close(self) -> None:
+        if self.kind == "gguf":
+            self._llm.close()
+
+    def _stream_gguf(self, messages, sampling: Sampling, reply: Reply) -> Iterator[str]:
+        chunks = self._llm.create_chat_completion(
+            messages=messages,
+            stream=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            repeat_penalty=1.0,
+        )
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            text = choice.get("delta", {}).get("content")
+            if text:
+                reply.tokens += 1
+                yield text
+            if choice.get("finish_reason"):
+                reply.stopped_on_eos = choice["finish_reason"] == "stop"
+
+    def _stream_hf(self, messages, sampling: Sampling, reply: Reply) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        tokenizer, model = self._tokenizer, self._model
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        eos = _eos_ids(model, tokenizer)
+        kwargs: dict[str, Any] = {
+            **inputs,
+            "streamer": streamer,
+            "max_new_tokens": sampling.max_tokens,
+            "eos_token_id": eos,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            with torch.inference_mode():
+                result["ids"] = model.generate(**kwargs)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        new = result["ids"][0, inputs["input_ids"].shape[1] :].tolist()
+        reply.tokens = len(new)
+        reply.stopped_on_eos = bool(new) and new[-1] in eos
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    from medtune.tokenizer import end_of_turn_token
+
+    try:
+        ids = [tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), *ids]
+    except ModelError:
+        pass
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def _load_hf(target: Path, kind: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(str(target))
+    if not tokenizer.chat_template:
+        raise ArtifactError(f"{target}: the tokenizer has no chat template")
+    if kind == "merged":
+        model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype).to(device)
+    else:
+        from peft import PeftModel
+
+        from medtune.modeling import load_base_model
+
+        base = load_base_model(_adapter_base(target), dtype=dtype, device=device)
+        model = PeftModel.from_pretrained(base, str(target))
+    return model.eval(), tokenizer
+
+
+def _adapter_base(adapter: Path):
+    """The base model of an adapter: the run's config.yaml (runs/<name>/config.yaml), else adapter_config.json."""
+    import json
+
+    import yaml
+
+    from medtune.config import ModelConfig
+
+    run_config = adapter.parent / "config.yaml"
+    if run_config.is_file():
+        raw = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
+        if isinstance(raw.get("model"), dict):
+            return ModelConfig.model_validate(raw["model"])
+    base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ArtifactError(f"{adapter}: cannot tell the base model (no ../config.yaml, no base_model_name_or_path)")
+    return ModelConfig(base=base)

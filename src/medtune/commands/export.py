@@ -1,0 +1,58 @@
+"""Convert the merged model to GGUF with llama.cpp, quantize it, verify every file, write an Ollama Modelfile.
+
+Writes runs/<name>/gguf/<name>-F16.gguf (or BF16) and one file per export.quant_types entry (default
+Q4_K_M, Q5_K_M, Q8_0; any type llama.cpp knows), all made from the 16-bit file with the pinned
+llama.cpp (set it up once with `bash scripts/setup-llama-cpp.sh`). Each file is loaded in the
+llama.cpp runtime: the 16-bit file must agree with the merged model's next-token predictions,
+quants report top-1 agreement and KL divergence against it, and every file answers the seed test
+question greedily and must stop by itself (EOS)."""
+
+from __future__ import annotations
+
+from medtune.commands.common import ConfigArg, SetOption, load_run_config
+
+NAME = "export"
+
+
+def command(config: ConfigArg, overrides: SetOption = None) -> None:
+    from medtune.pipeline import run_stage
+    from medtune.ui import console, print_summary
+
+    run_config = load_run_config(config, overrides)
+    console.print(f"[bold]medtune export[/bold] {config} -> {run_config.run_dir / 'gguf'}")
+    figures = run_stage(run_config, "export").figures
+    print_export_table(figures)
+
+
+def print_export_table(figures: dict) -> None:
+    """The per-file verification table and a short metadata summary."""
+    from medtune.ui import console, print_summary
+
+    rows = []
+    for item in figures["files"]:
+        kl = "-" if item["mean_kl"] is None else f"{item['mean_kl']:.4f}"
+        stop = f"EOS after {item['answer_tokens']}" if item["stopped_on_eos"] else f"no EOS in {item['answer_tokens']}"
+        rows.append(
+            (item["type"], f"{item['size_bytes'] / 2**20:.1f} MiB", f"{item['bits_per_weight']:.2f}",
+             f"{item['top1_agreement']:.2%} vs {item['versus']}", kl, stop)
+        )
+    print_summary(
+        f"GGUF files in {figures['gguf_dir']} ({figures['prompts']} prompts, {figures['positions']} positions)",
+        rows, ("type", "size", "bits/weight", "top-1 agreement", "mean KL vs 16-bit", "test answer"),
+    )
+    meta = figures["metadata"]
+    print_summary(
+        "metadata",
+        [
+            ("name / license", f"{meta['name']} / {meta['license'] or 'unknown'}"),
+            ("EOS", f"{meta['end_of_turn']} (id {meta['eos_token_id']})"),
+            ("chat template", "embedded, identical to the merged model's" if meta["chat_template_matches"] else "MISSING"),
+            ("chat prompt via llama.cpp", f"same tokens as transformers, {meta['leading_bos']} leading BOS"),
+            ("Ollama Modelfile", f"{figures['modelfile'] or '-'}: TEMPLATE {figures['modelfile_template']}"),
+            ("seconds", figures["seconds"]),
+        ],
+    )
+    for note in figures.get("notes", []):
+        console.print(f"[yellow]note[/yellow]: {note}")
+    first = figures["files"][0]
+    console.print(f"{first['type']} answer to the test question: {first['answer'][:300]}", highlight=False)
