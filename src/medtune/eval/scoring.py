@@ -1,0 +1,149 @@
+"""Scoring items with a backend: loglik (which answer is most likely) and cot (reason, then answer).
+
+Prompts: the chat template renders one user turn (see `benchmarks.user_message`) and opens the
+assistant turn. In loglik mode the assistant turn starts with "The answer is" and the candidates
+are " A".." D" or " yes"/" no"/" maybe": when their first tokens differ (the usual case, and
+exact when each is one token) a single forward pass per prompt scores them all; otherwise each
+full continuation is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from medtune.eval.answers import extract_answer
+from medtune.eval.benchmarks import LOGLIK_ANSWER_PREFIX, Item, user_message
+
+MODES = ("loglik", "cot")
+
+
+@dataclass
+class Prediction:
+    """One item's outcome: the predicted label (None = could not be parsed) and its evidence."""
+
+    id: str
+    answer: str
+    predicted: str | None
+    correct: bool
+    scores: dict[str, float] | None = None  # loglik: label -> log-probability
+    output: str | None = None  # cot: the generated reply
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "predicted"}
+
+
+def prompt_text(tokenizer, item: Item, mode: str) -> str:
+    """The full prompt string for an item: chat template + (loglik) the fixed answer prefix."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_message(item, mode)}], tokenize=False, add_generation_prompt=True
+    )
+    return text + LOGLIK_ANSWER_PREFIX if mode == "loglik" else text
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    # The template already carries BOS where the model wants one: adding special tokens would double it.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def candidate_tokens(tokenizer, prompt: str, labels: Sequence[str]) -> list[list[int]]:
+    """Token ids of ' <label>' as the tokenizer would split it right after `prompt`."""
+    base = encode(tokenizer, prompt)
+    candidates = []
+    for label in labels:
+        full = encode(tokenizer, prompt + " " + label)
+        if full[: len(base)] == base and len(full) > len(base):
+            candidates.append(full[len(base):])
+        else:  # the label merged with the prompt's last token: fall back to tokenizing it alone
+            candidates.append(encode(tokenizer, " " + label))
+    return candidates
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """End-of-turn and EOS ids: generation stops at whichever the template emits."""
+    from medtune.tokenizer import end_of_turn_token
+
+    ids = []
+    try:
+        ids.append(tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)))
+    except Exception:  # a template without an end-of-turn token still has EOS
+        pass
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def _batches(order: list[int], size: int) -> list[list[int]]:
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def score_loglik(backend, items: Sequence[Item], on_progress: Callable[[int], None] = lambda n: None) -> list[Prediction]:
+    """Pick, for each item, the answer label whose continuation has the highest log-probability."""
+    if not items:
+        return []
+    tokenizer = backend.tokenizer
+    labels = list(items[0].options)
+    prompts = [encode(tokenizer, prompt_text(tokenizer, item, "loglik")) for item in items]
+    candidates = candidate_tokens(tokenizer, prompt_text(tokenizer, items[0], "loglik"), labels)
+    first = [c[0] for c in candidates]
+    first_token_only = len(set(first)) == len(first)
+    # Longest first: batches hold similar lengths (little padding) and memory peaks show up at once.
+    order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
+    scores: dict[int, list[float]] = {}
+    for batch in _batches(order, backend.batch_size):
+        batch_prompts = [prompts[i] for i in batch]
+        if first_token_only:
+            rows = backend.next_token_logprobs(batch_prompts, first)
+        else:
+            rows = [[] for _ in batch]
+            for cand in candidates:
+                values = backend.continuation_logprobs(batch_prompts, [cand] * len(batch))
+                for row, value in zip(rows, values):
+                    row.append(value)
+        for index, row in zip(batch, rows):
+            scores[index] = row
+        on_progress(len(batch))
+    predictions = []
+    for index, item in enumerate(items):
+        row = scores[index]
+        best = labels[max(range(len(labels)), key=lambda k: row[k])]
+        predictions.append(Prediction(
+            id=item.id, answer=item.answer, predicted=best, correct=best == item.answer,
+            scores={label: round(value, 4) for label, value in zip(labels, row)},
+        ))
+    return predictions
+
+
+def score_cot(backend, items: Sequence[Item], max_new_tokens: int,
+              on_progress: Callable[[int], None] = lambda n: None) -> list[Prediction]:
+    """Generate a step-by-step reply per item and extract its final answer (None = unparseable)."""
+    if not items:
+        return []
+    tokenizer = backend.tokenizer
+    prompts = [encode(tokenizer, prompt_text(tokenizer, item, "cot")) for item in items]
+    stops = stop_token_ids(tokenizer)
+    order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
+    outputs: dict[int, str] = {}
+    for batch in _batches(order, backend.batch_size):
+        for index, reply in zip(batch, backend.generate([prompts[i] for i in batch], max_new_tokens, stops)):
+            outputs[index] = reply
+        on_progress(len(batch))
+    predictions = []
+    for index, item in enumerate(items):
+        predicted = extract_answer(outputs[index], item.options)
+        predictions.append(Prediction(
+            id=item.id, answer=item.answer, predicted=predicted, correct=predicted == item.answer,
+            output=outputs[index],
+        ))
+    return predictions
+
+
+def score(backend, items: Sequence[Item], mode: str, *, max_new_tokens: int = 512,
+          on_progress: Callable[[int], None] = lambda n: None) -> list[Prediction]:
+    """Score `items` in `mode` ('loglik' or 'cot')."""
+    if mode == "loglik":
+        return score_loglik(backend, items, on_progress)
+    if mode == "cot":
+        return score_cot(backend, items, max_new_tokens, on_progress)
+    raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")

@@ -1,0 +1,259 @@
+"""The eval stage: every requested artifact x benchmark x mode, one results table.
+
+`evaluate(config)` is the pipeline stage (writes runs/<name>/eval/); `evaluate_model(...)` does
+the same for any model, folder or GGUF outside a run (`medtune eval --model ...`).
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtune.artifacts import atomic_dir
+from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig, RunConfig
+from medtune.errors import ArtifactError, ConfigError
+from medtune.eval import report
+from medtune.eval.benchmarks import Item, expand, load_items
+from medtune.eval.stats import accuracy, bootstrap_ci
+
+PREDICTIONS = "predictions"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to evaluate: a label for the table and how to open it."""
+
+    label: str  # "base", "merged", "adapter", "gguf:<file stem>"
+    kind: str  # "hf" or "gguf"
+    model_cfg: ModelConfig
+    adapter: Path | None = None
+    merged: Path | None = None
+    gguf: Path | None = None
+    tokenizer_dir: Path | None = None  # HF folder whose tokenizer renders prompts for a GGUF
+
+
+@dataclass
+class EvalResult:
+    """What the eval stage produced: one row per artifact x benchmark x mode."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "accuracy": {f"{r['artifact']}/{r['benchmark']}/{r['mode']}": r["accuracy"] for r in self.rows},
+            "eval_seconds": round(self.seconds, 1),
+        }
+
+
+def run_targets(config: RunConfig) -> list[Target]:
+    """The artifacts of a run named in eval.artifacts, in that order.
+
+    Raises ArtifactError when a requested artifact does not exist (with the command that makes it).
+    """
+    run_dir = config.run_dir
+    targets: list[Target] = []
+    for name in config.eval.artifacts:
+        if name == "base":
+            targets.append(Target("base", "hf", config.model))
+        elif name == "adapter":
+            folder = run_dir / "adapter"
+            if not (folder / "adapter_config.json").is_file():
+                raise ArtifactError(f"eval.artifacts has 'adapter' but {folder} holds no adapter; run `medtune train` first")
+            targets.append(Target("adapter", "hf", config.model, adapter=folder))
+        elif name == "merged":
+            folder = run_dir / "merged"
+            if not (folder / "config.json").is_file():
+                raise ArtifactError(f"eval.artifacts has 'merged' but {folder} holds no model; run `medtune merge` first")
+            targets.append(Target("merged", "hf", config.model, merged=folder))
+        else:  # gguf or gguf:TYPE
+            wanted = name.partition(":")[2].lower()
+            files = sorted((run_dir / "gguf").glob("*.gguf"))
+            if wanted:
+                files = [f for f in files if f.stem.lower().endswith(wanted) or f"-{wanted}" in f.stem.lower()]
+            if not files:
+                raise ArtifactError(
+                    f"eval.artifacts has '{name}' but {run_dir / 'gguf'} has no matching .gguf file; run `medtune export` first"
+                )
+            merged = run_dir / "merged"
+            tokenizer_dir = merged if (merged / "tokenizer_config.json").is_file() else None
+            for file in files:
+                label = f"gguf:{file.stem.removeprefix(config.name + '-')}"
+                targets.append(Target(label, "gguf", config.model, gguf=file, tokenizer_dir=tokenizer_dir))
+    return targets
+
+
+def model_target(model: str, model_cfg: ModelConfig | None = None) -> Target:
+    """A Target for `--model`: a .gguf file (llama.cpp), a merged/HF folder, a PEFT adapter folder, a hub id."""
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise ConfigError(f"--model: GGUF file {model} does not exist")
+        return Target(f"gguf:{path.stem}", "gguf", model_cfg or ModelConfig(base=model), gguf=path)
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        cfg = model_cfg or (ModelConfig(base=base) if base else None)
+        if cfg is None:
+            raise ConfigError(f"--model: adapter {model} does not name its base model; evaluate it through its run config")
+        return Target(path.name, "hf", cfg, adapter=path)
+    return Target(path.name if path.is_dir() else model, "hf", model_cfg or ModelConfig(base=model))
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def _open(target: Target, eval_cfg: EvalConfig, benchmarks: list[tuple[str, list[Item], int | None]]):
+    """Open a backend; llama.cpp gets a context long enough for the longest prompt plus generation."""
+    from medtune.eval import backends
+
+    if target.kind == "gguf":
+        if target.tokenizer_dir is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(target.tokenizer_dir))
+        else:
+            tokenizer = backends.gguf_tokenizer(target.gguf)
+        n_ctx = max(_context_size(items, tokenizer, mode, eval_cfg.max_new_tokens)
+                    for mode in eval_cfg.modes for _, items, _ in benchmarks)
+        return backends.open_llamacpp(target.gguf, tokenizer, n_ctx=n_ctx, n_threads=eval_cfg.n_threads)
+    device = backends.resolve_device(eval_cfg.device)
+    return backends.open_transformers(
+        target.model_cfg, adapter=target.adapter, merged=target.merged, device=device, dtype=eval_cfg.dtype,
+        batch_size=eval_cfg.batch_size,
+    )
+
+
+def _load_benchmarks(specs: list[BenchmarkSpec], seed: int) -> list[tuple[str, list[Item], int | None]]:
+    loaded = []
+    for spec in specs:
+        for member in expand(spec.name):
+            loaded.append((member, load_items(member, spec.path, spec.limit, seed), spec.limit))
+    return loaded
+
+
+def _context_size(items: list[Item], tokenizer, mode: str, max_new_tokens: int) -> int:
+    from medtune.eval.scoring import encode, prompt_text
+
+    longest = max(len(encode(tokenizer, prompt_text(tokenizer, item, mode))) for item in items)
+    return longest + (max_new_tokens if mode == "cot" else 8) + 16
+
+
+def _majority(items: list[Item]) -> float:
+    counts = collections.Counter(item.answer for item in items)
+    return round(counts.most_common(1)[0][1] / len(items), 4) if items else 0.0
+
+
+def evaluate_targets(
+    targets: list[Target],
+    specs: list[BenchmarkSpec],
+    eval_cfg: EvalConfig,
+    out_dir: Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    on_event: Callable[[str], None] = lambda message: None,
+) -> EvalResult:
+    """Evaluate every target on every benchmark and mode; write results, report and figure atomically."""
+    from medtune.eval.scoring import score
+    from medtune.ui import progress
+
+    started = time.perf_counter()
+    benchmarks = _load_benchmarks(specs, eval_cfg.subset_seed)
+    rows: list[dict[str, Any]] = []
+    predictions: dict[str, list[dict[str, Any]]] = {}
+    for target in targets:
+        on_event(f"opening {target.label}")
+        backend = None
+        try:
+            for mode in eval_cfg.modes:
+                for name, items, limit in benchmarks:
+                    if backend is None:
+                        backend = _open(target, eval_cfg, benchmarks)
+                    began = time.perf_counter()
+                    with progress() as bar:
+                        task = bar.add_task(f"{target.label} {name} {mode}", total=len(items))
+                        preds = score(backend, items, mode, max_new_tokens=eval_cfg.max_new_tokens,
+                                      on_progress=lambda n: bar.advance(task, n))
+                    seconds = time.perf_counter() - began
+                    correct = [p.correct for p in preds]
+                    unparsed = sum(p.predicted is None for p in preds)
+                    rows.append({
+                        "artifact": target.label,
+                        "backend": backend.name,
+                        "model": str(target.gguf or target.merged or target.adapter or target.model_cfg.base),
+                        "benchmark": name,
+                        "mode": mode,
+                        "n": len(preds),
+                        "correct": int(sum(correct)),
+                        "accuracy": round(accuracy(correct), 4),
+                        "ci95": list(bootstrap_ci(correct, eval_cfg.bootstrap_samples, seed=eval_cfg.subset_seed)),
+                        "parse_failures": unparsed,
+                        "parse_failure_rate": round(unparsed / len(preds), 4) if preds else 0.0,
+                        "seconds": round(seconds, 2),
+                        "items_per_second": round(len(preds) / seconds, 3) if seconds > 0 else 0.0,
+                        "majority_baseline": _majority(items),
+                        "limit": limit,
+                    })
+                    key = f"{target.label.replace(':', '-')}__{name}__{mode}"
+                    predictions[key] = [p.to_json() for p in preds]
+                    on_event(f"{target.label} {name} {mode}: accuracy {rows[-1]['accuracy']:.3f} "
+                             f"(95% CI {rows[-1]['ci95'][0]:.3f}-{rows[-1]['ci95'][1]:.3f}, n={len(preds)}, {seconds:.0f} s)")
+        finally:
+            if backend is not None:
+                backend.close()
+            gc.collect()
+    meta = {
+        **(meta or {}),
+        "modes": list(eval_cfg.modes),
+        "bootstrap_samples": eval_cfg.bootstrap_samples,
+        "subset_seed": eval_cfg.subset_seed,
+        "subset": {name: limit for name, _, limit in benchmarks if limit},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        report.write_results(tmp, rows, meta)
+        report.write_report(tmp, rows, meta)
+        report.write_figure(tmp, rows)
+        if predictions:
+            (tmp / PREDICTIONS).mkdir()
+            for key, records in predictions.items():
+                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                (tmp / PREDICTIONS / f"{key}.jsonl").write_text(text, encoding="utf-8")
+    return EvalResult(out_dir, rows, time.perf_counter() - started)
+
+
+def evaluate(config: RunConfig) -> EvalResult:
+    """The pipeline stage: evaluate config.eval.artifacts on config.eval.benchmarks in config.eval.modes.
+
+    Writes runs/<name>/eval/{results.json, report.md, accuracy.png, predictions/} atomically.
+    With no benchmarks configured it writes a report saying so. Raises ArtifactError for missing
+    artifacts, DataError for unreadable benchmark data, ModelError/ToolError when a model cannot be run.
+    """
+    from medtune.ui import console
+
+    targets = run_targets(config) if config.eval.benchmarks else []
+    return evaluate_targets(
+        targets, config.eval.benchmarks, config.eval, config.run_dir / "eval",
+        meta={"run": config.name}, on_event=lambda message: console.print(f"[cyan]    eval[/cyan]  {message}"),
+    )
+
+
+def evaluate_model(model: str, specs: list[BenchmarkSpec], eval_cfg: EvalConfig, out_dir: Path,
+                   *, on_event: Callable[[str], None] = lambda message: None) -> EvalResult:
+    """Evaluate one model outside a run: hub id, HF folder, PEFT adapter folder, embedded name, or .gguf."""
+    return evaluate_targets([model_target(model)], specs, eval_cfg, out_dir, meta={"model": model}, on_event=on_event)
+
+
+def iter_rows(result: EvalResult) -> Iterator[tuple[Any, ...]]:
+    """Summary-table rows: artifact, benchmark, mode, accuracy %, 95% CI, n, unparsed %, seconds."""
+    for r in result.rows:
+        yield (r["artifact"], r["benchmark"], r["mode"], f"{100 * r['accuracy']:.1f}",
+               f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}", r["n"], f"{100 * r['parse_failure_rate']:.1f}",
+               f"{r['seconds']:.1f}")

@@ -1,0 +1,69 @@
+"""`medtune eval` on a tiny model: --model form and the run stage (config form)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import PUBMEDQA_DIR
+from test_eval_scoring import make_biased_model
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from medtune.config import RunConfig
+from medtune.errors import ArtifactError, ConfigError
+from medtune.eval.benchmarks import load_items
+
+needs_pubmedqa = pytest.mark.skipif(not PUBMEDQA_DIR.is_dir(), reason="../shared/data/pubmedqa not present")
+
+
+@pytest.fixture(scope="module")
+def yes_model(tmp_path_factory, smollm2_tokenizer):
+    return make_biased_model(smollm2_tokenizer, tmp_path_factory.mktemp("yes-model"), "yes")
+
+
+@needs_pubmedqa
+def test_cli_model_form(yes_model, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "eval", "--model", str(yes_model), "--benchmark", "pubmedqa", "--path", str(PUBMEDQA_DIR),
+        "--limit", "8", "--out", str(out), "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())["results"]
+    items = load_items("pubmedqa", PUBMEDQA_DIR, limit=8, seed=0)
+    expected = sum(item.answer == "yes" for item in items) / 8
+    assert len(rows) == 1 and rows[0]["accuracy"] == pytest.approx(expected)  # always answers yes
+    assert rows[0]["n"] == 8 and rows[0]["backend"] == "transformers" and rows[0]["mode"] == "loglik"
+    assert (out / "report.md").is_file() and (out / "accuracy.png").is_file()
+    assert "eval" in result.output and "accuracy" in result.output
+
+
+def test_cli_rejects_bad_arguments(yes_model):
+    with pytest.raises(ConfigError, match="unknown benchmark"):
+        CliRunner().invoke(app, ["eval", "--model", str(yes_model), "--benchmark", "nope"], catch_exceptions=False)
+    with pytest.raises(ConfigError, match="either a run config"):
+        CliRunner().invoke(app, ["eval"], catch_exceptions=False)
+    with pytest.raises(ConfigError, match="mode"):
+        CliRunner().invoke(app, ["eval", "--model", str(yes_model), "--benchmark", "pubmedqa", "--mode", "zero"],
+                           catch_exceptions=False)
+
+
+@needs_pubmedqa
+def test_stage_evaluates_run_artifacts(yes_model, tmp_path):
+    from medtune.eval.stage import evaluate
+
+    config = RunConfig.model_validate({
+        "name": "tiny", "output_dir": str(tmp_path), "data": {"files": ["x.jsonl"]}, "model": {"base": str(yes_model)},
+        "eval": {"artifacts": ["base"], "modes": ["loglik"], "device": "cpu",
+                 "benchmarks": [{"name": "pubmedqa", "path": str(PUBMEDQA_DIR), "limit": 5}]},
+    })
+    result = evaluate(config)
+    assert result.out_dir == tmp_path / "tiny" / "eval"
+    assert {p.name for p in result.out_dir.iterdir()} == {"results.json", "report.md", "accuracy.png", "predictions"}
+    assert list(result.figures()["accuracy"]) == ["base/pubmedqa/loglik"]
+    config.eval.artifacts = ["base", "merged"]
+    with pytest.raises(ArtifactError, match="run `medtune merge` first"):
+        evaluate(config)
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        RunConfig.model_validate({"name": "t", "data": {"files": ["x"]}, "eval": {"benchmarks": [{"name": "mmlu"}]}})
