@@ -43,8 +43,8 @@ def print_report(run_dir) -> None:
     from medtune.ui import console, print_summary
 
     report = read_report(run_dir)
-    rows = [("records read", report["records"]), ("kept", report["kept"])]
-    rows += [("  train / val", f"{report['splits']['train']} / {report['splits']['val']}")]
+    rows = [("records read", report["records_read"]), ("kept", report["kept"])]
+    rows += [("  train / val", f"{report['train']} / {report['val']}")]
     for reason, count in report["dropped"].items():
         rows.append((f"dropped: {reason}", count))
     rows.append((f"truncated to {report['max_length']}", f"{report['truncated']} ({report['truncated_fraction']:.1%})"))
@@ -54,7 +54,7 @@ def print_report(run_dir) -> None:
             console.print(f"[yellow]{reason}[/yellow] ({escape(report['reasons'].get(reason, ''))}), e.g.:")
             for example in examples:
                 console.print(f"  {escape(example)}", highlight=False, soft_wrap=True)
-    tokens, before = report["tokens"], report["tokens_before_limit"]
+    tokens, before = report["token_lengths"], report["token_lengths_before_limit"]
     stats = ("p50", "p90", "p99", "max", "mean")
     print_summary(
         "tokens per example",

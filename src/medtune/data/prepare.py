@@ -37,7 +37,7 @@ REPORT = "report.json"
 SPLITS = ("train", "val")
 COLUMNS = ("input_ids", "labels", "length", "messages")
 # Bump when the output for the same inputs changes (labelling rules, columns, split method).
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 _WRITE_BATCH = 8192
 _MAP_BATCH = 512
 # Below this many records, worker start-up costs more than it saves.
@@ -56,14 +56,14 @@ class PrepareResult:
     def figures(self) -> dict[str, Any]:
         report = self.report
         return {
-            "records": report["records"],
+            "records_read": report["records_read"],
             "kept": report["kept"],
-            "train": report["splits"]["train"],
-            "val": report["splits"]["val"],
+            "train": report["train"],
+            "val": report["val"],
             "dropped": report["dropped"],
             "truncated": report["truncated"],
-            "tokens_p50": report["tokens"]["p50"],
-            "tokens_max": report["tokens"]["max"],
+            "tokens_p50": report["token_lengths"]["p50"],
+            "tokens_max": report["token_lengths"]["max"],
             "reused": self.reused,
         }
 
@@ -226,6 +226,8 @@ def _tokenize_split_save(
 
     data = config.data
     tally: Tally = collected["tally"]
+    if collected["kept"] == 0:
+        raise DataError(f"no usable records left out of {collected['records']}: dropped {tally.dropped}")
     mark = time.perf_counter()
     records = Dataset.from_file(str(collected["path"]))
     num_proc = data.num_proc or os.cpu_count() or 1
@@ -277,9 +279,10 @@ def _tokenize_split_save(
         raise DataError(f"internal error: {collected['records']} records read but {kept} kept + {dropped} dropped")
     truncated = int((status == TRUNCATED).sum())
     return {
-        "records": collected["records"],
+        "records_read": collected["records"],
         "kept": kept,
-        "splits": {"train": len(train_rows), "val": len(val_rows)},
+        "train": int(len(train_rows)),
+        "val": int(len(val_rows)),
         "dropped": dropped,
         "dropped_total": int(sum(dropped.values())),
         "reasons": {reason: REASONS.get(reason.split(":")[0], reason) for reason in dropped},
@@ -288,8 +291,8 @@ def _tokenize_split_save(
         "truncated_fraction": round(truncated / kept, 6),
         "max_length": data.max_length,
         "too_long_policy": data.too_long,
-        "tokens": length_stats(lengths),
-        "tokens_before_limit": length_stats(full_lengths),
+        "token_lengths": length_stats(lengths),
+        "token_lengths_before_limit": length_stats(full_lengths),
         "label_tokens": label_tokens,
         "columns": list(COLUMNS),
     }

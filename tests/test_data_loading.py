@@ -1,0 +1,106 @@
+"""Reading local files with file:line locations, and the shipped data files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medtune.config import SAMPLE_DATA, DataConfig
+from medtune.data.loading import builtin_path, iter_json, iter_jsonl, iter_parquet, iter_records, resolve_files
+from medtune.errors import DataError
+
+RECORD = {"instruction": "Q?", "output": "A."}
+
+
+def test_jsonl_locations_skip_blank_lines_and_flag_bad_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(RECORD).encode() + b"\n\n"  # BOM, then a blank line
+        + b'{"instruction": "\xff"}\n'
+        + b"[1, 2]\n"
+        + b"{not json\n"
+        + json.dumps(RECORD).encode()  # no final newline
+    )
+    rows = list(iter_jsonl(path))
+    assert [r.location for r in rows] == [f"{path}:{n}" for n in (1, 3, 4, 5, 6)]
+    assert rows[0].record == RECORD and rows[-1].record == RECORD
+    assert [r.problem.reason if r.problem else None for r in rows] == [
+        None, "invalid_utf8", "invalid_json", "invalid_json", None
+    ]
+
+
+def test_json_array_reports_the_line_each_record_starts_on(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([RECORD, RECORD, "text"], indent=2))
+    rows = list(iter_json(path))
+    assert len(rows) == 3
+    lines = path.read_text().splitlines()
+    for row in rows:
+        line = int(row.location.rsplit(":", 1)[1])
+        assert lines[line - 1].strip() in ("{", '"text"')
+    assert rows[2].problem.reason == "invalid_json"
+
+
+def test_json_array_with_a_bad_byte_flags_only_that_record(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[{"instruction": "ok", "output": "A"},\n {"instruction": "bad \xff", "output": "A"}]')
+    rows = list(iter_json(path))
+    assert rows[0].problem is None
+    assert rows[1].problem.reason == "invalid_utf8" and rows[1].location.endswith(":2")
+
+
+def test_broken_json_array_stops_with_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n{"instruction": "Q"},\n{"instruction": \n]')
+    with pytest.raises(DataError, match=r"d\.json:4:1: not valid JSON"):
+        list(iter_json(path))
+
+
+def test_json_lines_in_a_json_file_and_single_object(tmp_path):
+    lines = tmp_path / "lines.json"
+    lines.write_text(json.dumps(RECORD) + "\n" + json.dumps(RECORD) + "\n")
+    assert [r.location.rsplit(":", 1)[1] for r in iter_json(lines)] == ["1", "2"]
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(RECORD))
+    assert [r.record for r in iter_json(single)] == [RECORD]
+
+
+def test_parquet_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([RECORD, {"instruction": "Q2?", "output": "B."}]), path)
+    rows = list(iter_parquet(path))
+    assert [r.location for r in rows] == [f"{path}:row 1", f"{path}:row 2"]
+    assert rows[1].record == {"instruction": "Q2?", "output": "B."}
+
+
+def test_resolve_files_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_files([str(tmp_path / "missing.jsonl")])
+    (tmp_path / "d.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported extension"):
+        resolve_files([str(tmp_path / "d.csv")])
+    with pytest.raises(DataError, match="unknown built-in"):
+        resolve_files(["builtin:nope"])
+
+
+def test_shipped_sample_is_reasonmed_with_a_final_answer_line():
+    path = builtin_path(SAMPLE_DATA)
+    rows = list(iter_records(DataConfig(files=[SAMPLE_DATA])))
+    assert len(rows) >= 60 and all(r.problem is None for r in rows)
+    letters = []
+    for row in rows:
+        record = row.record
+        assert set(record) == {"instruction", "input", "output"}
+        assert [line[:3] for line in record["input"].splitlines()] == ["A. ", "B. ", "C. ", "D. "]
+        last = record["output"].splitlines()[-1]
+        assert last in {f"The answer is {x}." for x in "ABCD"}, last
+        assert record["output"].count("The answer is") == 1  # one unambiguous answer line
+        letters.append(last[-2])
+    assert min(letters.count(x) for x in "ABCD") >= 10  # answers spread over A-D
+    seed = [r.record for r in rows if "neck stiffness" in r.record["instruction"]]
+    assert seed and "B. Meningitis" in seed[0]["input"] and seed[0]["output"].endswith("The answer is B.")
+    assert str(path).endswith("reasonmed_sample.jsonl")
