@@ -175,8 +175,9 @@ def generation_eos_ids(tokenizer, end_of_turn: str, existing: Any) -> list[int]:
     if isinstance(existing, int):
         ids.append(existing)
     elif isinstance(existing, (list, tuple)):
-        ids.extend(int(i) for i in existing)
-    return list(dict.fromkeys(i for i in ids if i is not None and i >= 0))
+        for item in existing:
+            ids.extend(item if isinstance(item, (list, tuple)) else [item])
+    return list(dict.fromkeys(int(i) for i in ids if i is not None and int(i) >= 0))
 
 
 def _device_and_dtype(choice: str) -> tuple[str, str]:
@@ -214,6 +215,7 @@ def merge_adapter(config: RunConfig) -> MergeResult:
     if not tokenizer.chat_template:
         raise ArtifactError(f"{source}: the saved tokenizer has no chat template; rerun `medtune train`")
     end_of_turn = end_of_turn_token(tokenizer)
+    original_eos = tokenizer.eos_token_id
     if tokenizer.eos_token != end_of_turn:
         # llama.cpp, Ollama and most chat front ends stop on EOS only: make it the end-of-turn token.
         notes.append(f"EOS token set to the end-of-turn token {end_of_turn!r} (was {tokenizer.eos_token!r})")
@@ -242,7 +244,7 @@ def merge_adapter(config: RunConfig) -> MergeResult:
     if hasattr(merged.config, "quantization_config"):
         delattr(merged.config, "quantization_config")  # llama.cpp's converter rejects it
     generation = merged.generation_config
-    generation.eos_token_id = generation_eos_ids(tokenizer, end_of_turn, generation.eos_token_id)
+    generation.eos_token_id = generation_eos_ids(tokenizer, end_of_turn, [original_eos, generation.eos_token_id])
     generation.pad_token_id = tokenizer.pad_token_id
     if tokenizer.bos_token_id is not None:
         generation.bos_token_id = tokenizer.bos_token_id

@@ -1,0 +1,181 @@
+"""Export: tiny random Llamas (tied embeddings; llama3 rope scaling) with real tokenizers go through
+merge -> convert -> quantize -> load -> logit agreement; the embedded SmolLM2 (loaded by transformers
+from a GGUF) goes through the same path and must answer the seed question and stop; the Ollama
+Modelfile is derived from each chat template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_merge import make_adapter_run
+
+from medtune import llamacpp
+from medtune.errors import ArtifactError
+
+needs_llama_cpp = pytest.mark.skipif(
+    not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file(),
+    reason=f"llama.cpp runtime/converter not installed: {llamacpp.SETUP_HINT} (CI does)",
+)
+
+
+def _read_fields(path, *keys):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return {key: (reader.fields[key].contents() if key in reader.fields else None) for key in keys}
+
+
+def _export_tiny(tmp_path, base_dir, name):
+    from medtune.export import export_gguf
+    from medtune.merge import merge_adapter
+
+    # Random tiny models have near-tied logits (16-bit rounding flips a few) and never say EOS.
+    export = {"quant_types": ["Q4_K_M", "Q8_0"], "min_f16_top1": 0.97, "answer_max_tokens": 16, "require_eos_stop": False}
+    config = make_adapter_run(tmp_path, base_dir, name=name, export=export)
+    merge_adapter(config)
+    return config, export_gguf(config)
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+@pytest.mark.parametrize("variant", ["tied", "llama3_rope"])
+def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
+    from medtune.artifacts import read_manifest
+
+    base_dir = request.getfixturevalue("tiny_llama_dir" if variant == "tied" else "tiny_llama3_rope_dir")
+    config, result = _export_tiny(tmp_path, base_dir, f"tiny-{variant}")
+    folder = config.run_dir / "gguf"
+    names = sorted(p.name for p in folder.glob("*.gguf"))
+    assert names == sorted(f"tiny-{variant}-{t}.gguf" for t in ("F16", "Q4_K_M", "Q8_0"))
+    f16, q4, q8 = result.files
+    assert (f16.type, q4.type, q8.type) == ("F16", "Q4_K_M", "Q8_0")
+    assert f16.top1_agreement >= 0.97 and f16.mean_kl is None and 15.9 < f16.bits_per_weight < 16.1
+    assert q8.top1_agreement >= 0.9 and q8.mean_kl is not None and q8.size_bytes < f16.size_bytes
+    assert q4.size_bytes <= q8.size_bytes
+    eot = "<|im_end|>" if variant == "tied" else "<|eot_id|>"
+    assert result.metadata["end_of_turn"] == eot and result.metadata["chat_prompt_matches_hf"]
+    assert result.metadata["leading_bos"] <= 1
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(config.run_dir / "merged"))
+    for name in names:
+        fields = _read_fields(folder / name, "general.name", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template", "general.license")
+        assert fields["general.name"] == config.name
+        assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.convert_tokens_to_ids(eot)
+        assert fields["tokenizer.chat_template"] == tokenizer.chat_template
+        assert fields["general.license"] == "apache-2.0"
+    modelfile = (folder / "Modelfile").read_text()
+    assert f"FROM ./tiny-{variant}-Q4_K_M.gguf" in modelfile and 'TEMPLATE """' in modelfile
+    assert f'PARAMETER stop "{eot}"' in modelfile
+    saved = json.loads((folder / "verification.json").read_text())
+    assert set(saved["quants"]) == {"Q4_K_M", "Q8_0"}
+    entry = read_manifest(config.run_dir)["stages"]["export"]
+    assert entry["status"] == "done" and entry["f16_top1_agreement"] == f16.top1_agreement
+    assert {"top1_agreement", "mean_kl", "size_bytes"} <= set(entry["quants"]["Q8_0"])
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
+    """The default model: transformers loads SmolLM2 from a GGUF (quantization-marked), medtune
+    merges an adapter into it, llama.cpp converts it back, and every file answers the seed question
+    and stops by itself; the 16-bit file agrees with transformers on >= 99% of next tokens."""
+    import torch
+
+    from medtune.config import ModelConfig
+    from medtune.export import export_gguf
+    from medtune.merge import merge_adapter
+    from medtune.modeling import load_base_model
+    from medtune.tokenizer import load_tokenizer
+
+    base_dir = tmp_path / "smollm2"
+    model_config = ModelConfig()
+    load_base_model(model_config, dtype=torch.float32).save_pretrained(base_dir)
+    tokenizer = load_tokenizer(model_config)
+    tokenizer.save_pretrained(base_dir)
+    config = make_adapter_run(tmp_path, base_dir, name="smol", export={"quant_types": ["Q8_0"]}, tokenizer=tokenizer,
+                              base="embedded:smollm2-135m-instruct")
+    # A tiny adapter: the fine-tuned model must still be the chat model that knows when to stop.
+    from safetensors.torch import load_file, save_file
+
+    weights_path = config.run_dir / "adapter" / "adapter_model.safetensors"
+    weights = {k: (v * 0.01 if "lora_B" in k else v) for k, v in load_file(str(weights_path)).items()}
+    save_file(weights, str(weights_path))
+
+    merged = merge_adapter(config)
+    assert merged.top1_agreement == 1.0
+    assert "quantization_config" not in json.loads((config.run_dir / "merged" / "config.json").read_text())
+    result = export_gguf(config)
+    assert result.f16_top1_agreement >= 0.99
+    assert all(f.stopped_on_eos and f.answer for f in result.files)
+    assert result.metadata["license"] == "apache-2.0"
+
+
+@needs_llama_cpp
+def test_export_without_merged_model_says_what_to_run(tmp_path):
+    from medtune.config import RunConfig
+    from medtune.export import export_gguf
+
+    config = RunConfig.model_validate({"name": "x", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]}})
+    with pytest.raises(ArtifactError, match="medtune merge"):
+        export_gguf(config)
+
+
+def test_staging_copy_drops_quantization_config_and_adds_card(tmp_path):
+    from medtune.config import RunConfig
+    from medtune.export import _staging_copy
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {"quant_method": "gguf"}}))
+    (merged / "model.safetensors").write_bytes(b"x")
+    config = RunConfig.model_validate(
+        {"name": "demo", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]}, "model": {"license": "apache-2.0"}}
+    )
+    with _staging_copy(merged, config) as staged:
+        assert "quantization_config" not in json.loads((staged / "config.json").read_text())
+        assert (staged / "model.safetensors").read_bytes() == b"x"
+        card = (staged / "README.md").read_text()
+        assert "license: apache-2.0" in card and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "quantization_config" in (merged / "config.json").read_text()  # the merged folder is untouched
+
+
+# ---- Ollama Modelfile ---------------------------------------------------------------------------
+
+
+def test_modelfile_from_chatml_template(smollm2_tokenizer):
+    from medtune.ollama import build_modelfile, derive_pieces
+
+    pieces = derive_pieces(smollm2_tokenizer)
+    assert pieces.bos == ""  # ChatML's <|im_start|> is a turn marker, not a BOS
+    assert pieces.user_prefix == "<|im_start|>user\n" and pieces.assistant_suffix == "<|im_end|>\n"
+    assert pieces.default_system.startswith("You are a helpful AI assistant named SmolLM")
+    modelfile = build_modelfile(smollm2_tokenizer, "m-Q4_K_M.gguf", end_of_turn="<|im_end|>", runtime_adds_bos=False)
+    assert modelfile.template.startswith("derived")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile.text and "SYSTEM" in modelfile.text
+    assert modelfile.text.splitlines()[1] == "FROM ./m-Q4_K_M.gguf"
+
+
+def test_modelfile_llama3_bos_only_when_the_runtime_does_not_add_it(llama3_tokenizer):
+    from medtune.ollama import build_modelfile, derive_pieces
+
+    pieces = derive_pieces(llama3_tokenizer)
+    assert pieces.bos == "<|begin_of_text|>" and pieces.default_system is None
+    with_bos = build_modelfile(llama3_tokenizer, "m.gguf", end_of_turn="<|eot_id|>", runtime_adds_bos=False).text
+    without = build_modelfile(llama3_tokenizer, "m.gguf", end_of_turn="<|eot_id|>", runtime_adds_bos=True).text
+    assert 'TEMPLATE """<|begin_of_text|>' in with_bos
+    assert "<|begin_of_text|>" not in without  # the runtime adds it: writing it too would double it
+    assert 'PARAMETER stop "<|eot_id|>"' in without
+
+
+def test_modelfile_omits_template_it_cannot_derive(smollm2_tokenizer):
+    import copy
+
+    from medtune.ollama import build_modelfile
+
+    odd = copy.deepcopy(smollm2_tokenizer)
+    odd.chat_template = "{{ messages[-1]['content'] }}"  # only the last message: not per-role
+    modelfile = build_modelfile(odd, "m.gguf", end_of_turn="<|im_end|>", runtime_adds_bos=False)
+    assert "TEMPLATE" not in modelfile.text and modelfile.template.startswith("omitted")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile.text

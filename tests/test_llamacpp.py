@@ -1,0 +1,137 @@
+"""The pinned llama.cpp: type names, locating the converter, and the runtime regression test
+(convert -> quantize -> load -> logits agree with transformers; crashes or divergence fail it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medtune import llamacpp
+from medtune.errors import ConfigError, ToolError
+
+needs_runtime = pytest.mark.skipif(
+    not llamacpp.runtime_available(),
+    reason=f"llama.cpp runtime not installed: {llamacpp.SETUP_HINT} (CI does)",
+)
+needs_converter = pytest.mark.skipif(
+    not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file(),
+    reason=f"llama.cpp converter not installed: {llamacpp.SETUP_HINT} (CI does)",
+)
+
+
+def test_quant_type_names_come_from_llama_cpp():
+    names = llamacpp.quant_type_names()
+    assert names["Q4_K_M"] == 15 and names["Q8_0"] == 7 and names["F16"] == 1
+    allowed = llamacpp.allowed_quant_types()
+    assert "Q5_K_M" in allowed and "Q4_K" in allowed
+    assert "IQ2_XS" not in allowed  # needs an importance matrix
+
+
+def test_normalize_quant_types_accepts_aliases_and_case():
+    assert llamacpp.normalize_quant_types(["q4_k", "Q8_0", "Q4_K_M"]) == ["Q4_K_M", "Q8_0"]
+
+
+def test_unknown_quant_types_are_a_config_error_listing_the_allowed_ones():
+    with pytest.raises(ConfigError) as info:
+        llamacpp.normalize_quant_types(["Q4_K_X", "IQ1_S", "F16"], outtype="f16")
+    message = str(info.value)
+    assert "'Q4_K_X' is not a llama.cpp quantization type" in message
+    assert "importance matrix" in message and "16-bit file" in message
+    assert "Allowed:" in message and "Q4_K_M" in message
+
+
+def test_config_file_with_unknown_quant_type_names_the_key(tmp_path):
+    from medtune.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("name: x\ndata: {files: [a.jsonl]}\nexport: {quant_types: [Q4_K_M, Q9_9]}\n")
+    with pytest.raises(ConfigError, match=r"export\.quant_types: .*'Q9_9'.*Allowed"):
+        load_config(path)
+    assert load_config(path, ["export.quant_types=[q5_k_m]"]).export.quant_types == ["Q5_K_M"]
+
+
+def test_converter_from_llama_cpp_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
+    with pytest.raises(ToolError, match="LLAMA_CPP_DIR"):
+        llamacpp.find_converter()
+    (tmp_path / llamacpp.CONVERTER).write_text("# stub\n")
+    (tmp_path / "gguf-py" / "gguf").mkdir(parents=True)
+    assert llamacpp.find_converter() == tmp_path / llamacpp.CONVERTER
+    assert "LLAMA_CPP_DIR" in llamacpp.converter_description()
+
+
+def test_descriptions_are_one_line():
+    for text in (llamacpp.runtime_description(), llamacpp.converter_description()):
+        assert text and "\n" not in text
+
+
+@needs_runtime
+def test_runtime_is_the_pinned_build_without_amx():
+    runtime = llamacpp.load_runtime()
+    assert runtime.__version__ == llamacpp.LLAMA_CPP_PYTHON_VERSION
+    assert "AMX_INT8 = 1" not in runtime.llama_print_system_info().decode()
+    assert "no AMX" in llamacpp.runtime_description() or "outside" in llamacpp.runtime_description()
+
+
+@needs_runtime
+def test_quantize_refuses_imatrix_types_and_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="importance matrix"):
+        llamacpp.quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "IQ2_XS")
+    with pytest.raises(ToolError, match="does not exist"):
+        llamacpp.quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "Q8_0")
+
+
+def _hf_logits(model_dir: Path, ids: list[int]):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
+def _chat_ids(model_dir: Path) -> tuple[str, list[int]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "You are a careful physician."},
+         {"role": "user", "content": "A patient presents with severe headache and neck stiffness. What is the most likely diagnosis?"}],
+        tokenize=False, add_generation_prompt=True,
+    )
+    return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _roundtrip(model_dir: Path, tmp_path: Path) -> None:
+    """Convert, quantize and load; the llama.cpp logits must match transformers'."""
+    text, ids = _chat_ids(model_dir)
+    reference = _hf_logits(model_dir, ids)
+    f16 = llamacpp.convert_to_gguf(model_dir, tmp_path / "m-F16.gguf", "f16", {"general.name": "regression"})
+    q8 = llamacpp.quantize_gguf(f16, tmp_path / "m-Q8_0.gguf", "Q8_0")
+    for path, max_diff, min_top1 in ((f16, 5e-3, 0.97), (q8, 0.1, 0.9)):
+        llm = llamacpp.open_gguf(path, n_ctx=256, logits_all=True)
+        try:
+            # Same tokens through llama.cpp's own tokenizer: the converted vocabulary is faithful.
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+            logits = llamacpp.sequence_logits(llm, ids)
+        finally:
+            llm.close()
+        assert logits.shape == reference.shape
+        assert abs(logits - reference).max() < max_diff, path.name
+        assert (logits.argmax(-1) == reference.argmax(-1)).mean() >= min_top1, path.name
+
+
+@needs_runtime
+@needs_converter
+def test_llama_cpp_matches_transformers(tmp_path, tiny_llama_dir):
+    """Regression test for the AMX miscompile class of bugs: llama.cpp inference must not crash
+    and its F16 logits must equal transformers' fp32 logits up to F16 rounding."""
+    _roundtrip(tiny_llama_dir, tmp_path)
+
+
+@pytest.mark.slow
+@needs_runtime
+@needs_converter
+def test_llama_cpp_matches_transformers_llama3_rope(tmp_path, tiny_llama3_rope_dir):
+    _roundtrip(tiny_llama3_rope_dir, tmp_path)
