@@ -1,0 +1,79 @@
+"""medtune chat: target detection, one-shot answers from a merged folder, an adapter and a GGUF file."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from medtune import llamacpp
+from medtune.errors import ArtifactError
+
+
+def _invoke(*args: str):
+    from medtune.cli import app
+
+    return CliRunner().invoke(app, ["chat", *args])
+
+
+def test_describe_target(tmp_path, tiny_llama_dir):
+    from medtune.chat import describe_target
+
+    assert describe_target(tiny_llama_dir) == "merged"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    assert describe_target(adapter) == "adapter"
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "m-Q8_0.gguf").write_bytes(b"GGUF")
+    assert describe_target(tmp_path / "gguf" / "m-Q8_0.gguf") == "gguf"
+    with pytest.raises(ArtifactError, match="pick one: m-Q8_0.gguf"):
+        describe_target(tmp_path / "gguf")
+    with pytest.raises(ArtifactError, match="not a .gguf file"):
+        describe_target(tmp_path / "missing")
+
+
+def test_chat_one_shot_with_merged_folder(tiny_llama_dir):
+    result = _invoke(str(tiny_llama_dir), "--prompt", "What causes scurvy?", "--temperature", "0", "--max-tokens", "6")
+    assert result.exit_code == 0, result.output
+    assert "6 tokens, cut at --max-tokens 6" in result.output
+
+
+def test_chat_with_adapter_uses_base_plus_adapter(tmp_path, tiny_llama_dir):
+    from test_merge import make_adapter_run
+
+    config = make_adapter_run(tmp_path, tiny_llama_dir)
+    result = _invoke(str(config.run_dir / "adapter"), "-p", "hi", "--system", "Be brief.", "--max-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert "4 tokens" in result.output
+
+
+def test_chat_interactive_reads_until_eof(tiny_llama_dir):
+    from medtune.cli import app
+
+    result = CliRunner().invoke(app, ["chat", str(tiny_llama_dir), "--max-tokens", "3"], input="hello\n/reset\nagain\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("3 tokens") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not llamacpp.runtime_available(), reason=f"llama.cpp runtime not installed: {llamacpp.SETUP_HINT}")
+@pytest.mark.skipif(
+    not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file(), reason=f"converter not installed: {llamacpp.SETUP_HINT}"
+)
+def test_chat_with_gguf_file(tmp_path, tiny_llama_dir):
+    path = llamacpp.convert_to_gguf(tiny_llama_dir, tmp_path / "tiny-F16.gguf", "f16", {"general.name": "tiny"})
+    result = _invoke(str(path), "-p", "hello", "--temperature", "0", "--max-tokens", "5")
+    assert result.exit_code == 0, result.output
+    assert "5 tokens, cut at --max-tokens 5" in result.output
+
+
+def test_chat_bad_target_is_one_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from medtune.cli import main; main()", "chat", str(tmp_path / "nope.gguf"), "-p", "x"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "error:" in done.stdout + done.stderr and "Traceback" not in done.stderr
