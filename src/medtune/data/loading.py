@@ -48,8 +48,11 @@ def builtin_path(name: str) -> Path:
 def resolve_files(files: list[str]) -> list[Path]:
     """Turn `data.files` entries into existing paths. Raises DataError for missing or unsupported files."""
     paths = []
+    from medtune.data.sources import resolve_source
+
     for entry in files:
-        path = builtin_path(entry) if entry.startswith("builtin:") else Path(entry).expanduser()
+        derived = resolve_source(entry)  # e.g. pubmedqa-train:FOLDER, converted once into the cache
+        path = derived or (builtin_path(entry) if entry.startswith("builtin:") else Path(entry).expanduser())
         if not path.is_file():
             raise DataError(f"data.files: {entry} does not exist (give .jsonl, .json or .parquet files)")
         if path.suffix.lower() not in SUFFIXES:
