@@ -67,3 +67,24 @@ def test_stage_evaluates_run_artifacts(yes_model, tmp_path):
         evaluate(config)
     with pytest.raises(ValueError, match="unknown benchmark"):
         RunConfig.model_validate({"name": "t", "data": {"files": ["x"]}, "eval": {"benchmarks": [{"name": "mmlu"}]}})
+
+
+@needs_pubmedqa
+def test_adapter_folder_is_evaluated_on_its_base(yes_model, tmp_path):
+    """A PEFT adapter folder names its base; --model on it loads base + adapter through peft."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from medtune.config import BenchmarkSpec, EvalConfig
+    from medtune.eval.stage import evaluate_model, model_target
+
+    base = AutoModelForCausalLM.from_pretrained(str(yes_model))
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    target = model_target(str(adapter))
+    assert target.adapter == adapter and target.model_cfg.base == str(yes_model)
+    spec = BenchmarkSpec(name="pubmedqa", path=str(PUBMEDQA_DIR), limit=4)
+    result = evaluate_model(str(adapter), [spec], EvalConfig(benchmarks=[spec], device="cpu"), tmp_path / "out")
+    items = load_items("pubmedqa", PUBMEDQA_DIR, limit=4)
+    # LoRA B starts at zero: base + adapter still answers "yes" to everything
+    assert result.rows[0]["accuracy"] == pytest.approx(sum(i.answer == "yes" for i in items) / 4)
