@@ -95,7 +95,7 @@ fi
 arch="$(uname -m)"
 ours=""
 if [ "$arch" = "x86_64" ] || [ "$arch" = "amd64" ]; then
-  flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+  flags=" $( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true) | cut -d: -f2) "  # none (e.g. macOS): baseline
   has() { case "$flags" in *" $1 "*) echo ON;; *) echo OFF;; esac; }
   case "${MEDTUNE_LLAMA_CPU:-host}" in
     host)
@@ -167,6 +167,7 @@ import llama_cpp
 info = llama_cpp.llama_print_system_info().decode()
 if "AMX_INT8 = 1" in info:
     raise SystemExit("runtime was built with AMX kernels, which GCC 12 miscompiles; rebuild with MEDTUNE_LLAMA_REBUILD=1")
-print("[setup-llama-cpp] runtime ok: llama-cpp-python", llama_cpp.__version__, "|", info.strip()[:160])
+on = [f.split("=")[0].split(":")[-1].strip() for f in info.split("|") if f.strip().endswith("= 1")]
+print(f"[setup-llama-cpp] runtime ok: llama-cpp-python {llama_cpp.__version__}; CPU features in use: {' '.join(on) or 'none'}; AMX: off")
 EOF
 say "converter: $TREE/convert_hf_to_gguf.py"
