@@ -179,3 +179,58 @@ def test_modelfile_omits_template_it_cannot_derive(smollm2_tokenizer):
     modelfile = build_modelfile(odd, "m.gguf", end_of_turn="<|im_end|>", runtime_adds_bos=False)
     assert "TEMPLATE" not in modelfile.text and modelfile.template.startswith("omitted")
     assert 'PARAMETER stop "<|im_end|>"' in modelfile.text
+
+
+_GO_RENDERER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"text/template"
+)
+
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+func main() {
+	src, _ := os.ReadFile(os.Args[1])
+	var msgs []Message
+	json.NewDecoder(os.Stdin).Decode(&msgs)
+	t := template.Must(template.New("m").Parse(string(src)))
+	if err := t.Execute(os.Stdout, map[string]interface{}{"Messages": msgs}); err != nil {
+		panic(err)
+	}
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("go") is None, reason="Go toolchain not installed (optional check)")
+@pytest.mark.parametrize("fixture", ["smollm2_tokenizer", "llama3_tokenizer"])
+def test_modelfile_template_renders_like_jinja_in_go(tmp_path, fixture, request):
+    """Ollama renders TEMPLATE with Go's text/template: run the real thing on the derived template."""
+    import re
+    import subprocess
+
+    from medtune.ollama import build_modelfile
+
+    tokenizer = request.getfixturevalue(fixture)
+    (tmp_path / "main.go").write_text(_GO_RENDERER)
+    (tmp_path / "go.mod").write_text("module gotpl\ngo 1.19\n")
+    subprocess.run(["go", "build", "-o", "render", "."], cwd=tmp_path, check=True, env={**__import__("os").environ, "GOCACHE": str(tmp_path / "cache")})
+    text = build_modelfile(tokenizer, "m.gguf", end_of_turn=tokenizer.eos_token, runtime_adds_bos=False).text
+    (tmp_path / "t.tmpl").write_text(re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1))
+    system = re.search(r'SYSTEM """(.*?)"""', text, re.S)
+    for conversation in (
+        [{"role": "user", "content": "What causes scurvy?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What causes scurvy?"},
+         {"role": "assistant", "content": "Vitamin C deficiency."}, {"role": "user", "content": "And rickets?"}],
+    ):
+        sent = conversation
+        if system and conversation[0]["role"] != "system":  # Ollama sends SYSTEM as the first message
+            sent = [{"role": "system", "content": system.group(1)}, *conversation]
+        rendered = subprocess.run([str(tmp_path / "render"), str(tmp_path / "t.tmpl")], input=json.dumps(sent),
+                                  capture_output=True, text=True, check=True).stdout
+        assert rendered == tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
