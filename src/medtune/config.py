@@ -38,6 +38,11 @@ class DecontaminationConfig(Section):
     threshold: float = Field(
         0.5, gt=0, le=1, description="Fraction of a test item's n-grams found in a training question that counts as a match."
     )
+    paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="Local copies of benchmarks in their original format, by name (default: the path given for "
+        "that benchmark in eval.benchmarks, else the hub).",
+    )
 
 
 class DataConfig(Section):

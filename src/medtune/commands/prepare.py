@@ -49,6 +49,17 @@ def print_report(run_dir) -> None:
         rows.append((f"dropped: {reason}", count))
     rows.append((f"truncated to {report['max_length']}", f"{report['truncated']} ({report['truncated_fraction']:.1%})"))
     print_summary("data", rows, ("", "records"))
+    if report.get("decontamination"):
+        checked = report["decontamination"]
+        rows = [
+            (name, info["items"], info["source"], checked["dropped"].get(name, 0))
+            for name, info in checked["benchmarks"].items()
+        ]
+        print_summary(
+            f"decontamination ({checked['ngram']}-gram overlap >= {checked['threshold']:.0%}, or the whole question)",
+            rows,
+            ("benchmark", "items", "from", "training records dropped"),
+        )
     for reason, examples in report["examples"].items():
         if examples:
             console.print(f"[yellow]{reason}[/yellow] ({escape(report['reasons'].get(reason, ''))}), e.g.:")

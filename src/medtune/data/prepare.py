@@ -28,6 +28,7 @@ import numpy as np
 from medtune.artifacts import atomic_dir, atomic_write_json, describe_outputs, fingerprint, record_stage
 from medtune.config import RunConfig
 from medtune.data import formats, loading
+from medtune.data.decontaminate import question_text
 from medtune.data.rendering import KEPT, TOO_LONG, TRUNCATED, ChatRenderer, tokenize_table
 from medtune.data.validation import REASONS, RecordProblem, Tally, check_messages, control_token_pattern, reject, with_system_prompt
 from medtune.errors import ArtifactError, DataError
@@ -110,6 +111,10 @@ def prepare_data(config: RunConfig, force: bool = False) -> PrepareResult:
         timings["read_validate"] = round(time.perf_counter() - mark, 2)
         report = _tokenize_split_save(config, renderer, collected, work, tmp, timings)
         shutil.rmtree(work)
+        if decontaminator is not None:
+            summary = decontaminator.summary()
+            summary["dropped"] = {name: report["dropped"].get(f"contaminated:{name}", 0) for name in summary["benchmarks"]}
+            report["decontamination"] = summary
         report.update(
             fingerprint=digest,
             sources=sources,
@@ -157,12 +162,25 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
     source_formats: dict[str, str] = {}
     seen: dict[bytes, str] = {}
     records = kept = 0
-    messages_buffer: list[str] = []
-    source_buffer: list[str] = []
     raw_records = (
         loading.iter_hub_records(data, hub_dataset) if hub_dataset is not None else loading.iter_records(data)
     )
     features = Features({"messages": Value("string"), "source": Value("string")})
+    buffer: list[tuple[str, str, list[dict[str, str]]]] = []  # (chat JSON, location, messages)
+
+    def flush(writer) -> int:
+        rows = list(buffer)
+        if decontaminator is not None:
+            hits = decontaminator.find([question_text(messages) for _, _, messages in rows])
+            for (_, location, _), hit in zip(rows, hits):
+                if hit is not None:
+                    tally.add(f"contaminated:{hit.benchmark}", location, hit.describe())
+            rows = [row for row, hit in zip(rows, hits) if hit is None]
+        if rows:
+            writer.write_batch({"messages": [r[0] for r in rows], "source": [r[1] for r in rows]})
+        buffer.clear()
+        return len(rows)
+
     with ArrowWriter(path=str(path), features=features) as writer, progress() as bar:
         task = bar.add_task("Reading records", total=data.limit)
         for raw in raw_records:
@@ -187,17 +205,12 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
                     reject(RecordProblem("duplicate", f"same chat as {seen[key]}"), raw.location, data.invalid, tally)
                     continue
                 seen[key] = raw.location
-            if decontaminator is not None and (hit := decontaminator.match(messages)) is not None:
-                tally.add(f"contaminated:{hit.benchmark}", raw.location, hit.describe())
-                continue
-            kept += 1
-            messages_buffer.append(text)
-            source_buffer.append(raw.location)
-            if len(messages_buffer) >= _WRITE_BATCH:
-                writer.write_batch({"messages": messages_buffer, "source": source_buffer})
-                messages_buffer, source_buffer = [], []
-        if messages_buffer or kept == 0:
-            writer.write_batch({"messages": messages_buffer, "source": source_buffer})
+            buffer.append((text, raw.location, messages))
+            if len(buffer) >= _WRITE_BATCH:
+                kept += flush(writer)
+        kept += flush(writer)
+        if kept == 0:
+            writer.write_batch({"messages": [], "source": []})
         writer.finalize()
         bar.update(task, completed=records, total=records)
     if records == 0:
