@@ -30,7 +30,7 @@ def print_export_table(figures: dict) -> None:
 
     rows = []
     for item in figures["files"]:
-        kl = "-" if item["mean_kl"] is None else f"{item['mean_kl']:.4f}"
+        kl = "-" if item["mean_kl"] is None else f"{item['mean_kl']:.3g}"
         stop = f"EOS after {item['answer_tokens']}" if item["stopped_on_eos"] else f"no EOS in {item['answer_tokens']}"
         rows.append(
             (item["type"], f"{item['size_bytes'] / 2**20:.1f} MiB", f"{item['bits_per_weight']:.2f}",
