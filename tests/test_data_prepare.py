@@ -210,3 +210,18 @@ def test_demo_config_with_the_embedded_model(tmp_path):
     report = json.loads((tmp_path / "demo" / "data" / "report.json").read_text())
     assert report["kept"] == report["records_read"] >= 60
     assert report["chat_template_eot"] == "<|im_end|>" and report["pad_token"] != "<|im_end|>"
+
+
+def test_hub_code_path_with_a_packaged_builder(tmp_path, tiny_llama_dir):
+    # data.dataset goes through datasets.load_dataset; its "json" builder runs offline on local files.
+    config = RunConfig(
+        name="hub",
+        output_dir=str(tmp_path / "runs"),
+        data=DataConfig(dataset="json", data_files=[str(builtin_path(SAMPLE_DATA))], split="train", val_size=5),
+        model=ModelConfig(base=str(tiny_llama_dir)),
+    )
+    report = prepare_data(config).report
+    assert report["kept"] == 68 and report["val"] == 5
+    assert report["examples"] == {} and report["sources"][0]["dataset"] == "json"
+    assert report["sources"][0]["fingerprint"]
+    assert prepare_data(config).reused

@@ -243,7 +243,7 @@ def _tokenize_split_save(
         raise DataError(f"no usable records left out of {collected['records']}: dropped {tally.dropped}")
     mark = time.perf_counter()
     records = Dataset.from_file(str(collected["path"]))
-    num_proc = data.num_proc or os.cpu_count() or 1
+    num_proc = data.num_proc or _available_cores()
     num_proc = max(1, min(num_proc, len(records) // _MIN_RECORDS_PER_WORKER))
     tokenized = records.with_format("arrow").map(
         tokenize_table,
@@ -309,6 +309,11 @@ def _tokenize_split_save(
         "label_tokens": label_tokens,
         "columns": list(COLUMNS),
     }
+
+
+def _available_cores() -> int:
+    # The cores this process may run on (a container's share), not the host's count.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _label_token_count(tokenized) -> int:
