@@ -21,11 +21,13 @@ run() {  # run SECONDS CMD...: with a timeout capped by what is left of the slot
 nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,power.limit --format=csv
 python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'gpus', torch.cuda.device_count())"
 NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
-run 120 python3 benchmarks/train_bench.py --recipe seed --out "$R"
-run 260 python3 benchmarks/train_bench.py --recipe medtune --profile --out "$R"
+# One GPU means one visible GPU: otherwise transformers' Trainer wraps the seed recipe in DataParallel.
+run 120 env CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_bench.py --recipe seed --out "$R"
+run 200 env CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_bench.py --recipe medtune --profile --out "$R"
 if [ "$NGPU" -ge 2 ]; then
   run 240 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/train_bench.py --recipe medtune --out "$R"
 fi
-for extra in ${EXTRA_RUNS:-}; do run 200 python3 benchmarks/train_bench.py --recipe medtune --train-set "$extra" --out "$R"; done
+python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"
+for extra in ${EXTRA_RUNS:-}; do run 200 env CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_bench.py --recipe medtune --train-set "$extra" --out "$R"; done
 python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"
 echo "total $SECONDS s"

@@ -86,9 +86,10 @@ def _make_kernel() -> Callable[..., torch.Tensor]:
     params = inspect.signature(varlen_attn).parameters
     causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
     has_scale, has_gqa = "scale" in params, "enable_gqa" in params
+    gpu_ok = torch_varlen_available()  # decided once: nothing to trace inside compiled layers
 
     def kernel(q, k, v, cu_seqlens, max_len, scale):
-        if q.device.type != "cuda" or q.dtype == torch.float32 or not torch_varlen_available():
+        if not gpu_ok or q.device.type != "cuda" or q.dtype == torch.float32:
             return reference_varlen_attention(q, k, v, cu_seqlens, max_len, scale)
         extra: dict[str, Any] = dict(causal)
         if scale is not None and has_scale:
