@@ -69,7 +69,9 @@ class DataConfig(Section):
     max_length: int = Field(2048, ge=16, description="Maximum tokens per example (prompt + reply).")
     too_long: Literal["drop", "truncate"] = Field("drop", description="What to do with examples over max_length.")
     invalid: Literal["skip", "error"] = Field(
-        "skip", description="'skip' drops bad records and counts them by reason; 'error' stops at the first."
+        "skip",
+        description="'skip' drops bad records and counts them by reason; 'error' stops at the first, naming "
+        "file:line and field. Examples over max_length follow data.too_long instead.",
     )
     deduplicate: bool = Field(True, description="Drop exact duplicate records.")
     limit: int | None = Field(None, ge=1, description="Use only the first N records (after loading).")

@@ -220,6 +220,7 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
 
 def _format_for(raw: loading.RawRecord, configured: str, source_formats: dict[str, str]) -> str:
     if configured != "auto":
+        source_formats.setdefault(raw.source, configured)
         return configured
     if raw.source not in source_formats:
         detected = formats.detect_format(raw.record)
