@@ -25,6 +25,7 @@ from medtune.errors import ModelError
 from medtune.tokenizer import end_of_turn_token
 
 IGNORE_INDEX = -100
+_BPE_CACHE_WORDS = 200_000
 # Row status after tokenization.
 KEPT, TRUNCATED, TOO_LONG = 0, 1, 2
 
@@ -61,7 +62,7 @@ class ChatRenderer:
         return cls(
             chat_template=template,
             template_kwargs={k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)},
-            backend=backend,
+            backend=_tokenizing_copy(backend),
             eot_token=eot,
             eot_id=tokenizer.convert_tokens_to_ids(eot),
             control_tokens=control,
@@ -121,7 +122,7 @@ class ChatRenderer:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and labels (reply tokens + end-of-turn token; -100 elsewhere) per conversation."""
         texts, spans = self.render_with_spans(conversations, sources)
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        encodings = _with_large_cache(self.backend).encode_batch(texts, add_special_tokens=False)
         out = []
         for index, (encoding, reply_spans) in enumerate(zip(encodings, spans)):
             ids = encoding.ids
@@ -145,6 +146,30 @@ class ChatRenderer:
                 labels[first : last + 1] = input_ids[first : last + 1]
             out.append((input_ids, labels))
         return out
+
+
+def _tokenizing_copy(backend):
+    """An independent copy of the Rust tokenizer (the caller's keeps its own cache and settings)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(backend.to_str())
+
+
+_CACHE_RESIZED: set[int] = set()
+
+
+def _with_large_cache(backend):
+    """Give the tokenizer a large BPE word cache, once per process (pickling to a worker resets it).
+
+    The default cache (10K words) is smaller than the vocabulary of a big medical corpus; 200K
+    words save ~10% of the tokenizing time for ~20 MB per process.
+    """
+    if id(backend) not in _CACHE_RESIZED:
+        resize = getattr(backend.model, "_resize_cache", None)
+        if callable(resize):
+            resize(_BPE_CACHE_WORDS)
+        _CACHE_RESIZED.add(id(backend))
+    return backend
 
 
 def _prefix_end(prefix: str, text: str, renderer: ChatRenderer, sources, index: int, what: str) -> int:
