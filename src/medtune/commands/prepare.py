@@ -3,7 +3,10 @@
 Reads local .jsonl/.json/.parquet files or a Hugging Face dataset, normalises each record
 format to chat messages, validates every record (bad ones are counted by reason, or stop the run
 with file:line under data.invalid=error), renders the model's chat template, tokenizes, splits,
-and writes report.json. Reuses the previous output when nothing that affects it changed."""
+and writes report.json. Reuses the previous output when nothing that affects it changed.
+
+See every drop reason on the shipped file of broken records:
+  medtune prepare configs/demo.yaml --set name=broken --set data.files=\\[builtin:broken-records] --set data.format=auto"""
 
 from __future__ import annotations
 
