@@ -1,11 +1,13 @@
 """PubMedQA (PQA-L, 500-item test split) on the base SmolLM2-135M-Instruct: transformers and its Q8_0 GGUF.
 
-    python benchmarks/eval_pubmedqa.py                      # CPU: HF fp32 + llama.cpp Q8_0, loglik
+    python benchmarks/eval_pubmedqa.py                      # CPU: HF (auto dtype) + llama.cpp Q8_0, loglik
+    python benchmarks/eval_pubmedqa.py --dtype fp32 --backends hf   # the fp32 reference
     python benchmarks/eval_pubmedqa.py --device cuda --modes loglik cot --backends hf
 
 Uses the same code path as `medtune eval` (medtune.eval.stage.evaluate_model). The Q8_0 file is
 made once from the base model with medtune's llama.cpp converter and quantizer (cached under
-runs/bench-base/). Writes benchmarks/results/eval_pubmedqa_base.json and prints a table.
+runs/bench-base/). Results are merged into benchmarks/results/eval_pubmedqa_base.json, one entry
+per backend/device/mode (a CPU run and a GPU run update their own entries), and printed as a table.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def main() -> None:
                      max_new_tokens=args.max_new_tokens, n_threads=args.threads)
     work = REPO / "runs" / "bench-base"
     load_before = cpu_load()
+    device = torch.cuda.get_device_name(0) if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     backends: dict[str, dict] = {}
     for backend in args.backends:
         if backend == "llamacpp":
@@ -86,12 +89,16 @@ def main() -> None:
             label = "llama.cpp Q8_0"
         else:
             model, label = BASE, f"transformers {'GPU' if gpu else 'CPU'}"
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = evaluate_model(model, [spec], cfg, work / f"eval-{backend}", on_event=print)
         wall = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started  # all threads; on a shared CPU, wall time alone misleads
         for row in result.rows:
-            backends[f"{backend}/{row['mode']}"] = {
+            backends[f"{backend}-{'cuda' if gpu and backend == 'hf' else 'cpu'}/{row['mode']}"] = {
                 "backend": label,
+                "device": device if backend == "hf" else f"{platform.machine()}, {args.threads or os.cpu_count()} threads",
+                "dtype": (args.dtype if backend == "hf" else "Q8_0"),
+                "batch_size": batch if backend == "hf" else 1,
                 "model": model,
                 "mode": row["mode"],
                 "accuracy": row["accuracy"],
@@ -101,21 +108,19 @@ def main() -> None:
                 "items_per_second": row["items_per_second"],
                 "parse_failure_rate": row["parse_failure_rate"],
                 "wall_seconds_with_loading": round(wall, 1),
+                "process_cpu_seconds_with_loading": round(cpu_seconds, 1),
+                "cpu_load_before": load_before,
+                "cpu_load_after": cpu_load(),
             }
     majority = result.rows[0]["majority_baseline"] if result.rows else None
-    device = torch.cuda.get_device_name(0) if gpu else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    record = {
+    out = Path(args.out)
+    record = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    record.update({
         "benchmark": "pubmedqa (PQA-L test, 500 items)" if not args.limit else f"pubmedqa (seeded {args.limit}-item subset)",
         "model": "SmolLM2-135M-Instruct (embedded)",
-        "device": device,
-        "dtype": args.dtype,
-        "batch_size": batch,
         "majority_baseline": majority,
-        "cpu_load_before": load_before,
-        "cpu_load_after": cpu_load(),
-        "backends": backends,
-    }
-    out = Path(args.out)
+    })
+    record["backends"] = {**record.get("backends", {}), **backends}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"\n{'backend':<24}{'mode':<8}{'accuracy':>9}{'95% CI':>15}{'n':>5}{'seconds':>9}{'items/s':>9}")
@@ -123,7 +128,7 @@ def main() -> None:
         ci = f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}"
         print(f"{row['backend']:<24}{row['mode']:<8}{row['accuracy']:>9.3f}{ci:>15}{row['n']:>5}{row['seconds']:>9.1f}"
               f"{row['items_per_second']:>9.2f}")
-    print(f"majority-label baseline {majority}; CPU load before/after: {load_before} | {record['cpu_load_after']}")
+    print(f"majority-label baseline {majority}; CPU load before/after: {load_before} | {cpu_load()}")
     print(f"wrote {out}")
 
 

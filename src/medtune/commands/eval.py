@@ -48,7 +48,7 @@ def command(
         typer.Option(help="Output folder with --model (default: runs/eval-<model name>)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (transformers backend).")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU and on CPUs with bf16 instructions, else fp32), fp32, bf16 or fp16.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass (transformers backend).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Generation budget in cot mode.")] = 512,
 ) -> None:

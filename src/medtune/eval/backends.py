@@ -183,11 +183,26 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX-BF16), where torch's oneDNN
+    runs bf16 matrix products several times faster than fp32 (8x measured on a 2-core AMD EPYC
+    with AVX512-BF16); without them bf16 is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def resolve_dtype(dtype: str, device: str):
+    """'auto': bf16 on GPUs that support it and on CPUs with bf16 instructions, else fp32."""
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
 
 
