@@ -272,7 +272,8 @@ class EvalConfig(Section):
     subset_seed: int = Field(0, description="Seed choosing the items of a benchmark's `limit` subset (same items for every run).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device for the transformers backend (auto: cuda if visible).")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="transformers weights precision (auto: bf16 on GPU, fp32 on CPU)."
+        "auto",
+        description="transformers weights precision (auto: bf16 on GPU and on CPUs with AVX512-BF16/AMX, else fp32).",
     )
     n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores).")
 
