@@ -117,6 +117,9 @@ def test_sample_outputs_columns_labels_and_messages(tmp_path, tiny_llama_dir, sm
         assert text.rstrip("<|im_end|>").splitlines()[-1].startswith("The answer is ")
     report = result.report
     assert report["token_lengths"]["max"] <= 1024 and report["truncated"] == 0
+    assert report["label_tokens"] == sum(
+        sum(label != -100 for label in row) for split in splits.values() for row in split["labels"]
+    )
     assert set(report["token_lengths"]) == {"p50", "p90", "p99", "max", "mean", "total"}
     manifest = json.loads((config.run_dir / "manifest.json").read_text())
     assert manifest["stages"]["prepare"]["status"] == "done"

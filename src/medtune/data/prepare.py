@@ -270,7 +270,7 @@ def _tokenize_split_save(
     if len(keep) == 0:
         raise DataError(f"no usable records left out of {collected['records']}: dropped {tally.dropped}")
     train_rows, val_rows = split_indices(len(keep), data.val_size, config.seed)
-    final = tokenized.remove_columns(["source", "full_length", "status"])
+    final = tokenized.remove_columns(["source", "full_length", "status", "label_tokens"])
     splits = DatasetDict(
         {
             "train": final.select(keep[train_rows], keep_in_memory=True),
@@ -286,7 +286,7 @@ def _tokenize_split_save(
             enable_progress_bars()
     timings["split_save"] = round(time.perf_counter() - mark, 2)
     lengths = tokenized.data.column("length").to_numpy()[keep]
-    label_tokens = _label_token_count(tokenized)
+    label_tokens = int(tokenized.data.column("label_tokens").to_numpy()[keep].sum())
     kept = int(len(keep))
     dropped = dict(sorted(tally.dropped.items(), key=lambda kv: -kv[1]))
     if collected["records"] != kept + sum(dropped.values()):  # every record is kept or counted
@@ -315,11 +315,6 @@ def _tokenize_split_save(
 def _available_cores() -> int:
     # The cores this process may run on (a container's share), not the host's count.
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _label_token_count(tokenized) -> int:
-    """Tokens that carry a label (replies + end-of-turn); too-long rows were emptied, so all rows count."""
-    return sum(int((chunk.flatten().to_numpy() != -100).sum()) for chunk in tokenized.data.column("labels").chunks)
 
 
 def split_indices(count: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -191,7 +191,8 @@ def _template_message(sources, index: int, problem: str) -> str:
 
 
 def tokenize_table(batch: pa.Table, renderer: ChatRenderer, max_length: int, truncate: bool) -> pa.Table:
-    """`datasets.map` function (arrow format, batched): add input_ids, labels, length, full_length, status.
+    """`datasets.map` function (arrow format, batched): add input_ids, labels, length, full_length, status,
+    label_tokens (how many tokens carry a label).
 
     Rows over `max_length` tokens are cut to it (truncate) or marked TOO_LONG; a truncated row whose
     reply tokens are all cut off is TOO_LONG too (nothing left to learn).
@@ -203,6 +204,7 @@ def tokenize_table(batch: pa.Table, renderer: ChatRenderer, max_length: int, tru
     lengths = np.empty(len(encoded), dtype=np.int32)
     full_lengths = np.empty(len(encoded), dtype=np.int32)
     status = np.zeros(len(encoded), dtype=np.int8)
+    labelled = np.zeros(len(encoded), dtype=np.int32)
     for row, (input_ids, labels) in enumerate(encoded):
         full_lengths[row] = len(input_ids)
         if len(input_ids) > max_length:
@@ -213,6 +215,7 @@ def tokenize_table(batch: pa.Table, renderer: ChatRenderer, max_length: int, tru
                 input_ids, labels = input_ids[:0], labels[:0]  # dropped later; keep nothing
                 status[row] = TOO_LONG
         lengths[row] = len(input_ids)
+        labelled[row] = np.count_nonzero(labels != IGNORE_INDEX)
         ids_parts.append(input_ids)
         label_parts.append(labels)
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
@@ -228,5 +231,6 @@ def tokenize_table(batch: pa.Table, renderer: ChatRenderer, max_length: int, tru
             "source": batch.column("source"),
             "full_length": pa.array(full_lengths),
             "status": pa.array(status),
+            "label_tokens": pa.array(labelled),
         }
     )
