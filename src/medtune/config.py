@@ -57,7 +57,8 @@ class DataConfig(Section):
     )
     files: list[str] = Field(
         default_factory=list,
-        description=f"Local .jsonl/.json/.parquet files, or '{SAMPLE_DATA}' for the shipped sample set.",
+        description=f"Local .jsonl/.json/.parquet files, '{SAMPLE_DATA}' for the shipped sample set, or a "
+        "derived source NAME:PATH (e.g. pubmedqa-train:../shared/data/pubmedqa, see medtune.data.sources).",
     )
     format: Literal["auto", "reasonmed", "conversations", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="Record format; 'auto' detects it from the first record's keys."

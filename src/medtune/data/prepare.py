@@ -29,8 +29,16 @@ from medtune.artifacts import atomic_dir, atomic_write_json, describe_outputs, f
 from medtune.config import RunConfig
 from medtune.data import formats, loading
 from medtune.data.decontaminate import question_text
-from medtune.data.rendering import KEPT, TOO_LONG, TRUNCATED, ChatRenderer, tokenize_table
-from medtune.data.validation import REASONS, RecordProblem, Tally, check_messages, control_token_pattern, reject, with_system_prompt
+from medtune.data.rendering import TOO_LONG, TRUNCATED, ChatRenderer, tokenize_table
+from medtune.data.validation import (
+    REASONS,
+    RecordProblem,
+    Tally,
+    check_messages,
+    control_token_pattern,
+    reject,
+    with_system_prompt,
+)
 from medtune.errors import ArtifactError, DataError
 
 DATA_DIR = "data"
