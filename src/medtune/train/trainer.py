@@ -18,7 +18,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 
 from medtune.artifacts import atomic_dir, atomic_write_json, describe_outputs, record_stage
 from medtune.config import LoraConfig, RunConfig, TrainConfig, save_resolved_config
-from medtune.errors import ArtifactError, ConfigError, DataError, ModelError
+from medtune.errors import ArtifactError, ConfigError, DataError
 from medtune.train.attention import VARLEN, resolve_attention
 from medtune.train.precision import Precision, resolve_precision
 
@@ -88,6 +88,7 @@ class TrainResult:
         }
         if self.test_answer:
             figures["test_answer_choice"] = self.test_answer.get("choice")
+            figures["test_answer"] = self.test_answer.get("answer", "")[:200]
         return figures
 
 
@@ -125,6 +126,16 @@ def compile_regions(model) -> int:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner.loss_function = torch.compile(inner.loss_function)
     return len(layers)
+
+
+def uncompile_regions(model) -> None:
+    """Undo `compile_regions`: decoder layers run eagerly again (nn.Module.compile has no public undo)."""
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "_loss_function" in vars(inner):
+        del inner._loss_function
 
 
 def prepare_lora_model(model, lora: LoraConfig):
@@ -262,9 +273,8 @@ def build_trainer(
         data_seed=seed,
         use_cpu=plan.device_type == "cpu",
         use_liger_kernel=plan.liger,
-        gradient_checkpointing=train.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if train.gradient_checkpointing else None,
         ddp_find_unused_parameters=False,
+        **_checkpointing_args(TrainingArguments, train.gradient_checkpointing),
     )
     # Packed rows are single sequences: only a launcher (torchrun / accelerate) spreads work over
     # GPUs. Without one, transformers would wrap the model in DataParallel over every visible GPU.
@@ -283,6 +293,14 @@ def build_trainer(
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def _checkpointing_args(arguments_class, enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing switch under its name in this transformers version (renamed in 5.2x)."""
+    if not enabled:
+        return {}
+    name = "activation_checkpointing" if "activation_checkpointing" in arguments_class.__dataclass_fields__ else "gradient_checkpointing"
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -382,10 +400,10 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
         eval_on_start=checkpoint is None,
     )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    records = read_log(log_path) if _is_main_process() else []
-    evaluated = [r for r in records if "eval_loss" in r]
-    if trainer.eval_dataset is not None and (not evaluated or evaluated[-1]["step"] != trainer.state.global_step):
-        trainer.evaluate()  # the final val loss, on every process (evaluation is collective)
+    # Decided from the Trainer's own history, identical on every process: evaluation is collective.
+    evaluated = [r["step"] for r in trainer.state.log_history if "eval_loss" in r]
+    if trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
+        trainer.evaluate()
     if not trainer.is_world_process_zero():
         return TrainResult(run_dir / ADAPTER, trainer.state.global_step, time.perf_counter() - started,
                            int(trainer.state.num_input_tokens_seen or 0), None, None, None, None, resume_step,
@@ -394,6 +412,7 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
     records = read_log(log_path)
     answer = None
     if train_cfg.test_question:
+        uncompile_regions(model)  # generation's shapes change every token: eager is faster here
         if plan.attention != "sdpa":
             model.base_model.model.set_attn_implementation("sdpa")  # generation is unpacked
         answer = answer_test_question(
@@ -454,7 +473,3 @@ def _record(config: RunConfig, result: TrainResult) -> None:
             **result.figures(),
         },
     )
-
-
-def _unused() -> None:  # keep asdict import meaningful for callers that serialise results
-    asdict  # noqa: B018

@@ -1,0 +1,207 @@
+"""The train stage on tiny models: choices, end-of-turn training, resume equivalence, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medtune.config import RunConfig, TrainConfig
+from medtune.errors import ConfigError
+from medtune.train.attention import VARLEN
+from medtune.train.precision import resolve_precision
+from medtune.train.trainer import latest_checkpoint, plan_training
+from train_fixtures import make_examples, write_prepared
+
+
+def test_precision_on_cpu():
+    assert resolve_precision("auto", "cpu").name == "fp32"
+    assert resolve_precision("fp32", "cpu").model_dtype == torch.float32
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_plan_on_cpu_defaults_and_packing():
+    plan = plan_training(TrainConfig(), device_type="cpu")
+    assert (plan.precision.name, plan.packing, plan.attention, plan.compile) == ("fp32", False, "sdpa", False)
+    packed = plan_training(TrainConfig(packing="on"), device_type="cpu")
+    assert packed.packing and packed.attention == VARLEN
+    with pytest.raises(ConfigError, match="cannot keep packed examples apart"):
+        plan_training(TrainConfig(packing="on", attention="sdpa"), device_type="cpu")
+
+
+def test_yaml_switches_accept_booleans():
+    cfg = TrainConfig.model_validate({"packing": True, "compile": False, "liger_kernels": "off"})
+    assert (cfg.packing, cfg.compile, cfg.liger_kernels) == ("on", "off", "off")
+
+
+def test_latest_checkpoint_skips_incomplete(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-8").mkdir()  # interrupted while saving: no trainer_state.json yet
+    assert latest_checkpoint(tmp_path).name == "checkpoint-4"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def _eot_only_labels(example, eot_id):
+    labels = torch.full((len(example["input_ids"]),), -100)
+    for i, (tok, lab) in enumerate(zip(example["input_ids"], example["labels"])):
+        if lab == eot_id and tok == eot_id:
+            labels[i] = eot_id
+    return labels
+
+
+def test_end_of_turn_labels_survive_batching(smollm2_tokenizer):
+    """The reply's <|im_end|> is a label in both batch layouts (the seed's pad = EOS lost it)."""
+    from medtune.tokenizer import fix_pad_token
+    from medtune.train.packing import PackedCollator, PaddedCollator
+
+    eot = smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    examples = make_examples(smollm2_tokenizer, 4)
+    for ex in examples:
+        ends = [i for i, tok in enumerate(ex["input_ids"]) if tok == eot]
+        assert ex["labels"][ends[-1]] == eot  # the assistant's end of turn is trained ...
+        assert all(ex["labels"][i] == -100 for i in ends[:-1])  # ... the prompt's are not
+    rows = [{k: np.asarray(ex[k]) for k in ("input_ids", "labels")} for ex in examples]
+    tokenizer = make_tokenizer_copy(smollm2_tokenizer)
+    fix_pad_token(tokenizer)
+    padded = PaddedCollator(tokenizer.pad_token_id)(rows)
+    packed = PackedCollator()([rows])
+    for batch in (padded, packed):
+        assert int((batch["labels"] == eot).sum()) == len(examples)
+        assert tokenizer.pad_token_id not in batch["labels"].tolist()[0]
+
+
+def make_tokenizer_copy(tokenizer):
+    import copy
+
+    return copy.deepcopy(tokenizer)
+
+
+@pytest.mark.slow
+def test_end_of_turn_is_trained(tiny_llama_dir, smollm2_tokenizer, tmp_path):
+    """The gradient of the end-of-turn loss reaches the LoRA weights, and training lowers that loss."""
+    from medtune.config import LoraConfig, ModelConfig
+    from medtune.modeling import load_base_model
+    from medtune.train.trainer import build_trainer, prepare_lora_model
+
+    eot = smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    examples = make_examples(smollm2_tokenizer, 8)
+
+    base = load_base_model(ModelConfig(base=str(tiny_llama_dir)))
+    # A random 64-wide model's logits are nearly flat (tied embeddings of std 0.02), so no LoRA can
+    # move one token's loss much; scaled embeddings give it a peaked output a few steps can shift.
+    with torch.no_grad():
+        base.get_input_embeddings().weight.mul_(30.0)
+    model = prepare_lora_model(base, LoraConfig(dropout=0.0))
+    inputs = torch.tensor(examples[0]["input_ids"])[None]
+    eot_labels = _eot_only_labels(examples[0], eot)[None]
+
+    def eot_loss():
+        return model(input_ids=inputs, labels=eot_labels).loss
+
+    loss = eot_loss()
+    loss.backward()
+    grads = [p.grad.abs().sum().item() for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g > 0 for g in grads)
+    model.zero_grad()
+    before = loss.item()
+
+    plan = plan_training(TrainConfig(), device_type="cpu")
+    train = TrainConfig(max_steps=12, batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0,
+                        save_steps=1000, logging_steps=100)
+    trainer = build_trainer(model, examples, None, train=train, plan=plan, seed=0, output_dir=tmp_path / "ckpt",
+                            pad_token_id=smollm2_tokenizer.pad_token_id)
+    trainer.train()
+    model.eval()
+    with torch.no_grad():
+        after = eot_loss().item()
+    assert after < before - 5.0, (before, after)
+
+
+def _config(root: Path, model_dir: Path, name: str, **train) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "name": name,
+            "output_dir": str(root),
+            "data": {"files": ["unused.jsonl"]},
+            "model": {"base": str(model_dir)},
+            "lora": {"dropout": 0.1},
+            "train": {
+                "max_steps": 6, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
+                "logging_steps": 1, "eval_steps": 3, "save_steps": 3, "test_question": False, **train,
+            },
+        }
+    )
+
+
+def _adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_adapter_as_training_straight(tiny_llama_dir, smollm2_tokenizer, tmp_path):
+    """6 steps straight == 3 steps, interrupt, --resume, 3 more (optimizer, scheduler, RNG, data position)."""
+    from medtune.train.callbacks import StopAtStep, read_log
+    from medtune.train.trainer import train_adapter
+
+    straight = _config(tmp_path, tiny_llama_dir, "straight")
+    write_prepared(straight.run_dir, smollm2_tokenizer, n_train=20)
+    train_adapter(straight)
+
+    resumed = _config(tmp_path, tiny_llama_dir, "resumed")
+    write_prepared(resumed.run_dir, smollm2_tokenizer, n_train=20)
+    train_adapter(resumed, callbacks=[StopAtStep(3)])
+    assert latest_checkpoint(resumed.run_dir / "checkpoints").name == "checkpoint-3"
+    result = train_adapter(resumed, resume=True)
+    assert result.resumed_from_step == 3 and result.steps == 6
+
+    a, b = _adapter_tensors(straight.run_dir / "adapter"), _adapter_tensors(resumed.run_dir / "adapter")
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    steps = [r["step"] for r in read_log(resumed.run_dir / "adapter" / "train_log.jsonl") if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the interrupted run's records are kept, none duplicated
+
+
+@pytest.mark.slow
+def test_train_command_writes_the_adapter_folder(tiny_llama_dir, smollm2_tokenizer, tmp_path):
+    """`medtune train CONFIG`: adapter + tokenizer + config + log + plot + test answer, manifest entry."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from medtune.artifacts import record_stage
+    from medtune.cli import app
+
+    config = _config(tmp_path, tiny_llama_dir, "cli", test_question=True, test_question_max_new_tokens=8)
+    write_prepared(config.run_dir, smollm2_tokenizer)
+    record_stage(config.run_dir, "prepare", {"status": "done", "outputs_digest": "test"})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    outcome = CliRunner().invoke(app, ["train", str(path)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "val loss" in outcome.output
+
+    adapter = config.run_dir / "adapter"
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "train_log.jsonl",
+            "loss_curve.png", "test_answer.json"} <= names
+    assert (adapter / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    answer = json.loads((adapter / "test_answer.json").read_text())
+    assert "Meningitis" in answer["question"] and answer["new_tokens"] <= 8
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    assert tokenizer.pad_token != tokenizer.eos_token and tokenizer.chat_template
+    records = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "peak_mem_gib"} <= set(train_records[-1])
+    assert [r["step"] for r in records if "eval_loss" in r] == [0, 3, 6]
+    entry = json.loads((config.run_dir / "manifest.json").read_text())["stages"]["train"]
+    assert entry["status"] == "done" and entry["steps"] == 6
+    assert any(o["path"].endswith("adapter_model.safetensors") for o in entry["outputs"])
