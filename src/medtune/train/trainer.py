@@ -382,6 +382,9 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
         shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's checkpoints
     resume_step = int(_CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint else None
 
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the LoRA initialisation too: a run is reproducible from its config
     tokenizer = load_tokenizer(config.model)
     base = load_base_model(config.model, dtype=plan.precision.model_dtype, attn_implementation=plan.attention)
     base.config.pad_token_id = tokenizer.pad_token_id
