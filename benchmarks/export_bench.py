@@ -57,19 +57,18 @@ def setup_figures(fresh: bool) -> dict:
     return figures
 
 
-def prepare_run(scratch: Path) -> tuple[object, str]:
+def prepare_run(scratch: Path, demo: Path) -> tuple[object, str]:
     """A scratch copy of the demo run with a merged model; returns (RunConfig, where the merged model came from)."""
     from medtune.config import load_config
 
     config = load_config(REPO / "configs" / "demo.yaml", [f"output_dir={scratch}"])
-    demo = REPO / "runs" / "demo"
     target = config.run_dir
     target.mkdir(parents=True)
     if (demo / "data" / "val").is_dir():
         shutil.copytree(demo / "data" / "val", target / "data" / "val")
     if (demo / "merged" / "config.json").is_file():
         shutil.copytree(demo / "merged", target / "merged")
-        return config, "runs/demo/merged (the trained demo adapter, merged)"
+        return config, f"{demo}/merged (the demo run's trained adapter, merged)"
     import torch
 
     from medtune.modeling import load_base_model
@@ -90,14 +89,16 @@ def _cpu_seconds() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh-setup", action="store_true", help="Time the llama.cpp set-up on an empty cache (minutes).")
+    parser.add_argument("--note", default="", help="How the run's adapter was made (stored with the result).")
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "demo", help="Demo run folder holding merged/ (default: runs/demo).")
     args = parser.parse_args()
     from medtune.export import export_gguf
 
     result: dict = {"cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
     result.update(setup_figures(args.fresh_setup))
     with tempfile.TemporaryDirectory(prefix="medtune-export-bench-") as scratch:
-        config, source = prepare_run(Path(scratch))
-        result["merged_source"] = source
+        config, source = prepare_run(Path(scratch), args.run)
+        result["merged_source"] = source + (f"; {args.note}" if args.note else "")
         result["load_average_before"] = round(os.getloadavg()[0], 2)
         cpu_before = _cpu_seconds()
         started = time.perf_counter()

@@ -223,10 +223,19 @@ def _timed(timings: dict[str, float], name: str, function, *args):
 
 
 def _hf_top1(source: Path, prompts: list[list[int]], threads: int) -> list[Any]:
+    """The merged model's top-1 prediction at every prompt position: recorded by the merge stage
+    for the same prompts (then reused), else computed here."""
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medtune.merge import torch_threads
+    from medtune.merge import REFERENCE_FILE, torch_threads
+
+    recorded = source / REFERENCE_FILE
+    if recorded.is_file():
+        saved = json.loads(recorded.read_text(encoding="utf-8"))
+        if saved.get("prompts") == prompts:
+            return [np.asarray(top1) for top1 in saved["top1"]]
 
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
     with torch_threads(threads):

@@ -23,6 +23,7 @@ from medtune.config import RunConfig
 from medtune.errors import ArtifactError, ModelError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+REFERENCE_FILE = "reference_top1.json"  # prompts (token ids) and the merged model's top-1 at each position
 MAX_PROMPT_TOKENS = 384
 LOW_PRECISION_MIN_TOP1 = 0.99
 
@@ -261,6 +262,12 @@ def merge_adapter(config: RunConfig) -> MergeResult:
         with torch_threads(threads):
             candidate = prompt_logits(reloaded, prompts)
         max_diff, top1, positions = compare_logits(reference, candidate)
+        # The saved model's next-token predictions: export compares the GGUF against these
+        # instead of running the merged model again.
+        atomic_write_json(
+            tmp / REFERENCE_FILE,
+            {"prompts": prompts, "top1": [logits.argmax(-1).tolist() for logits in candidate]},
+        )
         del candidate
         del reloaded, reference
         _check_agreement(dtype_name, max_diff, top1, config.merge.max_abs_diff)
