@@ -117,7 +117,9 @@ def end_of_turn_token(tokenizer) -> str:
         [{"role": "user", "content": "x"}, {"role": "assistant", "content": "MEDTUNE_PROBE"}], tokenize=False
     )
     tail = probe.split("MEDTUNE_PROBE", 1)[1]
-    for token in tokenizer.all_special_tokens:
+    # Added special tokens (e.g. <|eot_id|> in some tokenizers) are not always named special tokens.
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)]
+    for token in sorted({*tokenizer.all_special_tokens, *added}, key=len, reverse=True):
         if token and tail.lstrip().startswith(token):
             return token
     if tokenizer.eos_token and tokenizer.eos_token in tail:
