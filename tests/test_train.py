@@ -205,3 +205,19 @@ def test_train_command_writes_the_adapter_folder(tiny_llama_dir, smollm2_tokeniz
     entry = json.loads((config.run_dir / "manifest.json").read_text())["stages"]["train"]
     assert entry["status"] == "done" and entry["steps"] == 6
     assert any(o["path"].endswith("adapter_model.safetensors") for o in entry["outputs"])
+
+
+@pytest.mark.parametrize(
+    ("text", "choice"),
+    [
+        ("A. Migraine\n\nThe most likely diagnosis is Migraine. ... D. Sinusitis is an inflammation", "A"),
+        ("Let me think. Neck stiffness suggests meningeal irritation. The answer is B.", "B"),
+        ("The most likely diagnosis is meningitis, given the neck stiffness.", "B"),
+        ("D. Sinusitis", "D"),
+        ("I am not sure.", None),
+    ],
+)
+def test_extract_choice(text, choice):
+    from medtune.train.test_question import extract_choice
+
+    assert extract_choice(text) == choice

@@ -21,11 +21,23 @@ def test_question_prompt() -> str:
 
 
 def extract_choice(text: str) -> str | None:
-    """The option a free-text answer commits to: the last 'answer is X'-style letter, else the
-    last option letter or option name mentioned; None if nothing matches."""
+    """The option a free-text answer commits to, or None.
+
+    In order: an explicit "answer is X"; an answer that opens with an option ("B. Meningitis",
+    "Meningitis"); "diagnosis is <option>"; else the last option letter or name mentioned.
+    """
     explicit = re.findall(r"answer(?:\s+is)?\s*[:\-]?\s*\(?([ABCD])\b", text, flags=re.IGNORECASE)
     if explicit:
         return explicit[-1].upper()
+    head = text.strip()
+    for letter, name in OPTIONS.items():
+        if re.match(rf"\(?{letter}[.):]", head) or head.lower().startswith(name.lower()):
+            return letter
+    stated = re.search(r"diagnosis is\s+(?:likely\s+)?([A-Za-z ]+)", text, flags=re.IGNORECASE)
+    if stated:
+        for letter, name in OPTIONS.items():
+            if stated.group(1).lower().startswith(name.lower()):
+                return letter
     hits: list[tuple[int, str]] = []
     for letter, name in OPTIONS.items():
         for match in re.finditer(rf"(?<![A-Za-z]){letter}[.)]|{re.escape(name)}", text, flags=re.IGNORECASE):
