@@ -16,14 +16,32 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PUBMEDQA_DIR
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 600
 
 
+def _write_pubmedqa(folder: Path) -> Path:
+    """Six items in PubMedQA's original release format (ori_pqal.json + test_ground_truth.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    decisions = ["yes", "no", "maybe", "yes", "no", "yes"]
+    records = {
+        str(1000 + i): {
+            "QUESTION": f"Does treatment {i} reduce mortality in sepsis?",
+            "CONTEXTS": [f"A trial of treatment {i} enrolled {100 + i} patients.", "Mortality was recorded at 28 days."],
+            "final_decision": decision,
+            "LONG_ANSWER": f"Treatment {i} was associated with a change in mortality.",
+        }
+        for i, decision in enumerate(decisions)
+    }
+    (folder / "ori_pqal.json").write_text(json.dumps(records))
+    (folder / "test_ground_truth.json").write_text(json.dumps({k: v["final_decision"] for k, v in records.items()}))
+    return folder
+
+
 def _write_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
+    pubmedqa = _write_pubmedqa(tmp_path / "pubmedqa")
     config = {
         "name": name,
         "output_dir": str(tmp_path / "runs"),
@@ -47,7 +65,7 @@ def _write_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
         "eval": {
             "modes": ["loglik"],
             "artifacts": ["base", "merged", "gguf"],
-            "benchmarks": [{"name": "pubmedqa", "path": str(PUBMEDQA_DIR), "limit": 6}],
+            "benchmarks": [{"name": "pubmedqa", "path": str(pubmedqa)}],
         },
     }
     path = tmp_path / f"{name}.yaml"

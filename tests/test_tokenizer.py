@@ -11,12 +11,15 @@ from medtune.errors import ModelError
 from medtune.tokenizer import end_of_turn_token, fix_pad_token, load_tokenizer, resolve_model_source
 
 
-def test_pad_token_is_a_reserved_token_never_eos(smollm2_tokenizer, llama3_tokenizer):
-    smol = copy.deepcopy(smollm2_tokenizer)
+def test_pad_token_is_a_reserved_token_never_eos():
+    from conftest import load_smollm2_tokenizer, make_llama3_style_tokenizer
+
+    # Fresh tokenizers, not copies of the session fixtures: other tests set pad tokens on those.
+    smol = load_smollm2_tokenizer()
     assert smol.pad_token == smol.eos_token == "<|im_end|>"  # as shipped: the bug
     assert fix_pad_token(smol) == "<|endoftext|>"
     assert smol.pad_token_id != smol.eos_token_id
-    llama = copy.deepcopy(llama3_tokenizer)
+    llama = make_llama3_style_tokenizer()
     assert fix_pad_token(llama) == "<|finetune_right_pad_id|>"
     assert llama.pad_token_id not in (llama.eos_token_id, llama.convert_tokens_to_ids("<|eot_id|>"))
 
