@@ -4,7 +4,6 @@ function and prints its summary. Each command lives in `medtune.commands.<name>`
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 import typer
@@ -25,8 +24,6 @@ app = typer.Typer(
 COMMANDS = ["run", "prepare", "train", "merge", "export", "eval", "chat", "info"]
 
 for _name in COMMANDS:
-    if importlib.util.find_spec(f"medtune.commands.{_name}") is None:  # TODO(lead): strict once all stages land
-        continue
     _module = importlib.import_module(f"medtune.commands.{_name}")
     app.command(_module.NAME, help=_module.__doc__)(_module.command)
 
