@@ -256,7 +256,10 @@ class _staging_copy:
 
     def __enter__(self) -> Path:
         self._tmp = tempfile.TemporaryDirectory(prefix="medtune-stage-")
-        staged = Path(self._tmp.name)
+        # The converter derives general.basename from the folder name: name it after the run, not
+        # the random temporary name, so the same weights always give byte-identical files.
+        staged = Path(self._tmp.name) / self.config.name
+        staged.mkdir()
         for item in self.source.iterdir():
             if item.name not in ("config.json", "README.md"):
                 (staged / item.name).symlink_to(item.resolve())
@@ -281,6 +284,7 @@ def _metadata(config: RunConfig) -> dict[str, Any]:
     name, hub_id, _ = base_model_info(config)
     meta: dict[str, Any] = {
         "general.name": config.name,
+        "general.basename": config.name,
         "general.finetune": "medtune",
         "general.description": f"{config.name}: {name} fine-tuned with a LoRA adapter by medtune",
     }
