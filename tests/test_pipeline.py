@@ -43,7 +43,7 @@ def fake_stages(monkeypatch):
 
 def _config(tmp_path, **export) -> RunConfig:
     return RunConfig.model_validate(
-        {"name": "t", "output_dir": str(tmp_path), "data": {"files": ["x.jsonl"]}, "export": export}
+        {"name": "t", "output_dir": str(tmp_path), "data": {"files": ["builtin:reasonmed-sample"]}, "export": export}
     )
 
 
@@ -105,3 +105,14 @@ def test_unknown_stage_names_are_config_errors(tmp_path, fake_stages):
 
     with pytest.raises(ConfigError, match="stages are: prepare"):
         pipeline.run_pipeline(_config(tmp_path), force="quantize")
+
+
+def test_editing_a_local_data_file_redoes_prepare(tmp_path, fake_stages):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    config = RunConfig.model_validate({"name": "t", "output_dir": str(tmp_path), "data": {"files": [str(data)]}})
+    pipeline.run_pipeline(config)
+    data.write_text('{"prompt": "a", "completion": "c"}\n')
+    fake_stages.clear()
+    pipeline.run_pipeline(config)
+    assert fake_stages[0] == "prepare"

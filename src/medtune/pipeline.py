@@ -70,10 +70,15 @@ def stage_by_name(name: str) -> Stage:
 
 def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any]) -> str:
     """Hash of everything the stage's result depends on."""
-    inputs = {}
+    inputs: dict[str, Any] = {}
     for dependency in stage.after:
         entry = manifest.get("stages", {}).get(dependency, {})
         inputs[dependency] = entry.get("outputs_digest")
+    if stage.name == "prepare" and config.data.files:
+        from medtune.data.loading import source_digest
+
+        # Local data files are inputs too: editing one redoes prepare (hub data is identified by id).
+        inputs["files"] = [record["sha256"] for record in source_digest(config.data)]
     return fingerprint(
         {
             "stage": stage.name,
