@@ -22,7 +22,12 @@ from medtune.data.validation import RecordProblem
 from medtune.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
-BUILTIN = {SAMPLE_DATA: "reasonmed_sample.jsonl", "builtin:broken-records": "broken_records.jsonl"}
+BUILTIN = {
+    SAMPLE_DATA: "reasonmed_sample.jsonl",
+    "builtin:broken-records": "broken_records.jsonl",
+    # 16 original questions never used for training: the demo's held-out benchmark (medtune_sample).
+    "builtin:reasonmed-heldout": "reasonmed_heldout.jsonl",
+}
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by 'surrogateescape'
 
 

@@ -17,6 +17,7 @@ import ast
 import csv
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,10 @@ def load_items(name: str, path: str | Path | None = None, limit: int | None = No
     give the same items, kept in their original order). For a group, `limit` applies per member.
     Raises ConfigError for unknown names, DataError for missing or malformed files.
     """
+    if path is not None and str(path).startswith("builtin:"):
+        from medtune.data.loading import builtin_path
+
+        path = builtin_path(str(path))  # a data file shipped with medtune
     if path is not None and not Path(path).exists():
         raise DataError(f"benchmark {name}: {path} does not exist (give a file or folder in the original release format)")
     items: list[Item] = []
@@ -440,3 +445,43 @@ for _subject in MMLU_MEDICAL:
         local_format=f"headerless {_subject}_test.csv (question,A,B,C,D,answer) or the MMLU data folder",
     ))
 GROUPS["mmlu_medical"] = tuple(f"mmlu_{s}" for s in MMLU_MEDICAL)
+
+
+# --- ReasonMed-style multiple choice (medtune's shipped held-out set, or any such JSONL) -------------
+
+_OPTION_LINE = re.compile(r"^\s*([A-D])[.)]\s*(.+?)\s*$")
+_FINAL_ANSWER = re.compile(r"The answer is \(?([A-D])\)?\.?\s*$")
+
+
+def load_reasonmed_mcq_local(path: Path) -> list[Item]:
+    """Multiple-choice records in ReasonMed's schema: options "A. ..." as lines of `input` (or of
+    `instruction`), the answer from the final "The answer is X." of `output`. medtune ships one
+    such set, `builtin:reasonmed-heldout`."""
+    items = []
+    for line_no, record in _read_jsonl(Path(path)):
+        where = f"{path}:{line_no}"
+        text = f"{record.get('instruction', '')}\n{record.get('input', '')}"
+        options = [m.group(2) for m in map(_OPTION_LINE.match, text.splitlines()) if m]
+        question = "\n".join(l for l in str(record.get("instruction", "")).splitlines() if not _OPTION_LINE.match(l))
+        answer = _FINAL_ANSWER.search(str(record.get("output", "")).strip())
+        if not answer:
+            raise DataError(f"{where}: output does not end with 'The answer is X.'")
+        items.append(_mc_item("medtune_sample", f"{Path(path).stem}-{line_no}", question, options, answer.group(1), where))
+    return items
+
+
+def _no_hub_record(record: dict[str, Any], index: int) -> Item:
+    raise DataError("medtune_sample has no hub copy: it ships with medtune (path builtin:reasonmed-heldout)")
+
+
+register(Benchmark(
+    name="medtune_sample",
+    title="medtune held-out sample (16 original MCQs)",
+    hub_id="",
+    hub_config=None,
+    hub_split="",
+    choices=LETTERS,
+    load_local=load_reasonmed_mcq_local,
+    from_hub_record=_no_hub_record,
+    local_format="ReasonMed-style JSONL (options as 'A. ...' lines, output ending 'The answer is X.'), or builtin:reasonmed-heldout",
+))
