@@ -89,9 +89,10 @@ def _recipe_section(config: RunConfig) -> str:
 def _training_section(run_dir: Path, manifest: dict[str, Any]) -> str:
     entry = manifest.get("train", {})
     lines = ["## Training", ""]
-    shown = {k: v for k, v in entry.items() if isinstance(v, (int, float, str)) and k not in {"status", "fingerprint", "outputs_digest", "recorded_at"}}
+    hidden = {"status", "fingerprint", "outputs_digest", "recorded_at", "seconds", "test_answer"}
+    shown = {k: v for k, v in entry.items() if isinstance(v, (int, float, str)) and k not in hidden}
     for key, value in shown.items():
-        lines.append(f"- {key.replace('_', ' ')}: {value}")
+        lines.append(f"- {key.replace('_', ' ')}: {_cell(value)}")
     if (run_dir / "adapter" / "loss_curve.png").is_file():
         lines += ["", "![training and validation loss](adapter/loss_curve.png)"]
     answer = _read_json(run_dir / "adapter" / "test_answer.json")
@@ -106,6 +107,8 @@ def _eval_section(run_dir: Path) -> str:
     if not report.is_file():
         return "## Evaluation\n\nNo benchmark was configured for this run (`eval.benchmarks`)."
     body = report.read_text(encoding="utf-8").strip()
+    if body.startswith("# "):
+        body = body.split("\n", 1)[1].strip() if "\n" in body else ""  # this section has its own heading
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())
     figure = "\n\n![accuracy per artifact](eval/accuracy.png)" if (run_dir / "eval" / "accuracy.png").is_file() else ""
     return f"## Evaluation\n\n{body}{figure}"
@@ -118,10 +121,17 @@ def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -
             if record["path"].endswith((".gguf", ".safetensors", "Modelfile")):
                 lines.append(f"| `{record['path']}` | {record['size'] / 2**20:,.1f} MiB | `{record['sha256'][:16]}…` |")
     verification = manifest.get("export", {})
-    table = verification.get("verification") or verification.get("checks")
+    table = verification.get("files")
     if isinstance(table, list) and table and isinstance(table[0], dict):
-        keys = list(table[0])
-        lines += ["", "GGUF verification:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        keys = ["type", "versus", "top1_agreement", "mean_kl", "bits_per_weight", "answer_tokens", "stopped_on_eos"]
+        lines += [
+            "",
+            f"GGUF verification (next-token agreement over {verification.get('positions', '?')} positions of "
+            f"{verification.get('prompts', '?')} validation prompts; each file answers the seed test question greedily):",
+            "",
+            "| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+            "|" + "---|" * len(keys),
+        ]
         for row in table:
             lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
     return "\n".join(lines)
