@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtune.artifacts import atomic_dir, atomic_write_json, atomic_write_text, describe_outputs, fingerprint, read_manifest, record_stage
+from medtune.artifacts import atomic_dir, atomic_write_json, atomic_write_text
 from medtune.config import EMBEDDED_MODEL, RunConfig
 from medtune.errors import ArtifactError
 from medtune.merge import encode_prompt, merged_dir, prompt_logits, verification_texts
@@ -453,22 +453,6 @@ def _write_modelfile(config: RunConfig, folder: Path, tokenizer, end_of_turn: st
 
 
 def _record(config: RunConfig, result: ExportResult) -> None:
-    run_dir = config.run_dir
-    entry = read_manifest(run_dir).get("stages", {}).get("export", {})
-    if entry.get("status") == "running":  # the pipeline runs us and records fingerprint + outputs itself
-        record_stage(run_dir, "export", {**entry, **result.figures()})
-        return
-    outputs = describe_outputs([result.gguf_dir], run_dir)
-    merged = describe_outputs([merged_dir(config)], run_dir) if merged_dir(config).is_dir() else []
-    inputs = {"export": config.section_dump("export"), "model": config.section_dump("model"), "merged": merged}
-    record_stage(
-        run_dir,
-        "export",
-        {
-            **result.figures(),
-            "status": "done",
-            "fingerprint": fingerprint(inputs),
-            "outputs": outputs,
-            "outputs_digest": fingerprint(outputs),
-        },
-    )
+    from medtune.pipeline import record_stage_result
+
+    record_stage_result(config, "export", result.figures())

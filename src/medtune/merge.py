@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtune.artifacts import atomic_dir, atomic_write_json, describe_outputs, fingerprint, read_manifest, record_stage
+from medtune.artifacts import atomic_dir, atomic_write_json
 from medtune.config import RunConfig
 from medtune.errors import ArtifactError, ModelError
 
@@ -307,23 +307,6 @@ def _check_agreement(dtype_name: str, max_diff: float, top1: float, tolerance: f
 
 
 def _record(config: RunConfig, result: MergeResult) -> None:
-    """Manifest entry; the pipeline (when it runs the stage) overwrites status/fingerprint/outputs with its own."""
-    run_dir = config.run_dir
-    entry = read_manifest(run_dir).get("stages", {}).get("merge", {})
-    if entry.get("status") == "running":  # the pipeline runs us and records fingerprint + outputs itself
-        record_stage(run_dir, "merge", {**entry, **result.figures()})
-        return
-    adapter_hashes = describe_outputs([adapter_dir(config)], run_dir)
-    outputs = describe_outputs([result.merged_dir], run_dir)
-    inputs = {"merge": config.section_dump("merge"), "model": config.section_dump("model"), "adapter": adapter_hashes}
-    record_stage(
-        run_dir,
-        "merge",
-        {
-            **result.figures(),
-            "status": "done",
-            "fingerprint": fingerprint(inputs),
-            "outputs": outputs,
-            "outputs_digest": fingerprint(outputs),
-        },
-    )
+    from medtune.pipeline import record_stage_result
+
+    record_stage_result(config, "merge", result.figures())

@@ -145,7 +145,7 @@ def _usage_section(config: RunConfig, run_dir: Path) -> str:
             "## How to run it",
             "",
             "```bash",
-            f"# llama.cpp (the chat template and stop token are in the file)",
+            "# llama.cpp (the chat template and stop token are in the file)",
             f"llama-cli -m {run_dir}/gguf/{gguf} -cnv",
             "# Ollama",
             f"cd {run_dir}/gguf && ollama create {config.name} -f Modelfile && ollama run {config.name}",

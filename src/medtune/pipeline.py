@@ -146,6 +146,34 @@ def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOut
     return StageOutcome(stage.name, "resumed" if resume else "ran", seconds, "", figures)
 
 
+def record_stage_result(config: RunConfig, name: str, figures: dict[str, Any]) -> None:
+    """A stage function's own manifest entry: its figures.
+
+    Under `run_stage` (entry status "running") the figures join the entry that `run_stage`
+    completes. When the stage function is called directly, the entry is completed here the same
+    way (pipeline fingerprint, outputs with sha256), so a later `medtune run` can skip it.
+    """
+    stage = stage_by_name(name)
+    run_dir = config.run_dir
+    manifest = read_manifest(run_dir)
+    entry = manifest.get("stages", {}).get(name, {})
+    if entry.get("status") == "running":
+        record_stage(run_dir, name, {**entry, **figures})
+        return
+    outputs = describe_outputs([run_dir / stage.output], run_dir)
+    record_stage(
+        run_dir,
+        name,
+        {
+            **figures,
+            "status": "done",
+            "fingerprint": stage_fingerprint(config, stage, manifest),
+            "outputs": outputs,
+            "outputs_digest": fingerprint(outputs),
+        },
+    )
+
+
 def _figures_from_result(result: Any) -> dict[str, Any]:
     figures = getattr(result, "figures", None)
     if callable(figures):

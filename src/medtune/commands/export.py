@@ -16,7 +16,7 @@ NAME = "export"
 
 def command(config: ConfigArg, overrides: SetOption = None) -> None:
     from medtune.pipeline import run_stage
-    from medtune.ui import console, print_summary
+    from medtune.ui import console
 
     run_config = load_run_config(config, overrides)
     console.print(f"[bold]medtune export[/bold] {config} -> {run_config.run_dir / 'gguf'}")

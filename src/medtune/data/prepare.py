@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medtune.artifacts import atomic_dir, atomic_write_json, describe_outputs, fingerprint, record_stage
+from medtune.artifacts import atomic_dir, atomic_write_json, fingerprint
 from medtune.config import RunConfig
 from medtune.data import formats, loading
 from medtune.data.decontaminate import question_text
@@ -134,17 +134,9 @@ def prepare_data(config: RunConfig, force: bool = False) -> PrepareResult:
         )
         atomic_write_json(tmp / REPORT, report)
     result = PrepareResult(data_dir, report, reused=False, seconds=time.perf_counter() - started)
-    record_stage(
-        run_dir,
-        "prepare",
-        {
-            "status": "done",
-            "fingerprint": digest,
-            "outputs": describe_outputs([data_dir], run_dir),
-            "seconds": round(result.seconds, 2),
-            **result.figures(),
-        },
-    )
+    from medtune.pipeline import record_stage_result
+
+    record_stage_result(config, "prepare", {"seconds": round(result.seconds, 2), **result.figures()})
     return result
 
 

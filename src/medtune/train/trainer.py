@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from medtune.artifacts import atomic_dir, atomic_write_json, describe_outputs, record_stage
+from medtune.artifacts import atomic_dir, atomic_write_json
 from medtune.config import LoraConfig, RunConfig, TrainConfig, save_resolved_config
 from medtune.errors import ArtifactError, ConfigError, DataError
 from medtune.train.attention import VARLEN, resolve_attention
@@ -459,20 +459,6 @@ def _check_lengths(train_data: Any, train_cfg: TrainConfig) -> None:
 
 
 def _record(config: RunConfig, result: TrainResult) -> None:
-    from medtune.artifacts import fingerprint, read_manifest
-    from medtune.pipeline import stage_by_name, stage_fingerprint
+    from medtune.pipeline import record_stage_result
 
-    run_dir = config.run_dir
-    outputs = describe_outputs([result.adapter_dir], run_dir)
-    record_stage(
-        run_dir,
-        "train",
-        {
-            "status": "done",
-            "fingerprint": stage_fingerprint(config, stage_by_name("train"), read_manifest(run_dir)),
-            "outputs": outputs,
-            "outputs_digest": fingerprint(outputs),
-            "seconds": round(result.seconds, 2),
-            **result.figures(),
-        },
-    )
+    record_stage_result(config, "train", {"seconds": round(result.seconds, 2), **result.figures()})
