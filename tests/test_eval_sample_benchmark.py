@@ -18,6 +18,7 @@ def test_heldout_items_load_with_four_options_and_balanced_answers():
     assert all(list(item.options) == ["A", "B", "C", "D"] for item in items)
     assert Counter(item.answer for item in items) == {"A": 4, "B": 4, "C": 4, "D": 4}
     assert all("A." not in item.question for item in items)
+    assert load_items("medtune_sample") == items  # ships with medtune: no path needed
 
 
 def test_heldout_questions_are_not_in_the_training_sample():

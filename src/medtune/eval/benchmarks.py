@@ -59,6 +59,7 @@ class Benchmark:
     load_local: Callable[[Path], list[Item]]
     from_hub_record: Callable[[dict[str, Any], int], Item]
     local_format: str = field(default="", compare=False)  # one line for error messages and --help
+    default_path: str | None = None  # used when no path is given (benchmarks shipped with medtune)
 
     def load_hub(self) -> list[Item]:
         """Load the benchmark from the Hugging Face hub (needs network or a warm datasets cache)."""
@@ -116,16 +117,17 @@ def load_items(name: str, path: str | Path | None = None, limit: int | None = No
     give the same items, kept in their original order). For a group, `limit` applies per member.
     Raises ConfigError for unknown names, DataError for missing or malformed files.
     """
-    if path is not None and str(path).startswith("builtin:"):
-        from medtune.data.loading import builtin_path
-
-        path = builtin_path(str(path))  # a data file shipped with medtune
-    if path is not None and not Path(path).exists():
+    if path is not None and not str(path).startswith("builtin:") and not Path(path).exists():
         raise DataError(f"benchmark {name}: {path} does not exist (give a file or folder in the original release format)")
     items: list[Item] = []
     for member in expand(name):
         benchmark = REGISTRY[member]
-        loaded = benchmark.load_local(Path(path)) if path is not None else benchmark.load_hub()
+        source = path if path is not None else benchmark.default_path
+        if source is not None and str(source).startswith("builtin:"):
+            from medtune.data.loading import builtin_path
+
+            source = builtin_path(str(source))  # a data file shipped with medtune
+        loaded = benchmark.load_local(Path(source)) if source is not None else benchmark.load_hub()
         if not loaded:
             raise DataError(f"benchmark {member}: no items found in {path or benchmark.hub_id}")
         items.extend(subset(loaded, limit, seed))
@@ -483,5 +485,6 @@ register(Benchmark(
     choices=LETTERS,
     load_local=load_reasonmed_mcq_local,
     from_hub_record=_no_hub_record,
+    default_path="builtin:reasonmed-heldout",
     local_format="ReasonMed-style JSONL (options as 'A. ...' lines, output ending 'The answer is X.'), or builtin:reasonmed-heldout",
 ))
