@@ -88,3 +88,42 @@ def test_adapter_folder_is_evaluated_on_its_base(yes_model, tmp_path):
     items = load_items("pubmedqa", PUBMEDQA_DIR, limit=4)
     # LoRA B starts at zero: base + adapter still answers "yes" to everything
     assert result.rows[0]["accuracy"] == pytest.approx(sum(i.answer == "yes" for i in items) / 4)
+
+
+def test_interrupted_eval_resumes_with_finished_artifacts(yes_model, tmp_path, monkeypatch):
+    """Kill after the first artifact: the rerun (resume) keeps its saved results without reopening
+    it and scores only the rest; a fresh run (no resume) discards the leftovers."""
+    from medtune.errors import ModelError
+    from medtune.eval import stage
+
+    config = RunConfig.model_validate({
+        "name": "tiny", "output_dir": str(tmp_path), "data": {"files": ["x.jsonl"]}, "model": {"base": str(yes_model)},
+        "eval": {"artifacts": ["base", "merged"], "device": "cpu", "benchmarks": [{"name": "medtune_sample"}]},
+    })
+    merged = config.run_dir / "merged"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")  # passes run_targets' check, fails to load: the "kill"
+    with pytest.raises(ModelError):
+        stage.evaluate(config)
+    partial = config.run_dir / "eval-partial"
+    assert [p.name for p in partial.iterdir()] == ["base.json"]
+    assert not (config.run_dir / "eval").exists()
+
+    for file in yes_model.iterdir():
+        if file.is_file():
+            (merged / file.name).write_bytes(file.read_bytes())
+    opened = []
+    real_open = stage._open
+    monkeypatch.setattr(stage, "_open", lambda target, *a: opened.append(target.label) or real_open(target, *a))
+    result = stage.evaluate(config, resume=True)
+    assert opened == ["merged"]
+    assert [r["artifact"] for r in result.rows] == ["base", "merged"]
+    assert {p.name for p in (result.out_dir / "predictions").iterdir()} == {
+        "base__medtune_sample__loglik.jsonl", "merged__medtune_sample__loglik.jsonl"}
+    assert not partial.exists()
+
+    partial.mkdir()
+    (partial / "base.json").write_text('{"rows": [], "predictions": {}}')  # stale: another attempt's
+    opened.clear()
+    stage.evaluate(config)
+    assert opened == ["base", "merged"]

@@ -33,7 +33,8 @@ def fake_stages(monkeypatch):
     stages = []
     for stage in pipeline.STAGES:
         setattr(module, stage.name, _writer(stage.name, stage.output))
-        stages.append(pipeline.Stage(stage.name, stage.output, stage.sections, stage.after, f"medtune_fake_stages:{stage.name}"))
+        stages.append(pipeline.Stage(stage.name, stage.output, stage.sections, stage.after,
+                                     f"medtune_fake_stages:{stage.name}", stage.scratch))
     monkeypatch.setitem(sys.modules, "medtune_fake_stages", module)
     monkeypatch.setattr(pipeline, "STAGES", tuple(stages))
     monkeypatch.setattr("medtune.model_card.write_model_card", lambda config: None)
@@ -100,6 +101,26 @@ def test_interrupted_training_resumes_from_checkpoints(tmp_path, fake_stages):
     assert fake_stages == ["train:resume"]
 
 
+def test_interrupted_eval_keeps_finished_results_only_for_the_same_inputs(tmp_path, fake_stages):
+    config = _config(tmp_path)
+    pipeline.run_pipeline(config, until="export")
+    manifest = pipeline.read_manifest(config.run_dir)
+    fp = pipeline.stage_fingerprint(config, pipeline.stage_by_name("eval"), manifest)
+    pipeline.record_stage(config.run_dir, "eval", {"status": "running", "fingerprint": fp})
+    (config.run_dir / pipeline.EVAL_PARTIAL).mkdir()
+    fake_stages.clear()
+    pipeline.run_pipeline(config)
+    assert fake_stages == ["eval:resume"]
+
+    # Interrupted again, but the rerun asks for other quant types: export and eval start afresh.
+    pipeline.record_stage(config.run_dir, "eval", {"status": "running", "fingerprint": fp})
+    (config.run_dir / pipeline.EVAL_PARTIAL).mkdir(exist_ok=True)
+    fake_stages.clear()
+    pipeline.run_pipeline(_config(tmp_path, quant_types=["Q4_K_M"]))
+    assert fake_stages == ["export", "eval"]
+    assert not (config.run_dir / pipeline.EVAL_PARTIAL).exists()
+
+
 def test_unknown_stage_names_are_config_errors(tmp_path, fake_stages):
     from medtune.errors import ConfigError
 
@@ -116,3 +137,11 @@ def test_editing_a_local_data_file_redoes_prepare(tmp_path, fake_stages):
     fake_stages.clear()
     pipeline.run_pipeline(config)
     assert fake_stages[0] == "prepare"
+
+
+def test_speed_only_settings_redo_nothing(tmp_path, fake_stages):
+    pipeline.run_pipeline(_config(tmp_path))
+    faster = _config(tmp_path, n_threads=3)
+    faster = faster.model_copy(update={"eval": faster.eval.model_copy(update={"n_threads": 5})})
+    outcomes = pipeline.run_pipeline(faster)
+    assert [o.action for o in outcomes] == ["skipped"] * 5

@@ -7,7 +7,8 @@ e.g. `export.quant_types` redoes export and eval only.
 
 A stage that is interrupted (Ctrl-C, kill -9) leaves only temporary folders (`*.tmp-PID`), which
 the next run deletes, and a manifest entry with status "running". Training resumes from its last
-checkpoint when the interrupted attempt had the same fingerprint.
+checkpoint, and evaluation keeps the benchmark results it had finished, when the interrupted
+attempt had the same fingerprint.
 """
 
 from __future__ import annotations
@@ -38,18 +39,23 @@ class Stage:
     output: str  # folder under the run directory that the stage writes
     sections: tuple[str, ...]  # config sections it reads
     after: tuple[str, ...]  # earlier stages whose outputs it reads
-    target: str  # "module:function", called with the RunConfig (train also gets resume=)
+    target: str  # "module:function", called with the RunConfig (and resume= when it has scratch)
+    scratch: str | None = None  # folder where an interrupted attempt keeps progress a rerun may resume
 
+
+CHECKPOINTS = "checkpoints"  # train: Trainer checkpoints
+EVAL_PARTIAL = "eval-partial"  # eval: one file per finished artifact x benchmark x mode
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "data", ("data", "model"), (), "medtune.data.prepare:prepare_data"),
-    Stage("train", "adapter", ("model", "lora", "train"), ("prepare",), "medtune.train.trainer:train_adapter"),
+    Stage("train", "adapter", ("model", "lora", "train"), ("prepare",), "medtune.train.trainer:train_adapter", CHECKPOINTS),
     Stage("merge", "merged", ("model", "merge"), ("train",), "medtune.merge:merge_adapter"),
     Stage("export", "gguf", ("model", "export"), ("merge",), "medtune.export:export_gguf"),
-    Stage("eval", "eval", ("model", "eval"), ("prepare", "train", "merge", "export"), "medtune.eval.stage:evaluate"),
+    Stage("eval", "eval", ("model", "eval"), ("prepare", "train", "merge", "export"), "medtune.eval.stage:evaluate",
+          EVAL_PARTIAL),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
-CHECKPOINTS = "checkpoints"
+RESUMING = {"train": "resuming from the last checkpoint", "eval": "resuming: keeping the finished benchmark results"}
 
 
 @dataclass
@@ -68,6 +74,15 @@ def stage_by_name(name: str) -> Stage:
     raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
 
 
+# Settings that change how fast a stage runs, never what it produces: editing them redoes nothing.
+SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads"}}
+
+
+def _result_fields(config: RunConfig, section: str) -> dict[str, Any]:
+    speed_only = SPEED_ONLY_FIELDS.get(section, set())
+    return {k: v for k, v in config.section_dump(section).items() if k not in speed_only}
+
+
 def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any]) -> str:
     """Hash of everything the stage's result depends on."""
     inputs: dict[str, Any] = {}
@@ -83,7 +98,7 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
         {
             "stage": stage.name,
             "run": {"name": config.name, "seed": config.seed},
-            "sections": {section: config.section_dump(section) for section in stage.sections},
+            "sections": {section: _result_fields(config, section) for section in stage.sections},
             "inputs": inputs,
         }
     )
@@ -122,7 +137,7 @@ def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOut
     current = stage_fingerprint(config, stage, manifest)
     record_stage(run_dir, stage.name, {"status": "running", "fingerprint": current})
     started = time.perf_counter()
-    kwargs = {"resume": resume} if stage.name == "train" else {}
+    kwargs = {"resume": resume} if stage.scratch else {}
     result = _call(stage)(config, **kwargs)
     seconds = time.perf_counter() - started
     outputs = describe_outputs([run_dir / stage.output], run_dir)
@@ -232,12 +247,13 @@ def run_pipeline(
                 continue
             on_event(stage.name, f"redoing: {why}")
         resume = False
-        if stage.name == "train":
+        if stage.scratch:
+            scratch = run_dir / stage.scratch
             interrupted_same = entry.get("status") == "running" and entry.get("fingerprint") == current
-            resume = interrupted_same and not forcing and (run_dir / CHECKPOINTS).is_dir()
-            if not resume and (run_dir / CHECKPOINTS).exists():
-                shutil.rmtree(run_dir / CHECKPOINTS)  # checkpoints of another recipe or data
-        on_event(stage.name, "resuming from the last checkpoint" if resume else "running")
+            resume = interrupted_same and not forcing and scratch.is_dir()
+            if not resume and scratch.exists():
+                shutil.rmtree(scratch)  # progress of another recipe, data or artifact
+        on_event(stage.name, RESUMING.get(stage.name, "resuming") if resume else "running")
         try:
             outcome = run_stage(config, stage.name, resume=resume)
         except MedtuneError as exc:

@@ -257,7 +257,10 @@ def open_transformers(model_cfg, *, adapter: Path | None = None, merged: Path | 
             raise ModelError(f"{merged}: no merged model here (config.json missing); run `medtune merge` first")
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch_dtype).to(device).eval()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch_dtype).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{merged}: cannot load the merged model ({exc}); redo it with `medtune run --force merge`") from exc
         tokenizer = _eval_tokenizer(model_cfg, merged)
     else:
         model = _load_causal_lm(model_cfg, torch_dtype, device)

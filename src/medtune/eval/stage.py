@@ -9,13 +9,14 @@ from __future__ import annotations
 import collections
 import gc
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtune.artifacts import atomic_dir
+from medtune.artifacts import atomic_dir, atomic_write_json
 from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig, RunConfig
 from medtune.errors import ArtifactError, ConfigError
 from medtune.eval import report
@@ -150,6 +151,64 @@ def _majority(items: list[Item]) -> float:
     return round(counts.most_common(1)[0][1] / len(items), 4) if items else 0.0
 
 
+def _evaluate_target(
+    target: Target,
+    benchmarks: list[tuple[str, list[Item], int | None]],
+    eval_cfg: EvalConfig,
+    on_event: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Every benchmark x mode for one target: its result rows and per-item predictions."""
+    from medtune.eval.scoring import score
+    from medtune.ui import progress
+
+    rows: list[dict[str, Any]] = []
+    predictions: dict[str, list[dict[str, Any]]] = {}
+    on_event(f"opening {target.label}")
+    backend = None
+    try:
+        for mode in eval_cfg.modes:
+            for name, items, limit in benchmarks:
+                if backend is None:
+                    backend = _open(target, eval_cfg, benchmarks)
+                began = time.perf_counter()
+                with progress() as bar:
+                    task = bar.add_task(f"{target.label} {name} {mode}", total=len(items))
+                    preds = score(backend, items, mode, max_new_tokens=eval_cfg.max_new_tokens,
+                                  on_progress=lambda n: bar.advance(task, n))
+                seconds = time.perf_counter() - began
+                correct = [p.correct for p in preds]
+                unparsed = sum(p.predicted is None for p in preds)
+                rows.append({
+                    "artifact": target.label,
+                    "backend": backend.name,
+                    "model": str(target.gguf or target.merged or target.adapter or target.model_cfg.base),
+                    "benchmark": name,
+                    "mode": mode,
+                    "n": len(preds),
+                    "correct": int(sum(correct)),
+                    "accuracy": round(accuracy(correct), 4),
+                    "ci95": list(bootstrap_ci(correct, eval_cfg.bootstrap_samples, seed=eval_cfg.subset_seed)),
+                    "parse_failures": unparsed,
+                    "parse_failure_rate": round(unparsed / len(preds), 4) if preds else 0.0,
+                    "seconds": round(seconds, 2),
+                    "items_per_second": round(len(preds) / seconds, 3) if seconds > 0 else 0.0,
+                    "majority_baseline": _majority(items),
+                    "limit": limit,
+                })
+                predictions[f"{target.label.replace(':', '-')}__{name}__{mode}"] = [p.to_json() for p in preds]
+                on_event(_row_message(rows[-1]))
+    finally:
+        if backend is not None:
+            backend.close()
+        gc.collect()
+    return rows, predictions
+
+
+def _row_message(row: dict[str, Any]) -> str:
+    return (f"{row['artifact']} {row['benchmark']} {row['mode']}: accuracy {row['accuracy']:.3f} "
+            f"(95% CI {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}, n={row['n']}, {row['seconds']:.0f} s)")
+
+
 def evaluate_targets(
     targets: list[Target],
     specs: list[BenchmarkSpec],
@@ -158,56 +217,33 @@ def evaluate_targets(
     *,
     meta: dict[str, Any] | None = None,
     on_event: Callable[[str], None] = lambda message: None,
+    partial_dir: Path | None = None,
 ) -> EvalResult:
-    """Evaluate every target on every benchmark and mode; write results, report and figure atomically."""
-    from medtune.eval.scoring import score
-    from medtune.ui import progress
+    """Evaluate every target on every benchmark and mode; write results, report and figure atomically.
 
+    With `partial_dir`, each finished target's rows and predictions are saved there as it
+    completes, and targets already saved there are not evaluated again: an interrupted eval
+    resumes where it stopped. The caller guarantees the saved results belong to the same inputs
+    (the pipeline only resumes an attempt with the same fingerprint); the folder is removed once
+    the results are written.
+    """
     started = time.perf_counter()
     benchmarks = _load_benchmarks(specs, eval_cfg.subset_seed)
     rows: list[dict[str, Any]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
     for target in targets:
-        on_event(f"opening {target.label}")
-        backend = None
-        try:
-            for mode in eval_cfg.modes:
-                for name, items, limit in benchmarks:
-                    if backend is None:
-                        backend = _open(target, eval_cfg, benchmarks)
-                    began = time.perf_counter()
-                    with progress() as bar:
-                        task = bar.add_task(f"{target.label} {name} {mode}", total=len(items))
-                        preds = score(backend, items, mode, max_new_tokens=eval_cfg.max_new_tokens,
-                                      on_progress=lambda n: bar.advance(task, n))
-                    seconds = time.perf_counter() - began
-                    correct = [p.correct for p in preds]
-                    unparsed = sum(p.predicted is None for p in preds)
-                    rows.append({
-                        "artifact": target.label,
-                        "backend": backend.name,
-                        "model": str(target.gguf or target.merged or target.adapter or target.model_cfg.base),
-                        "benchmark": name,
-                        "mode": mode,
-                        "n": len(preds),
-                        "correct": int(sum(correct)),
-                        "accuracy": round(accuracy(correct), 4),
-                        "ci95": list(bootstrap_ci(correct, eval_cfg.bootstrap_samples, seed=eval_cfg.subset_seed)),
-                        "parse_failures": unparsed,
-                        "parse_failure_rate": round(unparsed / len(preds), 4) if preds else 0.0,
-                        "seconds": round(seconds, 2),
-                        "items_per_second": round(len(preds) / seconds, 3) if seconds > 0 else 0.0,
-                        "majority_baseline": _majority(items),
-                        "limit": limit,
-                    })
-                    key = f"{target.label.replace(':', '-')}__{name}__{mode}"
-                    predictions[key] = [p.to_json() for p in preds]
-                    on_event(f"{target.label} {name} {mode}: accuracy {rows[-1]['accuracy']:.3f} "
-                             f"(95% CI {rows[-1]['ci95'][0]:.3f}-{rows[-1]['ci95'][1]:.3f}, n={len(preds)}, {seconds:.0f} s)")
-        finally:
-            if backend is not None:
-                backend.close()
-            gc.collect()
+        saved = partial_dir / f"{target.label.replace(':', '-')}.json" if partial_dir is not None else None
+        if saved is not None and saved.is_file():
+            done = json.loads(saved.read_text(encoding="utf-8"))
+            target_rows, target_predictions = done["rows"], done["predictions"]
+            on_event(f"{target.label}: kept the results of the interrupted attempt")
+        else:
+            target_rows, target_predictions = _evaluate_target(target, benchmarks, eval_cfg, on_event)
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(saved, {"rows": target_rows, "predictions": target_predictions})
+        rows.extend(target_rows)
+        predictions.update(target_predictions)
     meta = {
         **(meta or {}),
         "modes": list(eval_cfg.modes),
@@ -226,22 +262,33 @@ def evaluate_targets(
             for key, records in predictions.items():
                 text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
                 (tmp / PREDICTIONS / f"{key}.jsonl").write_text(text, encoding="utf-8")
+    if partial_dir is not None and partial_dir.exists():
+        shutil.rmtree(partial_dir)
     return EvalResult(out_dir, rows, time.perf_counter() - started)
 
 
-def evaluate(config: RunConfig) -> EvalResult:
+def evaluate(config: RunConfig, resume: bool = False) -> EvalResult:
     """The pipeline stage: evaluate config.eval.artifacts on config.eval.benchmarks in config.eval.modes.
 
     Writes runs/<name>/eval/{results.json, report.md, accuracy.png, predictions/} atomically.
+    Each finished artifact is kept in runs/<name>/eval-partial/ until then; `resume` reuses what
+    an interrupted attempt with the same fingerprint finished (the pipeline decides; without it,
+    leftovers are discarded).
     With no benchmarks configured it writes a report saying so. Raises ArtifactError for missing
     artifacts, DataError for unreadable benchmark data, ModelError/ToolError when a model cannot be run.
     """
     from medtune.ui import console
 
+    from medtune.pipeline import EVAL_PARTIAL
+
     targets = run_targets(config) if config.eval.benchmarks else []
+    partial_dir = config.run_dir / EVAL_PARTIAL
+    if not resume and partial_dir.exists():
+        shutil.rmtree(partial_dir)
     return evaluate_targets(
         targets, config.eval.benchmarks, config.eval, config.run_dir / "eval",
         meta={"run": config.name}, on_event=lambda message: console.print(f"[cyan]    eval[/cyan]  {message}"),
+        partial_dir=partial_dir,
     )
 
 
