@@ -37,23 +37,34 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 "${MEDTUNE[@]}" info | tee "$OUT/info.txt"
 sets=(--set "data.files=[\"pubmedqa-train:$PQ\"]" --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]")
 
-start=$(date +%s)
-"${MEDTUNE[@]}" run configs/pubmedqa-smollm2.yaml "${sets[@]}" "$@" 2>&1 | tee "$OUT/run.log"
-run_seconds=$(( $(date +%s) - start ))
-
-# cot mode (generation) for the base and the fine-tuned model, transformers backend on the GPU.
 run_dir=runs/pubmedqa-smollm2
+start=$(date +%s)
+"${MEDTUNE[@]}" run configs/pubmedqa-smollm2.yaml "${sets[@]}" --until merge "$@" 2>&1 | tee "$OUT/run.log"
+
+# cot mode (generation) for the base and the fine-tuned model, transformers backend on the GPU,
+# side by side with export + eval (CPU-bound: llama.cpp), which the GPU would otherwise wait on.
+# A rerun after a timeout keeps finished cot results.
+cot_pids=()
 for model in embedded:smollm2-135m-instruct "$run_dir/merged"; do
   name=$([ "$model" = "$run_dir/merged" ] && echo finetuned || echo base)
+  [ -s "$run_dir/eval-cot-$name/results.json" ] && continue
   "${MEDTUNE[@]}" eval --model "$model" --benchmark pubmedqa --path "$PQ" --mode cot \
-    --batch-size 64 --max-new-tokens 256 --out "$run_dir/eval-cot-$name" 2>&1 | tee "$OUT/eval-cot-$name.log"
+    --batch-size 64 --max-new-tokens 256 --out "$run_dir/eval-cot-$name" > "$OUT/eval-cot-$name.log" 2>&1 &
+  cot_pids+=($!)
 done
+"${MEDTUNE[@]}" run configs/pubmedqa-smollm2.yaml "${sets[@]}" "$@" 2>&1 | tee -a "$OUT/run.log"
+run_seconds=$(( $(date +%s) - start ))
+for pid in "${cot_pids[@]}"; do wait "$pid" || echo "a cot eval failed: see $OUT/eval-cot-*.log" >&2; done
+total_seconds=$(( $(date +%s) - start ))
 
-"$PY" - "$run_dir" "$OUT" "$run_seconds" <<'EOF'
+"$PY" - "$run_dir" "$OUT" "$run_seconds" "$total_seconds" <<'EOF'
 import json, sys, pathlib
-run_dir, out, run_seconds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+run_dir, out, run_seconds, total_seconds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rows = []
 def collect(path, label_override=None):
+    if not path.is_file():
+        print(f"missing: {path}", file=sys.stderr)
+        return
     results = json.loads(path.read_text())
     for row in results.get("results", results if isinstance(results, list) else []):
         rows.append({**row, **({"artifact": label_override} if label_override else {})})
@@ -61,15 +72,36 @@ collect(run_dir / "eval" / "results.json")
 collect(run_dir / "eval-cot-base" / "results.json", "base")
 collect(run_dir / "eval-cot-finetuned" / "results.json", "merged")
 manifest = json.loads((run_dir / "manifest.json").read_text())
-summary = {"gpu": "NVIDIA H200", "run_seconds": run_seconds,
+def predicted(folder, label, mode="loglik"):
+    path = folder / "predictions" / f"{label.replace(':', '-')}__pubmedqa__{mode}.jsonl"
+    return [json.loads(line)["predicted"] for line in path.read_text().splitlines()] if path.is_file() else None
+
+# Paired agreement: the share of test items on which two artifacts predict the same label.
+merged_preds = predicted(run_dir / "eval", "merged")
+f16_label = next((r["artifact"] for r in rows if r["artifact"].lower().endswith("f16")), None)
+f16_preds = predicted(run_dir / "eval", f16_label) if f16_label else None
+for row in rows:
+    if row["mode"] != "loglik" or not row["artifact"].startswith("gguf:"):
+        continue
+    mine = predicted(run_dir / "eval", row["artifact"])
+    for name, other in (("agreement_with_merged", merged_preds), ("agreement_with_f16", f16_preds)):
+        if mine and other:
+            row[name] = round(sum(a == b for a, b in zip(mine, other)) / len(mine), 4)
+summary = {"gpu": "NVIDIA H200", "run_seconds": run_seconds, "total_seconds_with_cot": total_seconds,
            "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
            "results": rows}
 (out / "pubmedqa_finetune.json").write_text(json.dumps(summary, indent=2))
-print(f"{'artifact':<28}{'mode':<8}{'acc':>8}  {'95% CI':<16}{'n':>5}{'items/s':>9}")
+print(f"{'artifact':<28}{'mode':<8}{'acc':>8}  {'95% CI':<16}{'n':>5}{'items/s':>9}{'agree F16':>10}")
 for r in rows:
     ci = r.get("ci95") or [None, None]
     ips = r["n"] / r["seconds"] if r.get("seconds") else float("nan")
-    print(f"{str(r.get('artifact')):<28}{str(r.get('mode')):<8}{r['accuracy']:>8.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]  {r['n']:>5}{ips:>9.1f}")
+    agree = r.get("agreement_with_f16")
+    print(f"{str(r.get('artifact')):<28}{str(r.get('mode')):<8}{r['accuracy']:>8.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]  {r['n']:>5}{ips:>9.1f}"
+          f"{'' if agree is None else f'{agree:>10.3f}'}")
 EOF
 cp "$run_dir/manifest.json" "$run_dir/MODEL_CARD.md" "$OUT/" 2>/dev/null || true
 cp "$run_dir/eval/report.md" "$OUT/eval_report.md" 2>/dev/null || true
+mkdir -p "$OUT/predictions" && cp "$run_dir"/eval/predictions/*.jsonl "$OUT/predictions/" 2>/dev/null || true
+for name in base finetuned; do
+  cp "$run_dir/eval-cot-$name/predictions/"*.jsonl "$OUT/predictions/" 2>/dev/null || true
+done

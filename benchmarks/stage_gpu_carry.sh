@@ -18,7 +18,7 @@ mv .carry-split.aa .carry-a/smol.part && mv .carry-split.ab .carry-b/smol.part
 dl() { python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$@"; }
 dl .carry-a datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 peft==0.21.2 \
-  pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection
+  pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection diskcache
 dl .carry-b transformers==5.24.0
 cp "$LLAMA_WHEEL" .carry-c/
 cp -r "$CACHE/llama.cpp-0.3.36/." .carry-c/llama.cpp/
