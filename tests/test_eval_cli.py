@@ -121,6 +121,10 @@ def test_interrupted_eval_resumes_with_finished_artifacts(yes_model, tmp_path, m
     assert {p.name for p in (result.out_dir / "predictions").iterdir()} == {
         "base__medtune_sample__loglik.jsonl", "merged__medtune_sample__loglik.jsonl"}
     assert not partial.exists()
+    # Both artifacts are the same always-"yes" model: no difference, and the report says so.
+    assert [(c["artifact"], c["versus"], c["difference"], c["ci95"]) for c in result.comparisons] == [
+        ("merged", "base", 0.0, [0.0, 0.0])]
+    assert "| merged | base | medtune_sample | loglik | +0.0 |" in (result.out_dir / "report.md").read_text()
 
     partial.mkdir()
     (partial / "base.json").write_text('{"rows": [], "predictions": {}}')  # stale: another attempt's

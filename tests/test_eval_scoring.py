@@ -139,3 +139,41 @@ def test_report_files(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["results"][1]["artifact"] == "gguf:Q8_0"
     report = (tmp_path / "report.md").read_text()
     assert "| base | transformers | pubmedqa | loglik | 50.0 | 40.0–60.0 | 10 |" in report
+
+
+def test_paired_difference_counts_only_disagreements():
+    from medtune.eval.stats import paired_difference
+
+    same = paired_difference([True, False] * 50, [True, False] * 50)
+    assert same == {"n": 100, "difference": 0.0, "ci95": [0.0, 0.0], "only_a": 0, "only_b": 0}
+    # A fixes 20 of B's errors and breaks 5 of its successes: +15 points, interval clear of zero.
+    b = [True] * 50 + [False] * 50
+    a = [True] * 45 + [False] * 5 + [True] * 20 + [False] * 30
+    result = paired_difference(a, b, samples=2000, seed=1)
+    assert result["difference"] == 0.15 and result["only_a"] == 20 and result["only_b"] == 5
+    assert 0.05 < result["ci95"][0] < 0.15 < result["ci95"][1] < 0.25
+    assert paired_difference(a, b, samples=2000, seed=1) == result  # deterministic for a seed
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference([True], [True, False])
+
+
+def test_each_artifact_is_compared_with_the_one_it_was_made_from():
+    from medtune.eval.compare import paired_comparisons, reference_of
+
+    labels = ["base", "merged", "gguf:F16", "gguf:Q4_K_M", "gguf:Q8_0"]
+    assert [reference_of(label, labels) for label in labels] == [None, "base", "merged", "gguf:F16", "gguf:F16"]
+    assert reference_of("gguf:Q8_0", ["base", "gguf:Q8_0"]) == "base"
+    assert reference_of("adapter", ["adapter"]) is None
+
+    def rows_and_predictions(label, answers):
+        key = f"{label.replace(':', '-')}__pubmedqa__loglik"
+        preds = [{"id": str(i), "correct": ok} for i, ok in enumerate(answers)]
+        return {"artifact": label, "benchmark": "pubmedqa", "mode": "loglik"}, {key: preds}
+
+    base_row, base_preds = rows_and_predictions("base", [False, False, True, True])
+    merged_row, merged_preds = rows_and_predictions("merged", [True, True, True, False])
+    comparisons = paired_comparisons([base_row, merged_row], {**base_preds, **merged_preds})
+    assert len(comparisons) == 1
+    c = comparisons[0]
+    assert (c["artifact"], c["versus"], c["n"], c["difference"]) == ("merged", "base", 4, 0.25)
+    assert (c["only_artifact_right"], c["only_versus_right"]) == (2, 1)

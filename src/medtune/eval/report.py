@@ -14,10 +14,12 @@ REPORT = "report.md"
 FIGURE = "accuracy.png"
 
 
-def write_results(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """results.json: {meta..., "results": [one row per artifact x benchmark x mode]}."""
+def write_results(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any],
+                  comparisons: Sequence[dict[str, Any]] = ()) -> Path:
+    """results.json: {meta..., "results": [one row per artifact x benchmark x mode],
+    "comparisons": [paired differences, see eval.compare]}."""
     path = Path(folder) / RESULTS
-    atomic_write_json(path, {**meta, "results": list(rows)})
+    atomic_write_json(path, {**meta, "results": list(rows), "comparisons": list(comparisons)})
     return path
 
 
@@ -41,8 +43,25 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """report.md with the comparison table and how the numbers were made."""
+def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
+    """One line per paired comparison: the change in accuracy, its paired 95% CI, discordant items."""
+    lines = [
+        "| artifact | versus | benchmark | mode | difference (points) | paired 95% CI | only artifact right | only versus right |",
+        "|---|---|---|---|---:|---|---:|---:|",
+    ]
+    for c in comparisons:
+        low, high = c["ci95"]
+        verdict = " (better)" if low > 0 else " (worse)" if high < 0 else ""
+        lines.append(
+            f"| {c['artifact']} | {c['versus']} | {c['benchmark']} | {c['mode']} | {100 * c['difference']:+.1f}{verdict} | "
+            f"{100 * low:+.1f} to {100 * high:+.1f} | {c['only_artifact_right']} | {c['only_versus_right']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any],
+                 comparisons: Sequence[dict[str, Any]] = ()) -> Path:
+    """report.md with the results table, the paired comparisons and how the numbers were made."""
     path = Path(folder) / REPORT
     if not rows:
         text = "# Evaluation\n\nNo benchmark was configured (`eval.benchmarks` is empty).\n"
@@ -63,6 +82,16 @@ def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, A
                      + ", ".join(f"{name} {_pct(value)}%" for name, value in baselines.items()) + ".")
     if meta.get("subset"):
         notes.append(f"- Seeded subsets: {json.dumps(meta['subset'])}.")
+    if comparisons:
+        notes += [
+            "",
+            "Each artifact against the one it was made from, on the same items (fine-tune: merged vs base; "
+            "conversion: 16-bit GGUF vs merged; quantization: each quant vs the 16-bit GGUF):",
+            "",
+            comparison_table(comparisons),
+            "",
+            "- Paired percentile bootstrap over items; \"better\"/\"worse\" where the interval excludes zero.",
+        ]
     atomic_write_text(path, "\n".join(notes) + "\n")
     return path
 

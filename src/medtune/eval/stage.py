@@ -21,6 +21,7 @@ from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig, RunConfig
 from medtune.errors import ArtifactError, ConfigError
 from medtune.eval import report
 from medtune.eval.benchmarks import Item, expand, load_items
+from medtune.eval.compare import paired_comparisons
 from medtune.eval.stats import accuracy, bootstrap_ci
 
 PREDICTIONS = "predictions"
@@ -46,10 +47,15 @@ class EvalResult:
     out_dir: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
         return {
             "accuracy": {f"{r['artifact']}/{r['benchmark']}/{r['mode']}": r["accuracy"] for r in self.rows},
+            "paired_difference": {
+                f"{c['artifact']}-vs-{c['versus']}/{c['benchmark']}/{c['mode']}": [c["difference"], *c["ci95"]]
+                for c in self.comparisons
+            },
             "eval_seconds": round(self.seconds, 1),
         }
 
@@ -252,10 +258,11 @@ def evaluate_targets(
         "subset": {name: limit for name, _, limit in benchmarks if limit},
         "seconds": round(time.perf_counter() - started, 2),
     }
+    comparisons = paired_comparisons(rows, predictions, samples=eval_cfg.bootstrap_samples, seed=eval_cfg.subset_seed)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        report.write_results(tmp, rows, meta)
-        report.write_report(tmp, rows, meta)
+        report.write_results(tmp, rows, meta, comparisons)
+        report.write_report(tmp, rows, meta, comparisons)
         report.write_figure(tmp, rows)
         if predictions:
             (tmp / PREDICTIONS).mkdir()
@@ -264,7 +271,7 @@ def evaluate_targets(
                 (tmp / PREDICTIONS / f"{key}.jsonl").write_text(text, encoding="utf-8")
     if partial_dir is not None and partial_dir.exists():
         shutil.rmtree(partial_dir)
-    return EvalResult(out_dir, rows, time.perf_counter() - started)
+    return EvalResult(out_dir, rows, time.perf_counter() - started, comparisons)
 
 
 def evaluate(config: RunConfig, resume: bool = False) -> EvalResult:
