@@ -87,7 +87,23 @@ for row in rows:
     for name, other in (("agreement_with_merged", merged_preds), ("agreement_with_f16", f16_preds)):
         if mine and other:
             row[name] = round(sum(a == b for a, b in zip(mine, other)) / len(mine), 4)
+# Paired differences: the eval stage's chain (merged vs base, F16 vs merged, quants vs F16) plus
+# cot fine-tuned vs base from the two cot folders, matched item by item.
+from medtune.eval.stats import paired_difference
+comparisons = json.loads((run_dir / "eval" / "results.json").read_text()).get("comparisons", []) \
+    if (run_dir / "eval" / "results.json").is_file() else []
+def cot_correct(name):
+    files = sorted((run_dir / f"eval-cot-{name}" / "predictions").glob("*__pubmedqa__cot.jsonl"))
+    return {r["id"]: r["correct"] for r in map(json.loads, files[0].read_text().splitlines())} if files else {}
+base_cot, tuned_cot = cot_correct("base"), cot_correct("finetuned")
+shared = [i for i in tuned_cot if i in base_cot]
+if shared:
+    d = paired_difference([tuned_cot[i] for i in shared], [base_cot[i] for i in shared], 1000, 0)
+    comparisons.append({"artifact": "merged", "versus": "base", "benchmark": "pubmedqa", "mode": "cot", "n": d["n"],
+                        "difference": d["difference"], "ci95": d["ci95"],
+                        "only_artifact_right": d["only_a"], "only_versus_right": d["only_b"]})
 summary = {"gpu": "NVIDIA H200", "run_seconds": run_seconds, "total_seconds_with_cot": total_seconds,
+           "comparisons": comparisons,
            "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
            "results": rows}
 (out / "pubmedqa_finetune.json").write_text(json.dumps(summary, indent=2))
@@ -98,6 +114,9 @@ for r in rows:
     agree = r.get("agreement_with_f16")
     print(f"{str(r.get('artifact')):<28}{str(r.get('mode')):<8}{r['accuracy']:>8.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]  {r['n']:>5}{ips:>9.1f}"
           f"{'' if agree is None else f'{agree:>10.3f}'}")
+for c in comparisons:
+    print(f"{c['artifact']} vs {c['versus']} ({c['mode']}): {100 * c['difference']:+.1f} points, "
+          f"paired 95% CI {100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f}")
 EOF
 cp "$run_dir/manifest.json" "$run_dir/MODEL_CARD.md" "$OUT/" 2>/dev/null || true
 cp "$run_dir/eval/report.md" "$OUT/eval_report.md" 2>/dev/null || true
