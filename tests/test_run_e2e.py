@@ -185,3 +185,31 @@ def test_kill_during_merge_keeps_no_half_written_model(reference_run, tmp_path, 
     _run_to_end(config, tmp_path)
     _no_partial_artifacts(run_dir)
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["merge"]["status"] == "done"
+
+
+def test_kill_during_eval_keeps_the_finished_artifacts(reference_run, tmp_path, tiny_llama_dir):
+    import shutil
+
+    ref_tmp, _, _ = reference_run
+    config = _write_config(tmp_path, tiny_llama_dir, "ref")
+    run_dir = tmp_path / "runs" / "ref"
+    shutil.copytree(ref_tmp / "runs" / "ref", run_dir)  # a finished run; redo only its eval
+    proc = _medtune("run", str(config), "--force", "eval", cwd=tmp_path)
+    deadline = time.monotonic() + TIMEOUT
+    while not (run_dir / "eval-partial" / "base.json").is_file():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "timed out waiting for eval"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["eval"]["status"] == "running"
+
+    out = _run_to_end(config, tmp_path)
+    assert "base: kept the results of the interrupted attempt" in out, out
+    assert not (run_dir / "eval-partial").exists()
+    _no_partial_artifacts(run_dir)
+    reference = json.loads((ref_tmp / "runs" / "ref" / "eval" / "results.json").read_text())
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    pick = lambda rows: [(r["artifact"], r["mode"], r["correct"]) for r in rows]  # noqa: E731
+    assert pick(results["results"]) == pick(reference["results"])
+    assert [c["artifact"] for c in results["comparisons"]] == ["merged", "gguf:F16", "gguf:Q8_0"]
