@@ -284,9 +284,8 @@ def evaluate(config: RunConfig, resume: bool = False) -> EvalResult:
     With no benchmarks configured it writes a report saying so. Raises ArtifactError for missing
     artifacts, DataError for unreadable benchmark data, ModelError/ToolError when a model cannot be run.
     """
-    from medtune.ui import console
-
     from medtune.pipeline import EVAL_PARTIAL
+    from medtune.ui import console
 
     targets = run_targets(config) if config.eval.benchmarks else []
     partial_dir = config.run_dir / EVAL_PARTIAL
