@@ -110,6 +110,22 @@ def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
     assert result.f16_top1_agreement >= 0.99
     assert all(f.stopped_on_eos and f.answer for f in result.files)
     assert result.metadata["license"] == "apache-2.0"
+    # The embedded base is a Q4_1 GGUF, but Q8_0's grid is fine enough: no note about rounding twice.
+    assert not any("rounded to Q4_1" in note for note in result.notes)
+
+
+def test_gguf_weight_type_and_the_second_rounding_note(tmp_path):
+    from medtune.config import RunConfig
+    from medtune.embedded import smollm2_gguf_path
+    from medtune.export import _quantized_base_note, gguf_weight_type
+
+    assert gguf_weight_type(smollm2_gguf_path()) == "Q4_1"
+    config = RunConfig.model_validate({"name": "x", "data": {"files": ["a.jsonl"]}})  # embedded base
+    note = _quantized_base_note(config, ["Q4_K_M", "Q5_K_M", "Q8_0"])
+    assert note.startswith("the base model is a Q4_1 GGUF") and "Q4_K_M, Q5_K_M round them" in note
+    assert "Q8_0" not in note and _quantized_base_note(config, ["Q4_1", "Q8_0"]) is None
+    (tmp_path / "broken.gguf").write_bytes(b"not a gguf")
+    assert gguf_weight_type(tmp_path / "broken.gguf") is None
 
 
 @needs_llama_cpp

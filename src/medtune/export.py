@@ -192,6 +192,9 @@ def export_gguf(config: RunConfig) -> ExportResult:
         del f16_logprobs
 
         _enforce(config, checks, metadata)
+        base_note = _quantized_base_note(config, quant_types)
+        if base_note:
+            notes.append(base_note)
         for check in checks[1:]:
             if not check.stopped_on_eos:
                 notes.append(f"{check.type}: the test answer hit the {export.answer_max_tokens}-token limit without EOS")
@@ -220,6 +223,49 @@ def _timed(timings: dict[str, float], name: str, function, *args):
         return function(*args)
     finally:
         timings[name] = round(time.perf_counter() - started, 2)
+
+
+def _quantized_base_note(config: RunConfig, quant_types: list[str]) -> str | None:
+    """A note when the base model is a quantized GGUF (the embedded SmolLM2 is Q4_1).
+
+    Its weights already sit on that type's grid; the merged model is that grid plus a small LoRA
+    delta, so another quant type rounds them a second time and lands further from F16 than its
+    bits suggest (BENCHMARKS.md: Q4_1 KL 0.026 vs Q5_K_M 0.091 on the demo model).
+    """
+    from medtune.tokenizer import resolve_model_source
+
+    try:
+        source = resolve_model_source(config.model.base)
+    except Exception:  # noqa: BLE001 - a note is optional; the base was loaded fine earlier
+        return None
+    if source.kind != "gguf":
+        return None
+    base_type = gguf_weight_type(Path(source.path) / source.gguf_file)
+    if base_type is None or base_type in ("F32", "F16", "BF16"):
+        return None
+    # 6- and 8-bit grids are fine enough that the second rounding hardly shows (Q8_0 KL 0.006).
+    similar = [t for t in quant_types if t != base_type and t.startswith(("Q2", "Q3", "Q4", "Q5", "IQ"))]
+    if not similar:
+        return None
+    return (f"the base model is a {base_type} GGUF, so its weights are already rounded to {base_type}; "
+            f"{', '.join(similar)} round{'s' if len(similar) == 1 else ''} them a second time and can land further "
+            f"from F16 than their size suggests. {base_type} itself avoids that: add it to export.quant_types "
+            f"and compare the KL column above.")
+
+
+def gguf_weight_type(path: Path) -> str | None:
+    """The GGUF's main weight type (F16, Q4_1, Q4_K_M...) from general.file_type, None if unknown."""
+    try:
+        from gguf import GGUFReader, LlamaFileType
+
+        reader = GGUFReader(str(path))
+        field_ = reader.fields.get("general.file_type")
+        if field_ is None:
+            return None
+        name = LlamaFileType(int(field_.parts[field_.data[0]][0])).name
+    except Exception:  # noqa: BLE001 - unreadable header or unknown enum value
+        return None
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
 def _hf_top1(source: Path, prompts: list[list[int]], threads: int) -> list[Any]:

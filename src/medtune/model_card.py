@@ -134,6 +134,9 @@ def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -
         ]
         for row in table:
             lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    notes = verification.get("notes") or []
+    if notes:
+        lines += ["", *(f"- Note: {note}" for note in notes)]
     return "\n".join(lines)
 
 
