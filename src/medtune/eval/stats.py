@@ -19,6 +19,11 @@ def bootstrap_ci(correct: Sequence[bool], samples: int = 1000, seed: int = 0, le
     values = np.asarray(correct, dtype=np.float64)
     if values.size == 0:
         return (0.0, 0.0)
+    return _bootstrap_mean_interval(values, samples, seed, level)
+
+
+def _bootstrap_mean_interval(values: np.ndarray, samples: int, seed: int, level: float) -> tuple[float, float]:
+    """Percentile interval of the mean of `values`, resampled with replacement (items kept whole)."""
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
     tail = (1 - level) / 2 * 100
@@ -42,14 +47,10 @@ def paired_difference(
     if a.size == 0:
         return {"n": 0, "difference": 0.0, "ci95": [0.0, 0.0], "only_a": 0, "only_b": 0}
     delta = a - b
-    rng = np.random.default_rng(seed)
-    means = delta[rng.integers(0, delta.size, size=(samples, delta.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
     return {
         "n": int(a.size),
         "difference": round(float(delta.mean()), 4),
-        "ci95": [round(float(low), 4), round(float(high), 4)],
+        "ci95": list(_bootstrap_mean_interval(delta, samples, seed, level)),
         "only_a": int((delta > 0).sum()),
         "only_b": int((delta < 0).sum()),
     }
