@@ -44,7 +44,7 @@ class Stage:
 
 
 CHECKPOINTS = "checkpoints"  # train: Trainer checkpoints
-EVAL_PARTIAL = "eval-partial"  # eval: one file per finished artifact x benchmark x mode
+EVAL_PARTIAL = "eval-partial"  # eval: one file per finished artifact (all its benchmarks and modes)
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "data", ("data", "model"), (), "medtune.data.prepare:prepare_data"),

@@ -28,8 +28,7 @@ def reference_of(label: str, labels: Sequence[str]) -> str | None:
     if label.startswith("gguf:"):
         if label.removeprefix("gguf:").upper() in FULL_PRECISION_GGUF:
             return first("merged", "adapter", "base")
-        full = [f"gguf:{t}" for t in FULL_PRECISION_GGUF] + [f"gguf:{t.lower()}" for t in FULL_PRECISION_GGUF]
-        return first(*full, "merged", "adapter", "base")
+        return first(*(f"gguf:{t}" for t in FULL_PRECISION_GGUF), "merged", "adapter", "base")
     return None
 
 
