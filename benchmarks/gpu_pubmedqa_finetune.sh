@@ -89,19 +89,15 @@ for row in rows:
             row[name] = round(sum(a == b for a, b in zip(mine, other)) / len(mine), 4)
 # Paired differences: the eval stage's chain (merged vs base, F16 vs merged, quants vs F16) plus
 # cot fine-tuned vs base from the two cot folders, matched item by item.
-from medtune.eval.stats import paired_difference
+from medtune.eval.compare import paired_comparisons
 comparisons = json.loads((run_dir / "eval" / "results.json").read_text()).get("comparisons", []) \
     if (run_dir / "eval" / "results.json").is_file() else []
-def cot_correct(name):
+def cot_records(name):
     files = sorted((run_dir / f"eval-cot-{name}" / "predictions").glob("*__pubmedqa__cot.jsonl"))
-    return {r["id"]: r["correct"] for r in map(json.loads, files[0].read_text().splitlines())} if files else {}
-base_cot, tuned_cot = cot_correct("base"), cot_correct("finetuned")
-shared = [i for i in tuned_cot if i in base_cot]
-if shared:
-    d = paired_difference([tuned_cot[i] for i in shared], [base_cot[i] for i in shared], 1000, 0)
-    comparisons.append({"artifact": "merged", "versus": "base", "benchmark": "pubmedqa", "mode": "cot", "n": d["n"],
-                        "difference": d["difference"], "ci95": d["ci95"],
-                        "only_artifact_right": d["only_a"], "only_versus_right": d["only_b"]})
+    return [json.loads(line) for line in files[0].read_text().splitlines()] if files else []
+cot_rows = [{"artifact": label, "benchmark": "pubmedqa", "mode": "cot"} for label in ("base", "merged")]
+comparisons += paired_comparisons(cot_rows, {"base__pubmedqa__cot": cot_records("base"),
+                                             "merged__pubmedqa__cot": cot_records("finetuned")})
 summary = {"gpu": "NVIDIA H200", "run_seconds": run_seconds, "total_seconds_with_cot": total_seconds,
            "comparisons": comparisons,
            "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
