@@ -171,16 +171,28 @@ def _intended_use_section() -> str:
 
 def _licence_section(config: RunConfig) -> str:
     base_licence = config.model.license or "see the base model's card"
-    data_key = config.data.dataset or (config.data.files[0] if config.data.files else "")
-    if data_key not in KNOWN_DATASET_LICENSES and "pqal" in data_key:
-        data_key = "pubmedqa"
-    data_licence = KNOWN_DATASET_LICENSES.get(data_key, "see the dataset's own licence")
+    sources = [config.data.dataset] if config.data.dataset else list(config.data.files)
+    data_lines = [f"- Training data ({_source_label(entry)}): {dataset_licence(entry)}." for entry in sources]
     return (
         "## Licences\n\n"
         f"- Base model ({_base_name(config)}): {base_licence}. The fine-tuned weights inherit its terms.\n"
-        f"- Training data: {data_licence}.\n"
-        "- medtune itself: Apache-2.0."
+        + "".join(line + "\n" for line in data_lines)
+        + "- medtune itself: Apache-2.0."
     )
+
+
+def dataset_licence(entry: str) -> str:
+    """The licence note for one `data.dataset` / `data.files` entry, as far as medtune knows it."""
+    if entry in KNOWN_DATASET_LICENSES:
+        return KNOWN_DATASET_LICENSES[entry]
+    converter = entry.split(":", 1)[0] if ":" in entry else ""
+    if converter == "pubmedqa-train" or "pqal" in entry.lower():
+        return KNOWN_DATASET_LICENSES["pubmedqa"]
+    return "unknown to medtune: check the dataset's own licence before redistributing the model"
+
+
+def _source_label(entry: str) -> str:
+    return entry if len(entry) <= 60 else "…" + entry[-59:]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -191,4 +203,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
