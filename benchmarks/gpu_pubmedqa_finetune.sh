@@ -2,7 +2,9 @@
 # GPU acceptance run (issue 6): SmolLM2-135M-Instruct fine-tuned on the PubMedQA PQA-L train pool,
 # evaluated on the 500-item test split, end to end with `medtune run` on one H200, plus `cot` mode
 # for the base and the fine-tuned model. Prints the table and writes
-# $OUT/pubmedqa_finetune.json (+ the run's manifest, eval results, model card, logs).
+# $OUT/pubmedqa_finetune.json (+ the run's manifest, eval results, model card, logs), which
+# benchmarks/record_pubmedqa_finetune.py turns into benchmarks/results/pubmedqa_finetune.json.
+# Rerun after a time-out: finished stages are skipped and the eval stage resumes where it stopped.
 #
 # On a machine with medtune installed and the PubMedQA release in PQ (default ../shared/data/pubmedqa):
 #   bash benchmarks/gpu_pubmedqa_finetune.sh
@@ -98,7 +100,8 @@ def cot_records(name):
 cot_rows = [{"artifact": label, "benchmark": "pubmedqa", "mode": "cot"} for label in ("base", "merged")]
 comparisons += paired_comparisons(cot_rows, {"base__pubmedqa__cot": cot_records("base"),
                                              "merged__pubmedqa__cot": cot_records("finetuned")})
-summary = {"gpu": "NVIDIA H200", "run_seconds": run_seconds, "total_seconds_with_cot": total_seconds,
+# Wall times of this invocation only: after a resumed rerun, the manifest's stage seconds tell more.
+summary = {"gpu": "NVIDIA H200", "seconds_this_call": run_seconds, "seconds_this_call_with_cot": total_seconds,
            "comparisons": comparisons,
            "stage_seconds": {k: v.get("seconds") for k, v in manifest["stages"].items()},
            "results": rows}

@@ -1,4 +1,4 @@
-"""Rebuild benchmarks/results/pubmedqa_finetune.json from the H200 acceptance run's saved logs.
+"""Rebuild benchmarks/results/pubmedqa_finetune_2026-11-29.json (the second run) from the H200 acceptance run's saved logs.
 
 The second acceptance run (2026-11-29) spent its device time before `gpu_pubmedqa_finetune.sh`
 could write its own JSON: the eval stage was cut off by the per-call time limit twice, and the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOGS = HERE / "results" / "logs"
-OUT = HERE / "results" / "pubmedqa_finetune.json"
+OUT = HERE / "results" / "pubmedqa_finetune_2026-11-29.json"
 PREFIX = "pubmedqa_finetune_h200_s2_"
 
 # "<artifact> pubmedqa <mode>: accuracy 0.598 (95% CI 0.554-0.642, n=500, 1 s)", possibly wrapped by rich.
