@@ -38,6 +38,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 
 "${MEDTUNE[@]}" info | tee "$OUT/info.txt"
 sets=(--set "data.files=[\"pubmedqa-train:$PQ\"]" --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]")
+# cot runs below as two separate evals on the GPU, side by side with export and the (CPU-bound)
+# loglik scoring of the GGUF files, instead of one after the other inside the eval stage.
+sets+=(--set "eval.modes=[loglik]" --set "eval.cot_artifacts=null")
 
 run_dir=runs/pubmedqa-smollm2
 start=$(date +%s)

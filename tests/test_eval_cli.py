@@ -131,3 +131,34 @@ def test_interrupted_eval_resumes_with_finished_artifacts(yes_model, tmp_path, m
     opened.clear()
     stage.evaluate(config)
     assert opened == ["base", "merged"]
+
+
+def test_cot_artifacts_limit_generation_to_the_chosen_artifacts(yes_model, tmp_path):
+    """modes [loglik, cot] with cot_artifacts [merged]: base is scored in loglik only, merged in both."""
+    from medtune.eval.stage import evaluate
+
+    config = RunConfig.model_validate({
+        "name": "tiny", "output_dir": str(tmp_path), "data": {"files": ["x.jsonl"]}, "model": {"base": str(yes_model)},
+        "eval": {"artifacts": ["base", "merged"], "modes": ["loglik", "cot"], "cot_artifacts": ["merged"],
+                 "max_new_tokens": 4, "device": "cpu", "benchmarks": [{"name": "medtune_sample", "limit": 3}]},
+    })
+    merged = config.run_dir / "merged"
+    merged.mkdir(parents=True)
+    for file in yes_model.iterdir():
+        if file.is_file():
+            (merged / file.name).write_bytes(file.read_bytes())
+    result = evaluate(config)
+    assert [(r["artifact"], r["mode"]) for r in result.rows] == [("base", "loglik"), ("merged", "loglik"), ("merged", "cot")]
+    # cot has no base row to compare with, so only the loglik pair is reported
+    assert [(c["artifact"], c["versus"], c["mode"]) for c in result.comparisons] == [("merged", "base", "loglik")]
+    assert json.loads((result.out_dir / "results.json").read_text())["cot_artifacts"] == ["merged"]
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"cot_artifacts": ["merged"]}, "eval.modes has no cot"),
+    ({"modes": ["cot"], "artifacts": ["base"], "cot_artifacts": ["merged"]}, "does not evaluate"),
+    ({"modes": ["cot"], "cot_artifacts": ["weights"]}, "unknown artifact"),
+])
+def test_cot_artifacts_must_name_evaluated_artifacts(section, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.model_validate({"name": "t", "data": {"files": ["x"]}, "eval": section})

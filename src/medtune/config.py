@@ -267,6 +267,11 @@ class EvalConfig(Section):
         default_factory=lambda: ["base", "merged", "gguf"],
         description="What to evaluate: base, adapter, merged, gguf (every file), or gguf:TYPE (e.g. gguf:Q8_0).",
     )
+    cot_artifacts: list[str] | None = Field(
+        None,
+        description="Which of `artifacts` are also scored in cot mode when `modes` has cot (default: all). Generation is "
+        "the slow part, e.g. [base, merged] to reason on the GPU and score the GGUF files in loglik only.",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass / generate call (transformers backend).")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget in cot mode.")
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples for the 95% bootstrap confidence interval.")
@@ -278,13 +283,24 @@ class EvalConfig(Section):
     )
     n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores).")
 
-    @field_validator("artifacts")
+    @field_validator("artifacts", "cot_artifacts")
     @classmethod
-    def _known_artifacts(cls, value: list[str]) -> list[str]:
-        for artifact in value:
+    def _known_artifacts(cls, value: list[str] | None) -> list[str] | None:
+        for artifact in value or []:
             if artifact not in ("base", "adapter", "merged", "gguf") and not re.fullmatch(r"gguf:[A-Za-z0-9_]+", artifact):
                 raise ValueError(f"unknown artifact {artifact!r}; use base, adapter, merged, gguf or gguf:TYPE")
         return value
+
+    @model_validator(mode="after")
+    def _cot_artifacts_are_evaluated(self) -> "EvalConfig":
+        if self.cot_artifacts is None:
+            return self
+        if "cot" not in self.modes:
+            raise ValueError("eval.cot_artifacts is set but eval.modes has no cot: add cot to eval.modes or drop cot_artifacts")
+        for name in self.cot_artifacts:
+            if name not in self.artifacts and not (name.startswith("gguf:") and "gguf" in self.artifacts):
+                raise ValueError(f"eval.cot_artifacts has {name!r}, which eval.artifacts does not evaluate: add it to eval.artifacts")
+        return self
 
 
 class RunConfig(Section):

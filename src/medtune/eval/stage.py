@@ -116,6 +116,15 @@ def model_target(model: str, model_cfg: ModelConfig | None = None) -> Target:
 # --- running ----------------------------------------------------------------------------------------
 
 
+def target_modes(target: Target, eval_cfg: EvalConfig) -> list[str]:
+    """eval.modes for this target: cot only where eval.cot_artifacts (when set) selects it."""
+    if eval_cfg.cot_artifacts is None:
+        return list(eval_cfg.modes)
+    label = target.label.lower()
+    selected = any(name.lower() in (label, label.partition(":")[0]) for name in eval_cfg.cot_artifacts)
+    return [mode for mode in eval_cfg.modes if mode != "cot" or selected]
+
+
 def _open(target: Target, eval_cfg: EvalConfig, benchmarks: list[tuple[str, list[Item], int | None]]):
     """Open a backend; llama.cpp gets a context long enough for the longest prompt plus generation."""
     from medtune.eval import backends
@@ -128,7 +137,7 @@ def _open(target: Target, eval_cfg: EvalConfig, benchmarks: list[tuple[str, list
         else:
             tokenizer = backends.gguf_tokenizer(target.gguf)
         n_ctx = max(_context_size(items, tokenizer, mode, eval_cfg.max_new_tokens)
-                    for mode in eval_cfg.modes for _, items, _ in benchmarks)
+                    for mode in target_modes(target, eval_cfg) for _, items, _ in benchmarks)
         return backends.open_llamacpp(target.gguf, tokenizer, n_ctx=n_ctx, n_threads=eval_cfg.n_threads)
     device = backends.resolve_device(eval_cfg.device)
     return backends.open_transformers(
@@ -172,7 +181,7 @@ def _evaluate_target(
     on_event(f"opening {target.label}")
     backend = None
     try:
-        for mode in eval_cfg.modes:
+        for mode in target_modes(target, eval_cfg):
             for name, items, limit in benchmarks:
                 if backend is None:
                     backend = _open(target, eval_cfg, benchmarks)
@@ -253,6 +262,7 @@ def evaluate_targets(
     meta = {
         **(meta or {}),
         "modes": list(eval_cfg.modes),
+        "cot_artifacts": eval_cfg.cot_artifacts,
         "bootstrap_samples": eval_cfg.bootstrap_samples,
         "subset_seed": eval_cfg.subset_seed,
         "subset": {name: limit for name, _, limit in benchmarks if limit},
