@@ -162,3 +162,16 @@ def test_cot_artifacts_limit_generation_to_the_chosen_artifacts(yes_model, tmp_p
 def test_cot_artifacts_must_name_evaluated_artifacts(section, message):
     with pytest.raises(ValueError, match=message):
         RunConfig.model_validate({"name": "t", "data": {"files": ["x"]}, "eval": section})
+
+
+def test_cot_artifacts_select_gguf_files_the_way_artifacts_does(tmp_path):
+    """gguf:TYPE in cot_artifacts picks the same files as in artifacts (case-insensitive quant type)."""
+    from medtune.config import EvalConfig, ModelConfig
+    from medtune.eval.stage import Target, target_modes
+
+    eval_cfg = EvalConfig(modes=["loglik", "cot"], artifacts=["base", "gguf"], cot_artifacts=["base", "gguf:q8_0"])
+    gguf = lambda stem: Target(f"gguf:{stem}", "gguf", ModelConfig(), gguf=tmp_path / f"{stem}.gguf")  # noqa: E731
+    assert target_modes(Target("base", "hf", ModelConfig()), eval_cfg) == ["loglik", "cot"]
+    assert target_modes(gguf("run-Q8_0"), eval_cfg) == ["loglik", "cot"]
+    assert target_modes(gguf("run-Q4_K_M"), eval_cfg) == ["loglik"]
+    assert target_modes(Target("merged", "hf", ModelConfig()), EvalConfig(modes=["cot"])) == ["cot"]

@@ -185,8 +185,7 @@ def dataset_licence(entry: str) -> str:
     """The licence note for one `data.dataset` / `data.files` entry, as far as medtune knows it."""
     if entry in KNOWN_DATASET_LICENSES:
         return KNOWN_DATASET_LICENSES[entry]
-    converter = entry.split(":", 1)[0] if ":" in entry else ""
-    if converter == "pubmedqa-train" or "pqal" in entry.lower():
+    if entry.partition(":")[0] == "pubmedqa-train" or "pqal" in entry.lower():
         return KNOWN_DATASET_LICENSES["pubmedqa"]
     return "unknown to medtune: check the dataset's own licence before redistributing the model"
 

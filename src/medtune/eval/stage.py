@@ -84,7 +84,7 @@ def run_targets(config: RunConfig) -> list[Target]:
             wanted = name.partition(":")[2].lower()
             files = sorted((run_dir / "gguf").glob("*.gguf"))
             if wanted:
-                files = [f for f in files if f.stem.lower().endswith(wanted) or f"-{wanted}" in f.stem.lower()]
+                files = [f for f in files if _stem_has_type(f.stem, wanted)]
             if not files:
                 raise ArtifactError(
                     f"eval.artifacts has '{name}' but {run_dir / 'gguf'} has no matching .gguf file; run `medtune export` first"
@@ -95,6 +95,20 @@ def run_targets(config: RunConfig) -> list[Target]:
                 label = f"gguf:{file.stem.removeprefix(config.name + '-')}"
                 targets.append(Target(label, "gguf", config.model, gguf=file, tokenizer_dir=tokenizer_dir))
     return targets
+
+
+def _stem_has_type(stem: str, wanted: str) -> bool:
+    """Whether a GGUF file name (without .gguf) is of the quant type `wanted` (lower case), e.g. demo-Q8_0."""
+    stem = stem.lower()
+    return stem.endswith(wanted) or f"-{wanted}" in stem
+
+
+def _selects(name: str, target: Target) -> bool:
+    """Whether an eval.artifacts-style name (base, adapter, merged, gguf, gguf:TYPE) names this target."""
+    kind, _, wanted = name.lower().partition(":")
+    if target.kind == "gguf":
+        return kind == "gguf" and (not wanted or _stem_has_type(target.gguf.stem, wanted))
+    return kind == target.label
 
 
 def model_target(model: str, model_cfg: ModelConfig | None = None) -> Target:
@@ -120,8 +134,7 @@ def target_modes(target: Target, eval_cfg: EvalConfig) -> list[str]:
     """eval.modes for this target: cot only where eval.cot_artifacts (when set) selects it."""
     if eval_cfg.cot_artifacts is None:
         return list(eval_cfg.modes)
-    label = target.label.lower()
-    selected = any(name.lower() in (label, label.partition(":")[0]) for name in eval_cfg.cot_artifacts)
+    selected = any(_selects(name, target) for name in eval_cfg.cot_artifacts)
     return [mode for mode in eval_cfg.modes if mode != "cot" or selected]
 
 
