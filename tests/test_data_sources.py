@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not PUBMEDQA_DIR.is_dir(), reason="../shared/dat
 
 
 def test_pubmedqa_train_excludes_test_split_and_uses_eval_prompts(tmp_path, monkeypatch):
-    from medtune.eval.benchmarks import load_items, user_message
+    from medtune.tasks import load_items, user_message
 
     monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path))
     path = resolve_source(f"pubmedqa-train:{PUBMEDQA_DIR}")

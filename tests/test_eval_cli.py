@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from medtune.cli import app
 from medtune.config import RunConfig
 from medtune.errors import ArtifactError, ConfigError
-from medtune.eval.benchmarks import load_items
+from medtune.tasks import load_items
 
 needs_pubmedqa = pytest.mark.skipif(not PUBMEDQA_DIR.is_dir(), reason="../shared/data/pubmedqa not present")
 

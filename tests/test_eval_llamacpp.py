@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medtune import llamacpp
-from medtune.eval.benchmarks import Item
+from medtune.tasks import Item
 
 pytestmark = [
     pytest.mark.slow,

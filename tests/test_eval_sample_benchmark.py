@@ -9,7 +9,8 @@ import pytest
 
 from medtune.data.loading import builtin_path
 from medtune.errors import DataError
-from medtune.eval.benchmarks import load_items, load_reasonmed_mcq_local
+from medtune.tasks import load_items
+from medtune.tasks.medtune_sample import load_reasonmed_mcq_local
 
 
 def test_heldout_items_load_with_four_options_and_balanced_answers():

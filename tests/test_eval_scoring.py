@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from medtune.eval.backends import TransformersBackend
-from medtune.eval.benchmarks import Item
+from medtune.eval.metrics import class_report
 from medtune.eval.report import write_figure, write_report, write_results
 from medtune.eval.scoring import candidate_tokens, encode, prompt_text, score, score_loglik, stop_token_ids
 from medtune.eval.stats import accuracy, bootstrap_ci
+from medtune.tasks import Item
 
 YNM = {k: k for k in ("yes", "no", "maybe")}
 MC = {"A": "Ulnar", "B": "Radial", "C": "Median", "D": "Axillary"}
@@ -130,7 +131,8 @@ def test_report_files(tmp_path):
     rows = [
         {"artifact": artifact, "backend": "transformers", "benchmark": "pubmedqa", "mode": "loglik", "n": 10,
          "correct": 5, "accuracy": acc, "ci95": [acc - 0.1, acc + 0.1], "parse_failures": 0,
-         "parse_failure_rate": 0.0, "seconds": 1.0, "items_per_second": 10.0, "majority_baseline": 0.55}
+         "parse_failure_rate": 0.0, "seconds": 1.0, "items_per_second": 10.0,
+         **class_report(["yes"] * 6 + ["no"] * 4, ["yes"] * 5 + ["no"] * 5, ("yes", "no", "maybe"))}
         for artifact, acc in (("base", 0.5), ("gguf:Q8_0", 0.45))
     ]
     write_results(tmp_path, rows, {"run": "x"})
@@ -138,7 +140,8 @@ def test_report_files(tmp_path):
     assert write_figure(tmp_path, rows).stat().st_size > 1000
     assert json.loads((tmp_path / "results.json").read_text())["results"][1]["artifact"] == "gguf:Q8_0"
     report = (tmp_path / "report.md").read_text()
-    assert "| base | transformers | pubmedqa | loglik | 50.0 | 40.0–60.0 | 10 |" in report
+    assert "| base | transformers | pubmedqa | loglik | 50.0 | 40.0–60.0 | 0.899 | yes 83% / no 100% / maybe — | yes 5 / no 5 / maybe 0 | 10 |" in report
+    assert "| pubmedqa | 10 | yes 6 / no 4 / maybe 0 | yes | 60.0 | 0.375 |" in report  # the majority baseline
 
 
 def test_paired_difference_counts_only_disagreements():

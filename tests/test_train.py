@@ -218,6 +218,6 @@ def test_train_command_writes_the_adapter_folder(tiny_llama_dir, smollm2_tokeniz
     ],
 )
 def test_extract_choice(text, choice):
-    from medtune.train.test_question import extract_choice
+    from medtune.train.probe import extract_choice
 
     assert extract_choice(text) == choice

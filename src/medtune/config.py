@@ -248,7 +248,7 @@ class BenchmarkSpec(Section):
     @field_validator("name")
     @classmethod
     def _registered(cls, value: str) -> str:
-        from medtune.eval.benchmarks import benchmark_names
+        from medtune.tasks import benchmark_names
 
         if value not in benchmark_names():
             raise ValueError(f"unknown benchmark; known: {', '.join(benchmark_names())}")

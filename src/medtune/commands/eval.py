@@ -88,13 +88,9 @@ def command(
         console.print(f"[bold]medtune eval[/bold] {model} -> {out_dir}")
         result = evaluate_model(model, eval_cfg.benchmarks, eval_cfg, out_dir, on_event=console.print)
         rows = result.rows
-    print_summary(
-        "eval",
-        [(r["artifact"], r["benchmark"], r["mode"], f"{100 * r['accuracy']:.1f}",
-          f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}", r["n"], f"{100 * r['parse_failure_rate']:.1f}",
-          f"{r['seconds']:.1f}") for r in rows],
-        ("artifact", "benchmark", "mode", "accuracy %", "95% CI", "n", "unparsed %", "seconds"),
-    )
+    from medtune.eval.stage import SUMMARY_COLUMNS, summary_rows
+
+    print_summary("eval", list(summary_rows(rows)), SUMMARY_COLUMNS)
     console.print(f"report: {out_dir / 'report.md'}")
 
 

@@ -38,6 +38,13 @@ def command(
     outcomes = run_pipeline(run_config, force=force, until=until, on_event=show)
     rows = [(o.name, o.action, f"{o.seconds:.1f}") for o in outcomes]
     print_summary(f"run {run_config.name}", rows, ("stage", "action", "seconds"))
+    results = run_config.run_dir / "eval" / "results.json"
+    if any(o.name == "eval" for o in outcomes) and results.is_file():
+        import json
+
+        from medtune.eval.stage import SUMMARY_COLUMNS, summary_rows
+
+        print_summary("eval", list(summary_rows(json.loads(results.read_text())["results"])), SUMMARY_COLUMNS)
     card = run_config.run_dir / "MODEL_CARD.md"
     if card.is_file():
         console.print(f"model card: {card}")

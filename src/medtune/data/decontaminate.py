@@ -94,7 +94,7 @@ class Decontaminator:
 
         Raises ConfigError for unknown benchmark names, DataError when a benchmark cannot be loaded.
         """
-        from medtune.eval.benchmarks import expand, load_items
+        from medtune.tasks import expand, load_items
 
         settings = config.data.decontaminate
         eval_paths = {spec.name: spec.path for spec in config.eval.benchmarks if spec.path}

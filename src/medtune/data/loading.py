@@ -8,7 +8,6 @@ bad record.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
 from collections.abc import Iterator
@@ -17,17 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from medtune.artifacts import sha256_file
-from medtune.config import SAMPLE_DATA, DataConfig
+from medtune.config import DataConfig
 from medtune.data.validation import RecordProblem
 from medtune.errors import DataError
+from medtune.sample_data import BUILTIN, builtin_path  # noqa: F401  (re-exported for callers)
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
-BUILTIN = {
-    SAMPLE_DATA: "reasonmed_sample.jsonl",
-    "builtin:broken-records": "broken_records.jsonl",
-    # 16 original questions never used for training: the demo's held-out benchmark (medtune_sample).
-    "builtin:reasonmed-heldout": "reasonmed_heldout.jsonl",
-}
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by 'surrogateescape'
 
 
@@ -37,17 +31,6 @@ class RawRecord:
     record: dict[str, Any] | None
     problem: RecordProblem | None = None
     source: str = ""  # the file (or dataset) it came from, for per-source format detection
-
-
-def builtin_path(name: str) -> Path:
-    """Path of a data file shipped in medtune.sample_data (e.g. 'builtin:reasonmed-sample')."""
-    if name not in BUILTIN:
-        raise DataError(f"data.files: unknown built-in data set {name!r}; built-in: {', '.join(BUILTIN)}")
-    resource = importlib.resources.files("medtune.sample_data") / BUILTIN[name]
-    path = Path(str(resource))
-    if not path.is_file():
-        raise DataError(f"data.files: {name} is missing from the installed package ({path}); reinstall medtune")
-    return path
 
 
 def resolve_files(files: list[str]) -> list[Path]:

@@ -29,11 +29,11 @@ def pubmedqa_train(folder: Path) -> Path:
     """PubMedQA PQA-L records that are NOT in the standard 500-item test split, as chat examples.
 
     Each record gives two examples with the same prompts the evaluation uses
-    (`medtune.eval.benchmarks.user_message`): a step-by-step one (the abstract's conclusion,
+    (`medtune.tasks.user_message`): a step-by-step one (the abstract's conclusion,
     LONG_ANSWER, as the reasoning, then "The answer is X.") and a direct one ("The answer is X.").
     Raises DataError when the files are missing or malformed.
     """
-    from medtune.eval.benchmarks import YES_NO_MAYBE, Item, user_message
+    from medtune.tasks import YES_NO_MAYBE, Item, user_message
 
     folder = Path(folder)
     if folder.is_file():

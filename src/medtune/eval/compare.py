@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from medtune.eval.metrics import degenerate_note
 from medtune.eval.stats import paired_difference
 
 FULL_PRECISION_GGUF = ("F32", "F16", "BF16")
@@ -45,7 +46,8 @@ def paired_comparisons(
     "id" and "correct" (what the eval stage writes). Items are matched by id.
     """
     labels = list(dict.fromkeys(row["artifact"] for row in rows))
-    scored = {(row["artifact"], row["benchmark"], row["mode"]) for row in rows}
+    by_key = {(row["artifact"], row["benchmark"], row["mode"]): row for row in rows}
+    scored = set(by_key)
     comparisons = []
     for row in rows:
         versus = reference_of(row["artifact"], labels)
@@ -61,6 +63,7 @@ def paired_comparisons(
             "artifact": row["artifact"], "versus": versus, "benchmark": row["benchmark"], "mode": row["mode"],
             "n": result["n"], "difference": result["difference"], "ci95": result["ci95"],
             "only_artifact_right": result["only_a"], "only_versus_right": result["only_b"],
+            "note": comparison_note(row, by_key[(versus, row["benchmark"], row["mode"])]),
         })
     return comparisons
 
@@ -68,3 +71,15 @@ def paired_comparisons(
 def _correct_by_id(predictions: dict[str, list[dict[str, Any]]], label: str, benchmark: str, mode: str) -> dict[str, bool]:
     records = predictions.get(f"{label.replace(':', '-')}__{benchmark}__{mode}", [])
     return {str(record["id"]): bool(record["correct"]) for record in records}
+
+
+def comparison_note(row: dict[str, Any], versus_row: dict[str, Any]) -> str:
+    """Why a paired difference may mean nothing: either side answers (almost) one label everywhere."""
+    notes = []
+    for side in (row, versus_row):
+        text = degenerate_note(side.get("degenerate"))
+        if text:
+            notes.append(f"{side['artifact']} {text}")
+    if len(notes) == 2 and row["degenerate"]["label"] == versus_row["degenerate"]["label"]:
+        return f"both answer \"{row['degenerate']['label']}\" on nearly every item: the difference carries no signal"
+    return "; ".join(notes)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.artifacts import atomic_write_json, atomic_write_text
+from medtune.eval.metrics import degenerate_note, recall_text, spread_text
 
 RESULTS = "results.json"
 REPORT = "report.md"
@@ -28,19 +29,49 @@ def _pct(value: float) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One line per result: artifact, benchmark, mode, accuracy with its 95% CI, n, parse failures, time."""
+    """One line per result: accuracy with its 95% CI beside macro-F1, per-class recall and the answer
+    spread (a constant answer is flagged), then n, parse failures and time."""
     lines = [
-        "| artifact | backend | benchmark | mode | accuracy % | 95% CI | n | unparsed % | seconds | items/s |",
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|",
+        "| artifact | backend | benchmark | mode | accuracy % | 95% CI | macro-F1 | recall per class | answers given | n | "
+        "unparsed % | seconds |",
+        "|---|---|---|---|---:|---|---:|---|---|---:|---:|---:|",
     ]
     for row in rows:
         low, high = row["ci95"]
+        flag = degenerate_note(row.get("degenerate"))
+        spread = spread_text(row["predicted"]) if row.get("predicted") else "—"
         lines.append(
             f"| {row['artifact']} | {row['backend']} | {row['benchmark']} | {row['mode']} | {_pct(row['accuracy'])} | "
-            f"{_pct(low)}–{_pct(high)} | {row['n']} | {_pct(row['parse_failure_rate'])} | {row['seconds']:.1f} | "
-            f"{row['items_per_second']:.2f} |"
+            f"{_pct(low)}–{_pct(high)} | {_f1(row.get('macro_f1'))} | {recall_text(row['recall']) if row.get('recall') else '—'} | "
+            f"{spread}{' **(' + flag + ')**' if flag else ''} | {row['n']} | {_pct(row['parse_failure_rate'])} | "
+            f"{row['seconds']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def baseline_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per benchmark: the gold label counts and what always answering the majority label scores."""
+    lines = ["| benchmark | n | gold labels | majority label | majority accuracy % | majority macro-F1 |",
+             "|---|---:|---|---|---:|---:|"]
+    seen = set()
+    for row in rows:
+        if row["benchmark"] in seen or not row.get("gold"):
+            continue
+        seen.add(row["benchmark"])
+        lines.append(f"| {row['benchmark']} | {row['n']} | {spread_text(row['gold'])} | {row.get('majority_label', '')} | "
+                     f"{_pct(row.get('majority_baseline', 0))} | {_f1(row.get('majority_macro_f1'))} |")
+    return "\n".join(lines)
+
+
+def _f1(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def degenerate_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One warning line per result whose answers are (almost) all one label."""
+    return [f"- **No signal:** {row['artifact']} ({row['benchmark']}, {row['mode']}) {degenerate_note(row['degenerate'])}; "
+            f"its accuracy is the share of that label among the gold answers, not a measure of the model."
+            for row in rows if row.get("degenerate")]
 
 
 def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
@@ -52,9 +83,10 @@ def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
     for c in comparisons:
         low, high = c["ci95"]
         verdict = " (better)" if low > 0 else " (worse)" if high < 0 else ""
+        note = f" — {c['note']}" if c.get("note") else ""
         lines.append(
             f"| {c['artifact']} | {c['versus']} | {c['benchmark']} | {c['mode']} | {100 * c['difference']:+.1f}{verdict} | "
-            f"{100 * low:+.1f} to {100 * high:+.1f} | {c['only_artifact_right']} | {c['only_versus_right']} |"
+            f"{100 * low:+.1f} to {100 * high:+.1f} | {c['only_artifact_right']} | {c['only_versus_right']}{note} |"
         )
     return "\n".join(lines)
 
@@ -67,19 +99,23 @@ def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, A
         text = "# Evaluation\n\nNo benchmark was configured (`eval.benchmarks` is empty).\n"
         atomic_write_text(path, text)
         return path
-    baselines = {row["benchmark"]: row.get("majority_baseline") for row in rows if row.get("majority_baseline")}
     notes = [
         "# Evaluation",
         "",
         markdown_table(rows),
         "",
+        *degenerate_lines(rows),
+        "",
+        "What always answering the most frequent label scores (the bar every artifact must clear):",
+        "",
+        baseline_table(rows),
+        "",
         "- loglik: the answer label with the highest log-probability right after the chat-templated prompt and "
         "\"The answer is\"; cot: a greedy step-by-step reply, final answer extracted (unparsed counts as wrong).",
         f"- 95% CI: percentile bootstrap over items ({meta.get('bootstrap_samples', 1000)} resamples).",
     ]
-    if baselines:
-        notes.append("- Always answering the most frequent label scores: "
-                     + ", ".join(f"{name} {_pct(value)}%" for name, value in baselines.items()) + ".")
+    notes.append("- macro-F1: the mean over answer labels of each label's F1 (a constant answer scores at most "
+                 "about 1/k of it); recall per class: the share of each gold label answered correctly.")
     if meta.get("subset"):
         notes.append(f"- Seeded subsets: {json.dumps(meta['subset'])}.")
     if comparisons:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from medtune.eval.answers import extract_answer
-from medtune.eval.benchmarks import LOGLIK_ANSWER_PREFIX, Item, user_message
+from medtune.tasks import LOGLIK_ANSWER_PREFIX, Item, user_message
 
 MODES = ("loglik", "cot")
 

@@ -6,7 +6,6 @@ the same for any model, folder or GGUF outside a run (`medtune eval --model ...`
 
 from __future__ import annotations
 
-import collections
 import gc
 import json
 import shutil
@@ -20,8 +19,9 @@ from medtune.artifacts import atomic_dir, atomic_write_json
 from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig, RunConfig
 from medtune.errors import ArtifactError, ConfigError
 from medtune.eval import report
-from medtune.eval.benchmarks import Item, expand, load_items
+from medtune.tasks import Item, expand, load_items
 from medtune.eval.compare import paired_comparisons
+from medtune.eval.metrics import class_report, degenerate_note
 from medtune.eval.stats import accuracy, bootstrap_ci
 
 PREDICTIONS = "predictions"
@@ -174,11 +174,6 @@ def _context_size(items: list[Item], tokenizer, mode: str, max_new_tokens: int) 
     return longest + (max_new_tokens if mode == "cot" else 8) + 16
 
 
-def _majority(items: list[Item]) -> float:
-    counts = collections.Counter(item.answer for item in items)
-    return round(counts.most_common(1)[0][1] / len(items), 4) if items else 0.0
-
-
 def _evaluate_target(
     target: Target,
     benchmarks: list[tuple[str, list[Item], int | None]],
@@ -206,6 +201,7 @@ def _evaluate_target(
                 seconds = time.perf_counter() - began
                 correct = [p.correct for p in preds]
                 unparsed = sum(p.predicted is None for p in preds)
+                classes = class_report([p.answer for p in preds], [p.predicted for p in preds], items[0].options)
                 rows.append({
                     "artifact": target.label,
                     "backend": backend.name,
@@ -220,7 +216,14 @@ def _evaluate_target(
                     "parse_failure_rate": round(unparsed / len(preds), 4) if preds else 0.0,
                     "seconds": round(seconds, 2),
                     "items_per_second": round(len(preds) / seconds, 3) if seconds > 0 else 0.0,
-                    "majority_baseline": _majority(items),
+                    "macro_f1": classes["macro_f1"],
+                    "recall": classes["recall"],
+                    "predicted": classes["predicted"],
+                    "gold": classes["gold"],
+                    "majority_label": classes["majority_label"],
+                    "majority_baseline": classes["majority_baseline"],
+                    "majority_macro_f1": classes["majority_macro_f1"],
+                    "degenerate": classes["degenerate"],
                     "limit": limit,
                 })
                 predictions[f"{target.label.replace(':', '-')}__{name}__{mode}"] = [p.to_json() for p in preds]
@@ -233,8 +236,10 @@ def _evaluate_target(
 
 
 def _row_message(row: dict[str, Any]) -> str:
+    flag = degenerate_note(row.get("degenerate"))
     return (f"{row['artifact']} {row['benchmark']} {row['mode']}: accuracy {row['accuracy']:.3f} "
-            f"(95% CI {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}, n={row['n']}, {row['seconds']:.0f} s)")
+            f"(95% CI {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}, macro-F1 {row.get('macro_f1', 0):.3f}, n={row['n']}, "
+            f"{row['seconds']:.0f} s){'; ' + flag if flag else ''}")
 
 
 def evaluate_targets(
@@ -327,9 +332,15 @@ def evaluate_model(model: str, specs: list[BenchmarkSpec], eval_cfg: EvalConfig,
     return evaluate_targets([model_target(model)], specs, eval_cfg, out_dir, meta={"model": model}, on_event=on_event)
 
 
-def iter_rows(result: EvalResult) -> Iterator[tuple[Any, ...]]:
-    """Summary-table rows: artifact, benchmark, mode, accuracy %, 95% CI, n, unparsed %, seconds."""
-    for r in result.rows:
+SUMMARY_COLUMNS = ("artifact", "benchmark", "mode", "accuracy %", "95% CI", "macro-F1", "majority %", "n",
+                   "unparsed %", "seconds", "note")
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+    """CLI summary-table rows (SUMMARY_COLUMNS): accuracy beside macro-F1, the majority baseline and the
+    degenerate-answer flag, so a constant answer never passes for a result."""
+    for r in rows:
         yield (r["artifact"], r["benchmark"], r["mode"], f"{100 * r['accuracy']:.1f}",
-               f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}", r["n"], f"{100 * r['parse_failure_rate']:.1f}",
-               f"{r['seconds']:.1f}")
+               f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}", f"{r.get('macro_f1', 0):.3f}",
+               f"{100 * r.get('majority_baseline', 0):.1f}", r["n"], f"{100 * r['parse_failure_rate']:.1f}",
+               f"{r['seconds']:.1f}", degenerate_note(r.get("degenerate")))

@@ -365,7 +365,7 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
     from medtune.modeling import load_base_model
     from medtune.tokenizer import load_tokenizer
     from medtune.train.callbacks import JsonlLogger, RichProgress, plot_loss_curve, read_log
-    from medtune.train.test_question import answer_test_question
+    from medtune.train.probe import answer_test_question
 
     started = time.perf_counter()
     run_dir = config.run_dir

@@ -11,7 +11,7 @@ import pytest
 from conftest import PUBMEDQA_DIR
 
 from medtune.errors import ConfigError, DataError
-from medtune.eval.benchmarks import (
+from medtune.tasks import (
     GROUPS,
     REGISTRY,
     Item,
@@ -150,5 +150,5 @@ def test_registry_names_and_prompts():
 
 
 def test_importable_without_torch():
-    code = "import sys, medtune.eval.benchmarks, medtune.eval.answers, medtune.eval.stats; assert 'torch' not in sys.modules"
+    code = "import sys, medtune.tasks, medtune.eval.answers, medtune.eval.stats; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
