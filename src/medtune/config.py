@@ -69,6 +69,12 @@ class DataConfig(Section):
     )
     max_length: int = Field(2048, ge=16, description="Maximum tokens per example (prompt + reply).")
     too_long: Literal["drop", "truncate"] = Field("drop", description="What to do with examples over max_length.")
+    loss_on: Literal["reply", "final_answer"] = Field(
+        "reply",
+        description="reply: every assistant token (reasoning and answer) is trained on; final_answer: only each "
+        "reply's last 'The answer is ...' sentence and its end-of-turn token (the reasoning is context, not target); "
+        "records without that sentence are dropped and counted.",
+    )
     invalid: Literal["skip", "error"] = Field(
         "skip",
         description="'skip' drops bad records and counts them by reason; 'error' stops at the first, naming "

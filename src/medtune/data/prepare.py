@@ -29,7 +29,7 @@ from medtune.artifacts import atomic_dir, atomic_write_json, fingerprint
 from medtune.config import RunConfig
 from medtune.data import formats, loading
 from medtune.data.decontaminate import question_text
-from medtune.data.rendering import TOO_LONG, TRUNCATED, ChatRenderer, tokenize_table
+from medtune.data.rendering import NO_FINAL_ANSWER, TOO_LONG, TRUNCATED, ChatRenderer, tokenize_table
 from medtune.data.validation import (
     REASONS,
     RecordProblem,
@@ -251,7 +251,8 @@ def _tokenize_split_save(
         batched=True,
         batch_size=_MAP_BATCH,
         num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={"renderer": renderer, "max_length": data.max_length, "truncate": data.too_long == "truncate"},
+        fn_kwargs={"renderer": renderer, "max_length": data.max_length, "truncate": data.too_long == "truncate",
+                   "final_answer_only": data.loss_on == "final_answer"},
         cache_file_name=str(work / "tokenized.arrow"),
         new_fingerprint=hashlib.sha256(str(work).encode()).hexdigest()[:16],
         desc="Tokenizing",
@@ -266,7 +267,12 @@ def _tokenize_split_save(
         for row, location in zip(too_long, sources):
             tally.add("too_long", location, f"{full_lengths[row]} tokens > data.max_length {data.max_length}")
         tally.dropped["too_long"] = int(len(too_long))
-    keep = np.flatnonzero(status != TOO_LONG)
+    no_answer = np.flatnonzero(status == NO_FINAL_ANSWER)
+    if len(no_answer):
+        for location in tokenized.select(no_answer[:5])["source"]:
+            tally.add("no_final_answer", location, "a reply has no \"The answer is ...\" sentence to put the loss on")
+        tally.dropped["no_final_answer"] = int(len(no_answer))
+    keep = np.flatnonzero((status != TOO_LONG) & (status != NO_FINAL_ANSWER))
     if len(keep) == 0:
         raise DataError(f"no usable records left out of {collected['records']}: dropped {tally.dropped}")
     train_rows, val_rows = split_indices(len(keep), data.val_size, config.seed)

@@ -27,7 +27,9 @@ from medtune.tokenizer import end_of_turn_token
 IGNORE_INDEX = -100
 _BPE_CACHE_WORDS = 200_000
 # Row status after tokenization.
-KEPT, TRUNCATED, TOO_LONG = 0, 1, 2
+KEPT, TRUNCATED, TOO_LONG, NO_FINAL_ANSWER = 0, 1, 2, 3
+FINAL_ANSWER_MARKER = "The answer is"
+"""With data.loss_on: final_answer, labels start at a reply's last occurrence of this sentence."""
 
 
 class TemplateError(ModelError):
@@ -118,9 +120,15 @@ class ChatRenderer:
         return full, spans
 
     def encode(
-        self, conversations: list[list[dict[str, str]]], sources: list[str] | None = None
+        self, conversations: list[list[dict[str, str]]], sources: list[str] | None = None, *,
+        label_from: str | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Token ids and labels (reply tokens + end-of-turn token; -100 elsewhere) per conversation."""
+        """Token ids and labels (reply tokens + end-of-turn token; -100 elsewhere) per conversation.
+
+        `label_from`: label only from the reply's last occurrence of this text (the token holding its
+        first character) through the end-of-turn token, e.g. the final answer sentence; a
+        conversation with a reply that lacks it gets no labels at all (the caller drops it).
+        """
         texts, spans = self.render_with_spans(conversations, sources)
         encodings = _with_large_cache(self.backend).encode_batch(texts, add_special_tokens=False)
         out = []
@@ -143,6 +151,12 @@ class ChatRenderer:
                     raise TemplateError(
                         _template_message(sources, index, f"no {self.eot_token} token closes a reply")
                     )
+                if label_from is not None:
+                    marker = texts[index].rfind(label_from, start_char, end_char)
+                    if marker < 0:
+                        labels[:] = IGNORE_INDEX
+                        break
+                    first = encoding.char_to_token(marker)
                 labels[first : last + 1] = input_ids[first : last + 1]
             out.append((input_ids, labels))
         return out
@@ -190,16 +204,19 @@ def _template_message(sources, index: int, problem: str) -> str:
     )
 
 
-def tokenize_table(batch: pa.Table, renderer: ChatRenderer, max_length: int, truncate: bool) -> pa.Table:
+def tokenize_table(batch: pa.Table, renderer: ChatRenderer, max_length: int, truncate: bool,
+                   final_answer_only: bool = False) -> pa.Table:
     """`datasets.map` function (arrow format, batched): add input_ids, labels, length, full_length, status,
     label_tokens (how many tokens carry a label).
 
     Rows over `max_length` tokens are cut to it (truncate) or marked TOO_LONG; a truncated row whose
-    reply tokens are all cut off is TOO_LONG too (nothing left to learn).
+    reply tokens are all cut off is TOO_LONG too (nothing left to learn). With `final_answer_only`,
+    labels cover only each reply's final "The answer is ..." sentence, and a row with a reply that has
+    none is marked NO_FINAL_ANSWER.
     """
     conversations = [json.loads(text) for text in batch.column("messages").to_pylist()]
     sources = batch.column("source").to_pylist()
-    encoded = renderer.encode(conversations, sources)
+    encoded = renderer.encode(conversations, sources, label_from=FINAL_ANSWER_MARKER if final_answer_only else None)
     ids_parts, label_parts = [], []
     lengths = np.empty(len(encoded), dtype=np.int32)
     full_lengths = np.empty(len(encoded), dtype=np.int32)
@@ -207,7 +224,10 @@ def tokenize_table(batch: pa.Table, renderer: ChatRenderer, max_length: int, tru
     labelled = np.zeros(len(encoded), dtype=np.int32)
     for row, (input_ids, labels) in enumerate(encoded):
         full_lengths[row] = len(input_ids)
-        if len(input_ids) > max_length:
+        if final_answer_only and not (labels != IGNORE_INDEX).any():
+            input_ids, labels = input_ids[:0], labels[:0]
+            status[row] = NO_FINAL_ANSWER
+        elif len(input_ids) > max_length:
             if truncate and (labels[:max_length] != IGNORE_INDEX).any():
                 input_ids, labels = input_ids[:max_length], labels[:max_length]
                 status[row] = TRUNCATED

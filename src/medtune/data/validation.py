@@ -29,6 +29,7 @@ REASONS: dict[str, str] = {
     "duplicate": "exact duplicate of an earlier record",
     "contaminated": "question matches an evaluation benchmark item",
     "too_long": "longer than data.max_length tokens",
+    "no_final_answer": "data.loss_on is final_answer but a reply has no final answer sentence",
 }
 EXAMPLES_PER_REASON = 5
 ROLES = ("system", "user", "assistant")
