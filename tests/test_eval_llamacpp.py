@@ -56,3 +56,27 @@ def test_llamacpp_scores_match_transformers(tiny_llama_dir, tiny_gguf):
         assert [r.output for r in replies_gguf] == [r.output for r in replies_hf]  # greedy, same tokens
     finally:
         gguf.close()
+
+
+def test_gguf_targets_beside_transformers_targets_give_the_same_results(tiny_llama_dir, tiny_gguf, tmp_path, monkeypatch):
+    """eval.parallel_gguf: the llama.cpp thread beside the transformers targets changes no figure and no
+    row order (forced on here: it is only chosen when transformers runs on a GPU)."""
+    from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig
+    from medtune.eval import stage
+
+    targets = [stage.Target("gguf:F16", "gguf", ModelConfig(base=str(tiny_llama_dir)), gguf=tiny_gguf,
+                            tokenizer_dir=tiny_llama_dir),
+               stage.Target("base", "hf", ModelConfig(base=str(tiny_llama_dir)))]
+    specs = [BenchmarkSpec(name="medtune_sample", limit=6)]
+    eval_cfg = EvalConfig(benchmarks=specs, device="cpu", dtype="fp32", n_threads=1)
+    one_by_one = stage.evaluate_targets(targets, specs, eval_cfg, tmp_path / "sequential")
+    threads = []
+    real = stage._evaluate_target
+    monkeypatch.setattr(stage, "_side_by_side", lambda targets, cfg: [0])
+    monkeypatch.setattr(stage, "_evaluate_target", lambda target, *a: threads.append(
+        (target.label, __import__("threading").current_thread().name)) or real(target, *a))
+    side = stage.evaluate_targets(targets, specs, eval_cfg, tmp_path / "side")
+    assert dict(threads)["gguf:F16"].startswith("llama.cpp") and dict(threads)["base"] == "MainThread"
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "items_per_second")} for r in rows]  # noqa: E731
+    assert strip(side.rows) == strip(one_by_one.rows) and [r["artifact"] for r in side.rows] == ["gguf:F16", "base"]
+    assert side.comparisons == one_by_one.comparisons

@@ -288,6 +288,11 @@ class EvalConfig(Section):
         description="transformers weights precision (auto: bf16 on GPU and on CPUs with AVX512-BF16/AMX, else fp32).",
     )
     n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores).")
+    parallel_gguf: bool = Field(
+        True,
+        description="When the transformers backend runs on a GPU, score the GGUF files (llama.cpp, CPU) at the same time "
+        "in a second thread instead of after it; results are identical either way.",
+    )
 
     @field_validator("artifacts", "cot_artifacts")
     @classmethod

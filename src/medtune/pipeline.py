@@ -75,7 +75,7 @@ def stage_by_name(name: str) -> Stage:
 
 
 # Settings that change how fast a stage runs, never what it produces: editing them redoes nothing.
-SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads"}}
+SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads", "parallel_gguf"}}
 
 
 def _result_fields(config: RunConfig, section: str) -> dict[str, Any]:

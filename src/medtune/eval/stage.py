@@ -179,10 +179,12 @@ def _evaluate_target(
     benchmarks: list[tuple[str, list[Item], int | None]],
     eval_cfg: EvalConfig,
     on_event: Callable[[str], None],
+    bar,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Every benchmark x mode for one target: its result rows and per-item predictions."""
+    """Every benchmark x mode for one target: its result rows and per-item predictions.
+
+    `bar` is a rich Progress shared by the targets evaluated at the same time (one live display)."""
     from medtune.eval.scoring import score
-    from medtune.ui import progress
 
     rows: list[dict[str, Any]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}
@@ -194,10 +196,9 @@ def _evaluate_target(
                 if backend is None:
                     backend = _open(target, eval_cfg, benchmarks)
                 began = time.perf_counter()
-                with progress() as bar:
-                    task = bar.add_task(f"{target.label} {name} {mode}", total=len(items))
-                    preds = score(backend, items, mode, max_new_tokens=eval_cfg.max_new_tokens,
-                                  on_progress=lambda n: bar.advance(task, n))
+                task = bar.add_task(f"{target.label} {name} {mode}", total=len(items))
+                preds = score(backend, items, mode, max_new_tokens=eval_cfg.max_new_tokens,
+                              on_progress=lambda n, task=task: bar.advance(task, n))
                 seconds = time.perf_counter() - began
                 correct = [p.correct for p in preds]
                 unparsed = sum(p.predicted is None for p in preds)
@@ -235,6 +236,17 @@ def _evaluate_target(
     return rows, predictions
 
 
+def _side_by_side(targets: list[Target], eval_cfg: EvalConfig) -> list[int]:
+    """Indices of the GGUF targets to evaluate beside the transformers targets: all of them when the
+    transformers backend runs on a GPU (so the two groups use different hardware), else none."""
+    from medtune.eval.backends import resolve_device
+
+    gguf = [i for i, target in enumerate(targets) if target.kind == "gguf"]
+    if not gguf or len(gguf) == len(targets) or not eval_cfg.parallel_gguf:
+        return []
+    return gguf if resolve_device(eval_cfg.device).startswith("cuda") else []
+
+
 def _row_message(row: dict[str, Any]) -> str:
     flag = degenerate_note(row.get("degenerate"))
     return (f"{row['artifact']} {row['benchmark']} {row['mode']}: accuracy {row['accuracy']:.3f} "
@@ -260,23 +272,46 @@ def evaluate_targets(
     (the pipeline only resumes an attempt with the same fingerprint); the folder is removed once
     the results are written.
     """
+    from medtune.ui import progress
+
     started = time.perf_counter()
     benchmarks = _load_benchmarks(specs, eval_cfg.subset_seed)
-    rows: list[dict[str, Any]] = []
-    predictions: dict[str, list[dict[str, Any]]] = {}
-    for target in targets:
+
+    def run_one(target: Target, bar) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         saved = partial_dir / f"{target.label.replace(':', '-')}.json" if partial_dir is not None else None
         if saved is not None and saved.is_file():
             done = json.loads(saved.read_text(encoding="utf-8"))
-            target_rows, target_predictions = done["rows"], done["predictions"]
             on_event(f"{target.label}: kept the results of the interrupted attempt")
+            return done["rows"], done["predictions"]
+        target_rows, target_predictions = _evaluate_target(target, benchmarks, eval_cfg, on_event, bar)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(saved, {"rows": target_rows, "predictions": target_predictions})
+        return target_rows, target_predictions
+
+    finished: dict[int, tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]] = {}
+    with progress() as bar:
+        side = _side_by_side(targets, eval_cfg)
+        if side:
+            # GGUF files run in llama.cpp on the CPU while the transformers targets use the GPU: one
+            # thread each (both libraries release the GIL inside their kernels), so the eval stage takes
+            # about as long as the slower group rather than the sum of both.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="llama.cpp") as pool:
+                cpu = pool.submit(lambda: {i: run_one(targets[i], bar) for i in side})
+                for index, target in enumerate(targets):
+                    if index not in side:
+                        finished[index] = run_one(target, bar)
+                finished.update(cpu.result())
         else:
-            target_rows, target_predictions = _evaluate_target(target, benchmarks, eval_cfg, on_event)
-            if saved is not None:
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(saved, {"rows": target_rows, "predictions": target_predictions})
-        rows.extend(target_rows)
-        predictions.update(target_predictions)
+            for index, target in enumerate(targets):
+                finished[index] = run_one(target, bar)
+    rows: list[dict[str, Any]] = []
+    predictions: dict[str, list[dict[str, Any]]] = {}
+    for index in range(len(targets)):
+        rows.extend(finished[index][0])
+        predictions.update(finished[index][1])
     meta = {
         **(meta or {}),
         "modes": list(eval_cfg.modes),
