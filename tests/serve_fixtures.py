@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -107,3 +108,13 @@ def make_gguf_run(root: Path, tiny_llama_dir: Path, name: str = "tiny", quants: 
     (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "data": {"system_prompt": "Answer briefly."}}), encoding="utf-8")
     (run / "manifest.json").write_text('{"stages": {}}\n', encoding="utf-8")
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_run(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A run directory with tiny-F16.gguf and tiny-Q8_0.gguf (built once per test session)."""
+    from medtune import llamacpp
+
+    if not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file():
+        pytest.skip(f"llama.cpp runtime or converter not installed: {llamacpp.SETUP_HINT}")
+    return make_gguf_run(tmp_path_factory.mktemp("runs"), tiny_llama_dir)

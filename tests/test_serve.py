@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from serve_fixtures import make_gguf_run, running_server, serve_command
+from serve_fixtures import running_server, serve_command, tiny_gguf_run  # noqa: F401 - a fixture
 
 from medtune import llamacpp
 from medtune.errors import ArtifactError
@@ -227,16 +227,10 @@ def test_gguf_server_stops_cleanly_on_ctrl_c(tmp_path):
 # ---- a run directory: every quant under its name, switched per request --------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_llama_dir):
-    if not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file():
-        pytest.skip(f"llama.cpp runtime or converter not installed: {llamacpp.SETUP_HINT}")
-    return make_gguf_run(tmp_path_factory.mktemp("runs"), tiny_llama_dir)
-
 
 @pytest.mark.slow
-def test_run_directory_server_switches_between_quants(tiny_run):
-    with running_server(str(tiny_run), "--n-ctx", "256") as server:
+def test_run_directory_server_switches_between_quants(tiny_gguf_run):
+    with running_server(str(tiny_gguf_run), "--n-ctx", "256") as server:
         client = _client(server.url, None)
         assert [m.id for m in client.models.list().data] == ["Q8_0", "F16"]  # the Modelfile's quant first
         for model in ("Q8_0", "F16", "Q8_0"):
@@ -248,11 +242,11 @@ def test_run_directory_server_switches_between_quants(tiny_run):
 
 
 @pytest.mark.slow
-def test_gguf_backend_adds_the_runs_stop_strings(tiny_run):
+def test_gguf_backend_adds_the_runs_stop_strings(tiny_gguf_run):
     from medtune.serve.gguf import GGUFBackend, RequestRejected
     from medtune.serve.targets import resolve_serve_target
 
-    plan = resolve_serve_target(tiny_run)
+    plan = resolve_serve_target(tiny_gguf_run)
     backend = GGUFBackend(plan, n_ctx=256, n_threads=1, api_key=None)
     try:
         checked = backend.check("/v1/chat/completions", {"model": "F16", "messages": [{"role": "user", "content": "hi"}], "stop": "END"})
