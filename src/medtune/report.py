@@ -84,7 +84,7 @@ def _training(run_dir: Path, stages: dict[str, Any]) -> str:
     entry = stages.get("train") or {}
     if not log and not entry:
         return "<section><h2>Training</h2><p>Not trained yet.</p></section>"
-    figures = {k: v for k, v in entry.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    figures = {k: v for k, v in entry.items() if isinstance(v, (int, float, str))
                and k not in {"status", "fingerprint", "outputs_digest", "recorded_at", "test_answer"}}
     facts = _table(["figure", "value"], [[k.replace("_", " "), _num(v)] for k, v in figures.items()]) if figures else ""
     train = [(r["step"], r["loss"]) for r in log if "loss" in r and "step" in r]
@@ -93,7 +93,7 @@ def _training(run_dir: Path, stages: dict[str, Any]) -> str:
     answer = entry.get("test_answer")
     probe = (f"<p>Seed test question, greedy answer of the adapter:</p><blockquote>{_e(str(answer)[:800])}</blockquote>"
              if answer else "")
-    return f"<section><h2>Training</h2>{plot}{facts}{probe}</section>"
+    return f"<section><h2>Training</h2><div class=\"side\"><div>{plot}</div><div>{facts}</div></div>{probe}</section>"
 
 
 def _evaluation(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
@@ -112,7 +112,7 @@ def _evaluation(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
             r.get("artifact"), r.get("backend"), r.get("benchmark"), r.get("mode"), _pct(r.get("accuracy")),
             f"{_pct(low)}–{_pct(high)}" if low is not None else "—", _num(r.get("macro_f1"), 3),
             _recall(r.get("recall")), _Html(_e(spread) + (f' <strong class="flag">{_e(flag)}</strong>' if flag else "")),
-            r.get("n"), _pct(r.get("parse_failure_rate")), _num(r.get("seconds")), *(_num(r.get(k)) for k in extra),
+            r.get("n"), _pct(r.get("parse_failure_rate")), _num(r.get("seconds")), *(_figure(r.get(k)) for k in extra),
         ])
     baselines, seen = [], set()
     for r in rows:
@@ -164,7 +164,7 @@ def _gguf(export: dict[str, Any]) -> str:
     if not files:
         return "<section><h2>GGUF files</h2><p>Not exported yet.</p></section>"
     columns = [k for k in dict.fromkeys(k for f in files for k in f) if k not in _GGUF_LONG]
-    rows = [[_size(f[k]) if k == "size_bytes" and isinstance(f.get(k), int) else _num(f.get(k), 4) for k in columns]
+    rows = [[_size(f[k]) if k == "size_bytes" and isinstance(f.get(k), int) else _figure(f.get(k)) for k in columns]
             for f in files]
     head = ["size MiB" if k == "size_bytes" else k.replace("_", " ") for k in columns]
     answers = "".join(
@@ -350,6 +350,13 @@ def _num(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _figure(value: Any) -> str:
+    """A measured figure with its significant digits (0.9954, 0.0751, 16.004, 20.2)."""
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return _num(value)
+
+
 def _pct(value: Any) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
@@ -420,6 +427,8 @@ blockquote { margin: .4rem 0; padding: .3rem .7rem; border-left: 3px solid #dcdf
 .note, .scores, .q { color: #6b7378; font-size: .8rem; } .q { max-width: 28rem; margin-top: .2rem; }
 .reply { white-space: pre-wrap; max-width: 28rem; font-size: .8rem; }
 code { font-size: .85em; }
+.side { display: flex; gap: 1.5rem; align-items: flex-start; flex-wrap: wrap; }
+.side table { margin-top: .5rem; }
 """
 
 _PAGE = """<!doctype html>
