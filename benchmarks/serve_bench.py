@@ -6,7 +6,9 @@
 The server is the real command (`python -m medtune.cli serve TARGET --port 0`, llama.cpp's own
 server behind medtune's front), started once. Each round sends N requests at the same moment
 through the official `openai` client, one thread per request, streaming, each with a different
-question (medtune's 16 held-out sample questions), greedy, `max_tokens` fixed; the model may
+question (medtune's 16 held-out sample questions, each round continuing the list where the last
+stopped, so llama.cpp's reuse of the previous prompt's KV cache never gives a round a repeated
+question), greedy, `max_tokens` fixed; the model may
 stop earlier at its end-of-turn token, so tokens are counted from what came back (the streamed
 text re-tokenized with the file's vocabulary; the stream carries no usage). Per round:
 completion tokens/s over the round's wall time, p50/p95 of the request latency (send -> last
@@ -106,18 +108,19 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run_round(url: str, model: str, n: int, prompts: list[str], max_tokens: int, request_timeout: float, vocab) -> dict:
+    """N requests released together by a barrier, one question each (prompts[i])."""
     import openai
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=request_timeout)
     barrier = threading.Barrier(n)
     load_before = os.getloadavg()[0]
     with ThreadPoolExecutor(max_workers=n) as pool:
-        futures = [pool.submit(one_request, client, model, prompts[i % len(prompts)], max_tokens, barrier) for i in range(n)]
+        futures = [pool.submit(one_request, client, model, prompts[i], max_tokens, barrier) for i in range(n)]
         done = [f.result() for f in futures]
     ok = [d for d in done if d["ok"]]
     wall = max(d["ended"] for d in done) - min(d["began"] for d in done)
     tokens = sum(_count(vocab, d["text"]) for d in ok)
-    prompt_tokens = sum(vocab.chat({"messages": [{"role": "user", "content": prompts[i % len(prompts)]}]})
+    prompt_tokens = sum(vocab.chat({"messages": [{"role": "user", "content": prompts[i]}]})
                         for i, d in enumerate(done) if d["ok"])
     latencies = sorted(d["latency_s"] for d in ok)
     ttfts = sorted(d["ttft_s"] for d in ok)
@@ -178,9 +181,16 @@ def main() -> None:
         import openai
 
         model = args.model or openai.OpenAI(base_url=f"{url}/v1", api_key="none").models.list().data[0].id
-        run_round(url, model, 1, prompts, 8, args.request_timeout, vocab)  # warm-up (page cache, first load)
+        # Warm-up (page cache, first load) on a question of its own: llama.cpp reuses the KV cache of the
+        # previous prompt's common prefix, so no round may start with the question just answered.
+        run_round(url, model, 1, ["What is a fever?"], 8, args.request_timeout, vocab)
+        start = 0
         for n in args.concurrency:
-            row = run_round(url, model, n, prompts, args.max_tokens, args.request_timeout, vocab)
+            # Each round starts where the last one stopped in the question list (cycling), so a round's first
+            # request does not repeat the previous round's question.
+            chosen = [prompts[(start + i) % len(prompts)] for i in range(n)]
+            start += n
+            row = run_round(url, model, n, chosen, args.max_tokens, args.request_timeout, vocab)
             rows.append(row)
             print(f"N={n:>3}: {row['tokens_per_second']} tokens/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s, "
                   f"first token p50 {row['ttft_p50_s']} s, failed {row['failed']}", file=sys.stderr, flush=True)
@@ -191,7 +201,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_at_start": [round(x, 2) for x in load_start], "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "target": str(args.target),
+        "target": str(target.resolve().relative_to(REPO)) if target.resolve().is_relative_to(REPO) else str(target),
         "model": model,
         "server": "medtune serve -> llama-cpp-python's llama_cpp.server (requests take turns on one model)",
         "llama_cpp_python": llamacpp.runtime_version(),

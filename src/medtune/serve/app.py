@@ -10,6 +10,7 @@ check (the backend's `check`: unknown model, prompt longer than the context, sto
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import secrets
 import signal
@@ -182,7 +183,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        if exc.errno == 98:  # EADDRINUSE
+        if exc.errno == errno.EADDRINUSE:
             raise ConfigError(f"--port {port}: {host}:{port} is already in use; stop the other server or pick another port (--port 0 picks a free one)") from exc
         raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from exc
     sock.listen(128)
