@@ -112,9 +112,22 @@ def make_gguf_run(root: Path, tiny_llama_dir: Path, name: str = "tiny", quants: 
 
 @pytest.fixture(scope="session")
 def tiny_gguf_run(tmp_path_factory, tiny_llama_dir) -> Path:
-    """A run directory with tiny-F16.gguf and tiny-Q8_0.gguf (built once per test session)."""
+    """A run directory with tiny-F16.gguf and tiny-Q8_0.gguf, built once per test session.
+
+    Each test module that imports this fixture gets its own copy of it, so the folder is kept under
+    the session's base temp dir and reused once its marker file (written last) is there.
+    """
     from medtune import llamacpp
 
     if not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file():
         pytest.skip(f"llama.cpp runtime or converter not installed: {llamacpp.SETUP_HINT}")
-    return make_gguf_run(tmp_path_factory.mktemp("runs"), tiny_llama_dir)
+    root = tmp_path_factory.getbasetemp() / "serve-runs"
+    done = root / "built"
+    if not done.is_file():
+        if root.exists():
+            import shutil
+
+            shutil.rmtree(root)
+        make_gguf_run(root, tiny_llama_dir)
+        done.write_text("ok")
+    return root / "tiny"

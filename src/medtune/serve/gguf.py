@@ -163,6 +163,18 @@ class GGUFBackend:
         return payload
 
     def close(self) -> None:
-        for counter in self.counters.values():
-            counter.close()
-        self.counters = {}
+        """Free the loaded model and the vocabularies (quietly: llama.cpp logs its buffers as it frees them)."""
+        from medtune import llamacpp
+
+        with llamacpp.quiet_runtime():
+            for counter in self.counters.values():
+                counter.close()
+            self.counters = {}
+            if getattr(self, "app", None) is not None:
+                from llama_cpp.server import app as server_app
+
+                # The server keeps its models in a module-level proxy (one app per process).
+                proxy, server_app._llama_proxy = server_app._llama_proxy, None
+                if proxy is not None:
+                    proxy.free()
+                self.app = None
