@@ -110,22 +110,29 @@ def test_cli_missing_target_is_one_red_line(tmp_path):
     assert "does not exist" in _cli_error(str(tmp_path / "nope"))
 
 
-def test_cli_busy_port_is_a_clear_error(tmp_path):
+def test_busy_port_is_a_clear_error(tmp_path):
+    from medtune.errors import ConfigError
+    from medtune.serve import ServeOptions, serve
+
     _fake_gguf(tmp_path / "m.gguf")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        out = _cli_error(str(tmp_path / "m.gguf"), "--port", str(port))
-    assert f"127.0.0.1:{port} is already in use" in out
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is already in use"):
+            serve(str(tmp_path / "m.gguf"), ServeOptions(port=port))  # refused before loading anything
 
 
 @needs_runtime
-def test_cli_truncated_gguf_is_refused_before_serving(tmp_path):
+def test_truncated_gguf_is_refused_before_serving(tmp_path):
+    from medtune.serve import ServeOptions, serve
+
     data = open(_smollm2(), "rb").read(4 << 20)  # the first 4 MiB of a 94 MiB file
     (tmp_path / "cut.gguf").write_bytes(data)
-    out = _cli_error(str(tmp_path / "cut.gguf"))
-    assert "cut.gguf" in out and "truncated or corrupt" in out
+    served = []
+    with pytest.raises(ArtifactError, match=r"cut.gguf: llama.cpp cannot load this GGUF file .*truncated or corrupt"):
+        serve(str(tmp_path / "cut.gguf"), ServeOptions(port=0), on_ready=lambda plan, url: served.append(url))
+    assert not served
 
 
 # ---- the real server: llama.cpp's for the embedded SmolLM2 GGUF ---------------------------------
