@@ -132,6 +132,7 @@ def test_uninterrupted_run_then_rerun_skips_everything(reference_run):
     assert [manifest["stages"][s]["status"] for s in ("prepare", "train", "merge", "export", "eval")] == ["done"] * 5
     assert (run_dir / "gguf" / "ref-F16.gguf").is_file() and (run_dir / "gguf" / "ref-Q8_0.gguf").is_file()
     assert (run_dir / "MODEL_CARD.md").read_text().count("not a medical device") == 1
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()  # the loss curves at least
     second = _run_to_end(config, tmp)
     assert second.count("skipped: inputs unchanged and outputs verified") == 5, second
 

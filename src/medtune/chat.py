@@ -7,6 +7,7 @@ backends through `apply_chat_template` and generation_config's EOS ids.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,6 +71,20 @@ class ChatModel:
         else:
             yield from self._stream_hf(messages, sampling, reply)
 
+    @property
+    def context_length(self) -> int | None:
+        """The longest prompt + reply in tokens: the GGUF's n_ctx, or the HF model's max_position_embeddings."""
+        if self.kind == "gguf":
+            return self._llm.n_ctx()
+        return getattr(self._model.config, "max_position_embeddings", None)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """How many tokens `messages` take once rendered with the model's chat template (with the generation prompt)."""
+        if self.kind == "gguf":
+            return gguf_prompt_tokens(self._llm, messages)
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def close(self) -> None:
         if self.kind == "gguf":
             self._llm.close()
@@ -94,8 +109,15 @@ class ChatModel:
 
     def _stream_hf(self, messages, sampling: Sampling, reply: Reply) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        # A consumer that stops reading (a closed stream, a client gone) closes this generator; the
+        # flag then ends model.generate at the next token instead of letting it run to max_tokens.
+        cancelled = threading.Event()
         tokenizer, model = self._tokenizer, self._model
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
@@ -107,6 +129,7 @@ class ChatModel:
             "max_new_tokens": sampling.max_tokens,
             "eos_token_id": eos,
             "pad_token_id": tokenizer.pad_token_id,
+            "stopping_criteria": StoppingCriteriaList([_Cancelled()]),
         }
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
@@ -120,11 +143,39 @@ class ChatModel:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
-        new = result["ids"][0, inputs["input_ids"].shape[1] :].tolist()
-        reply.tokens = len(new)
-        reply.stopped_on_eos = bool(new) and new[-1] in eos
+        try:
+            yield from streamer
+        finally:
+            cancelled.set()
+            worker.join()
+            if "ids" in result:  # also when stopped early: the tokens made so far
+                new = result["ids"][0, inputs["input_ids"].shape[1] :].tolist()
+                reply.tokens = len(new)
+                reply.stopped_on_eos = bool(new) and new[-1] in eos
+
+
+def gguf_prompt_tokens(llm, messages: list[dict[str, str]]) -> int:
+    """Prompt length in tokens of `messages` for a llama.cpp model, counted as its chat path counts it.
+
+    llama-cpp-python renders the file's `tokenizer.chat_template` with its Jinja2ChatFormatter and
+    tokenizes the text with special tokens and no extra BOS; this does the same, so a vocab-only
+    `Llama` is enough. Raises ArtifactError when the file has no chat template.
+    """
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ArtifactError(f"{llm.model_path}: the GGUF has no chat template (tokenizer.chat_template)")
+    eos, bos = llm.token_eos(), llm.token_bos()
+    text = llm._model.token_get_text  # what llama-cpp-python passes its formatter as eos/bos text
+    formatter = _gguf_formatter(template, text(eos) if eos != -1 else "", text(bos) if bos != -1 else "")
+    prompt = formatter(messages=messages).prompt
+    return len(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_formatter(template: str, eos_token: str, bos_token: str):
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Pipeline order; `run` walks prepare..eval.
-COMMANDS = ["run", "prepare", "train", "merge", "export", "eval", "chat", "info"]
+COMMANDS = ["run", "prepare", "train", "merge", "export", "eval", "chat", "serve", "report", "info"]
 
 for _name in COMMANDS:
     _module = importlib.import_module(f"medtune.commands.{_name}")

@@ -263,6 +263,8 @@ def run_pipeline(
             break
     if until is None:
         from medtune.model_card import write_model_card
+        from medtune.report import write_html_report
 
         write_model_card(config)
+        write_html_report(config.run_dir)
     return outcomes

@@ -48,3 +48,6 @@ def command(
     card = run_config.run_dir / "MODEL_CARD.md"
     if card.is_file():
         console.print(f"model card: {card}")
+    page = run_config.run_dir / "report.html"
+    if until is None and page.is_file():
+        console.print(f"report: {page}")

@@ -1,0 +1,71 @@
+"""The README's two screenshots, made from the demo run in headless Chromium (Debian's, via Playwright).
+
+    python benchmarks/screenshots.py            # needs runs/demo (medtune run configs/demo.yaml)
+
+docs/serve-chat.png: `medtune serve runs/demo` and its chat page, one question asked to every
+quant side by side ("compare all", greedy), with each reply's reasoning opened.
+docs/report.png: the top of `medtune report runs/demo` (runs/demo/report.html).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_bench import served  # noqa: E402 - the same way of starting the real server
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+QUESTION = ("A 25-year-old man develops hives, wheezing, lip swelling and a blood pressure of 78/40 mmHg minutes after "
+            "a bee sting. What is the first treatment?\nA. Oral antihistamine\nB. Intramuscular adrenaline\n"
+            "C. Intravenous hydrocortisone\nD. Nebulised salbutamol")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default=str(REPO / "runs" / "demo"))
+    parser.add_argument("--out", default=str(REPO / "docs"))
+    args = parser.parse_args()
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    from medtune.report import write_html_report
+
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = write_html_report(run)
+    with tempfile.TemporaryDirectory(prefix="medtune-shots-") as profile, sync_playwright() as driver:
+        context = driver.chromium.launch_persistent_context(
+            profile, executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        with served(run, "--n-ctx", "2048") as (url, _):
+            page.goto(url + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+            page.select_option("#model", "Q4_K_M")
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", "120")
+            page.check("#compare")
+            page.fill("#question", QUESTION)
+            page.press("#question", "Enter")
+            page.wait_for_function(
+                "(() => { const m = document.querySelectorAll('#chat .turn .meta'); "
+                "return m.length === document.querySelectorAll('#model option').length && [...m].every(x => x.textContent); })()",
+                timeout=600_000)
+            page.evaluate("document.querySelectorAll('details.reasoning').forEach(d => d.open = true); "
+                          "document.getElementById('chat').scrollTop = 0")
+            page.screenshot(path=str(out / "serve-chat.png"))
+        page.set_viewport_size({"width": 1100, "height": 1800})
+        page.goto(report.resolve().as_uri())
+        page.screenshot(path=str(out / "report.png"))
+        context.close()
+    for name in ("serve-chat.png", "report.png"):
+        print(f"{out / name}: {(out / name).stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()

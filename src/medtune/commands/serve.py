@@ -1,0 +1,41 @@
+"""Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) with a chat page at /.
+
+TARGET: a run directory (every GGUF in its gguf/, each under its quant name: pick one with the
+request's `model`), a .gguf file (llama.cpp's own server), or a merged or adapter folder
+(transformers). Listens on 127.0.0.1 unless --host says otherwise; with --api-key every API
+request must send `Authorization: Bearer KEY`. Ctrl-C stops it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+NAME = "serve"
+
+
+def command(
+    target: Annotated[Path, typer.Argument(help="A run directory, a .gguf file, a merged model folder or an adapter folder.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="MEDTUNE_API_KEY", help="Refuse API requests without this bearer key (401).", show_default=False)] = None,  # noqa: UP045
+    n_ctx: Annotated[int, typer.Option("--n-ctx", min=256, help="Context length in tokens; longer prompts get HTTP 400.")] = 4096,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (GGUF; default: automatic).")] = None,  # noqa: UP045
+    log_level: Annotated[str, typer.Option(help="Server log level (info shows every request).")] = "warning",
+) -> None:
+    from medtune.serve import ServeOptions, serve
+    from medtune.ui import console, err_console
+
+    def ready(plan, url: str) -> None:
+        models = ", ".join(plan.names)
+        console.print(f"[bold]medtune serve[/bold] {target} ({plan.kind}: {models})", highlight=False, soft_wrap=True)
+        console.print(f"serving on {url}  (chat page: {url}/ , API: {url}/v1)", highlight=False, soft_wrap=True)
+        if api_key:
+            console.print("API requests need the header 'Authorization: Bearer <key>'", highlight=False)
+        console.file.flush()
+
+    options = ServeOptions(host=host, port=port, api_key=api_key or None, n_ctx=n_ctx, n_threads=threads)
+    err_console.print(f"loading {target}", highlight=False, soft_wrap=True)
+    serve(str(target), options, on_ready=ready, log_level=log_level)
+    err_console.print("server stopped")

@@ -1,0 +1,214 @@
+// medtune chat page: streams answers from the server's own /v1/chat/completions (OpenAI's
+// server-sent events), with a model picker, an editable system prompt, and the reasoning shown
+// apart from the final answer. Plain browser JavaScript, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: [], history: [], key: sessionStorage.getItem("medtune-api-key") || "", busy: null };
+
+// ---- reasoning vs final answer ----------------------------------------------------------------
+// A <think>...</think> block, or everything before the sentence that gives the final answer
+// ("The answer is B.", "Final answer: yes"), as medtune's own models are trained to end.
+const ANSWER = /\b(?:the\s+(?:final\s+|correct\s+|best\s+)?answer\s+(?:is|would\s+be)|final\s+answer\s*[:\-]|answer\s*:)/gi;
+
+function splitReasoning(text) {
+  const think = text.match(/^\s*<think>([\s\S]*?)(<\/think>|$)([\s\S]*)$/);
+  if (think) return { reasoning: think[1].trim(), answer: think[3].trim(), thinking: !think[2] };
+  let last = -1;
+  for (const m of text.matchAll(ANSWER)) last = m.index;
+  if (last <= 0) return { reasoning: "", answer: text.trim(), thinking: false };
+  // Start the answer at its sentence ("Therefore, the answer is B." stays whole).
+  let start = last;
+  while (start > 0 && !/[.!?\n]/.test(text[start - 1])) start--;
+  const reasoning = text.slice(0, start).trim();
+  return { reasoning, answer: text.slice(start).trim(), thinking: false };
+}
+
+// ---- talking to the server ---------------------------------------------------------------------
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  if (state.key) h.Authorization = `Bearer ${state.key}`;
+  return h;
+}
+
+async function getJSON(path) {
+  const response = await fetch(path, { headers: headers() });
+  if (response.status === 401) { showKeyBox("This server needs an API key."); throw new Error("API key needed"); }
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    return (body.error && body.error.message) || body.detail || JSON.stringify(body);
+  } catch (_) { return `HTTP ${response.status}`; }
+}
+
+// Streams one reply; onText(fullTextSoFar) after each piece. Returns {text, finish, tokens}.
+async function streamReply(model, messages, onText, signal) {
+  const body = {
+    model, messages, stream: true,
+    temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
+  };
+  const response = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  if (response.status === 401) { showKeyBox("Wrong or missing API key."); throw new Error("API key needed"); }
+  if (!response.ok) throw new Error(await errorText(response));
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", text = "", finish = null, pieces = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+      for (const line of event.split(/\r?\n/)) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") return { text, finish, pieces };
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message || "server error");
+        const choice = chunk.choices && chunk.choices[0];
+        if (!choice) continue;
+        const piece = choice.delta && choice.delta.content;
+        if (piece) { text += piece; pieces++; onText(text); }
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }
+    }
+  }
+  return { text, finish, pieces };
+}
+
+// ---- the page ----------------------------------------------------------------------------------
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function scrollDown() { const chat = $("chat"); chat.scrollTop = chat.scrollHeight; }
+
+function addUser(text) { $("chat").append(el("div", "msg user", text)); scrollDown(); }
+
+function assistantBox(model) {
+  const box = el("div", "msg assistant");
+  box.dataset.model = model;
+  box.append(el("div", "who", model));
+  const details = el("details", "reasoning");
+  details.append(el("summary", "", "Reasoning"));
+  const reasoning = el("div", "reasoning-text");
+  details.append(reasoning);
+  details.hidden = true;
+  const answer = el("div", "answer");
+  const meta = el("div", "meta");
+  box.append(details, answer, meta);
+  return {
+    box,
+    show(text) {
+      const parts = splitReasoning(text);
+      details.hidden = !parts.reasoning;
+      reasoning.textContent = parts.reasoning;
+      answer.textContent = parts.thinking ? "" : parts.answer;
+      if (parts.thinking) details.open = true;
+      scrollDown();
+    },
+    done(note) { meta.textContent = note; },
+    fail(message) { box.classList.add("error"); answer.textContent = message; },
+  };
+}
+
+function conversation() {
+  const system = $("system").value.trim();
+  return [...(system ? [{ role: "system", content: system }] : []), ...state.history];
+}
+
+async function ask(question) {
+  const chosen = $("model").value;
+  const models = $("compare").checked ? [chosen, ...state.models.filter((m) => m !== chosen)] : [chosen];
+  addUser(question);
+  state.history.push({ role: "user", content: question });
+  const messages = conversation();
+  const row = el("div", "turn");
+  $("chat").append(row);
+  const boxes = models.map((m) => { const b = assistantBox(m); row.append(b.box); return b; });
+  const controller = new AbortController();
+  state.busy = controller;
+  setBusy(true);
+  let kept = null;
+  try {
+    // One after another: the server answers one request at a time anyway.
+    for (const [i, model] of models.entries()) {
+      const started = performance.now();
+      try {
+        const reply = await streamReply(model, messages, (text) => boxes[i].show(text), controller.signal);
+        const seconds = (performance.now() - started) / 1000;
+        const ending = reply.finish === "length" ? "cut at max tokens" : "finished";
+        boxes[i].done(`${reply.pieces} pieces in ${seconds.toFixed(1)} s, ${ending}`);
+        if (i === 0) kept = reply.text;
+      } catch (error) {
+        if (error.name === "AbortError") { boxes[i].done("stopped"); break; }
+        boxes[i].fail(error.message);
+      }
+    }
+  } finally {
+    setBusy(false);
+    state.busy = null;
+  }
+  // The picked model's answer carries the conversation on.
+  if (kept !== null) state.history.push({ role: "assistant", content: kept });
+  else state.history.pop();
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").hidden = !busy;
+  $("status").textContent = busy ? "answering…" : "";
+}
+
+function showKeyBox(message) {
+  $("key-box").hidden = false;
+  $("status").textContent = message;
+}
+
+async function load() {
+  const info = await getJSON("/medtune/info");
+  $("title").textContent = info.title;
+  $("backend").textContent = `${info.backend} · context ${info.n_ctx}`;
+  $("disclaimer-text").textContent = info.disclaimer;
+  if (!$("system").value) $("system").value = info.system_prompt || "";
+  state.models = info.models.map((m) => m.id);
+  const select = $("model");
+  select.replaceChildren(...info.models.map((m) => {
+    const option = el("option", "", m.size_bytes ? `${m.id} (${(m.size_bytes / 2 ** 20).toFixed(0)} MiB)` : m.id);
+    option.value = m.id;
+    return option;
+  }));
+  select.value = info.default_model;
+  $("compare").parentElement.hidden = state.models.length < 2;
+  $("key-box").hidden = !state.key;
+  $("status").textContent = "";
+}
+
+$("ask").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const question = $("question").value.trim();
+  if (!question || state.busy) return;
+  $("question").value = "";
+  ask(question);
+});
+$("question").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("ask").requestSubmit(); }
+});
+$("stop").addEventListener("click", () => state.busy && state.busy.abort());
+$("reset").addEventListener("click", () => { state.history = []; $("chat").replaceChildren(); });
+$("key-save").addEventListener("click", () => {
+  state.key = $("api-key").value.trim();
+  sessionStorage.setItem("medtune-api-key", state.key);
+  load().catch((error) => { $("status").textContent = error.message; });
+});
+
+load().catch((error) => { $("status").textContent = error.message; });

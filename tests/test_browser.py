@@ -1,0 +1,126 @@
+"""The chat page in a real headless Chromium (Debian's, driven by Playwright): it loads, shows the
+disclaimer, streams an answer, switches the quant, compares both, splits reasoning from the answer,
+and is saved as a screenshot under the test's tmp dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from serve_fixtures import running_server, tiny_gguf_run  # noqa: F401 - a fixture
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The machine's network is closed: every background connection Chromium tries would fail or hang.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _need_browser() -> None:
+    missing = [what for what, ok in (("/usr/bin/chromium (apt-get install chromium)", CHROMIUM.is_file()),
+                                     ("the playwright package (pip install playwright)", _has_playwright()))
+               if not ok]
+    if missing:
+        if os.environ.get("CI"):  # ./quickstart test installs both: in CI their absence is a failure
+            pytest.fail(f"browser test cannot run: missing {', '.join(missing)}")
+        pytest.skip(f"missing {', '.join(missing)}")
+
+
+def _has_playwright() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture
+def page(tmp_path):
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        context = driver.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 800},
+        )
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def _watch_answers(page) -> None:
+    """Record the answer's length after every DOM change, to see it grow while the reply streams."""
+    page.evaluate("""() => {
+        window.__lengths = [];
+        new MutationObserver(() => {
+            const answers = document.querySelectorAll('#chat .msg.assistant .answer');
+            if (answers.length) window.__lengths.push(answers[answers.length - 1].textContent.length);
+        }).observe(document.getElementById('chat'), {subtree: true, childList: true, characterData: true});
+    }""")
+
+
+@pytest.mark.slow
+def test_chat_page_streams_switches_quant_and_compares(page, tiny_gguf_run, tmp_path):
+    with running_server(str(tiny_gguf_run), "--n-ctx", "512") as server:
+        page.goto(server.url + "/")
+        assert "not a medical device" in page.locator("#disclaimer").inner_text()
+        assert page.locator("#disclaimer").is_visible()
+        page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+        assert page.locator("#model").input_value() == "Q8_0"
+        assert page.locator("#system").input_value() == "Answer briefly."  # the run's own system prompt, editable
+        page.fill("#system", "You are a careful medical assistant.")
+        page.fill("#max-tokens", "24")
+
+        _watch_answers(page)
+        page.fill("#question", "What causes a stiff neck with fever?")
+        page.press("#question", "Enter")
+        first = page.locator("#chat .msg.assistant").nth(0)
+        first.locator(".meta").wait_for(state="visible")
+        page.wait_for_function("document.querySelector('#chat .msg.assistant .meta').textContent.includes('pieces')", timeout=60_000)
+        lengths = page.evaluate("window.__lengths")
+        assert len({n for n in lengths if n > 0}) >= 2, f"the answer did not grow piece by piece: {lengths}"
+        assert first.get_attribute("data-model") == "Q8_0"
+        assert page.locator("#chat .msg.user").first.inner_text() == "What causes a stiff neck with fever?"
+
+        page.select_option("#model", "F16")
+        page.fill("#question", "And how is it treated?")
+        page.press("#question", "Enter")
+        second = page.locator("#chat .msg.assistant").nth(1)
+        page.wait_for_function("document.querySelectorAll('#chat .msg.assistant .meta')[1]?.textContent.includes('pieces')", timeout=60_000)
+        assert second.get_attribute("data-model") == "F16"
+        assert second.locator(".who").inner_text() == "F16"
+        assert second.locator(".answer").inner_text().strip()
+
+        page.check("#compare")
+        page.fill("#question", "Compare both.")
+        page.press("#question", "Enter")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#chat .turn')].pop().querySelectorAll('.meta').length === 2 && "
+            "[...[...document.querySelectorAll('#chat .turn')].pop().querySelectorAll('.meta')].every(m => m.textContent.includes('pieces'))",
+            timeout=90_000)
+        boxes = page.locator("#chat .turn").last.locator(".msg.assistant")
+        assert [boxes.nth(i).get_attribute("data-model") for i in range(2)] == ["F16", "Q8_0"]
+
+        shot = tmp_path / "chat-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
+def test_page_shows_reasoning_apart_from_the_final_answer(page, tiny_gguf_run):
+    with running_server(str(tiny_gguf_run), "--n-ctx", "256") as server:
+        page.goto(server.url + "/")
+        split = page.evaluate("""() => [
+            splitReasoning("Fever and neck stiffness point to the meninges. Migraine has no fever.\\nTherefore, the answer is B. Meningitis."),
+            splitReasoning("<think>Neck stiffness means meningism.</think>Meningitis (B)."),
+            splitReasoning("<think>still thinking"),
+            splitReasoning("Just an answer."),
+        ]""")
+    assert split[0] == {"reasoning": "Fever and neck stiffness point to the meninges. Migraine has no fever.",
+                        "answer": "Therefore, the answer is B. Meningitis.", "thinking": False}
+    assert split[1] == {"reasoning": "Neck stiffness means meningism.", "answer": "Meningitis (B).", "thinking": False}
+    assert split[2]["thinking"] is True and split[2]["answer"] == ""
+    assert split[3] == {"reasoning": "", "answer": "Just an answer.", "thinking": False}
