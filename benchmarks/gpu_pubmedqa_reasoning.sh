@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The PubMedQA reasoning fine-tune on one GPU (issue 11), in two steps that each fit a 10-minute slot:
-#   sweep   5-fold cross-validation of the recipe variants on the 500 train/dev records
+#   sweep   3-fold cross-validation of the recipe variants on the 500 train/dev records
 #           (benchmarks/pubmedqa_reasoning.py sweep; the test split is not read)
 #   final   `medtune run configs/pubmedqa-reasoning-smollm2.yaml` with the chosen variant: train on the
 #           whole train pool, merge, export, and score base / fine-tuned / Q8_0 on the 500 test items once
@@ -49,8 +49,8 @@ PQ="$(cd "$PQ" && pwd)"
 case "$step" in
   sweep)
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-    "$PY" benchmarks/pubmedqa_reasoning.py sweep --pubmedqa "$PQ" --work "$WORK" --workers "${WORKERS:-14}" \
-      --budget-seconds "${BUDGET:-440}" --out "$WORK/sweep.json" "${@:2}" 2>&1 | tee "$OUT/sweep.log"
+    "$PY" benchmarks/pubmedqa_reasoning.py sweep --pubmedqa "$PQ" --work "$WORK" --workers "${WORKERS:-16}" \
+      --budget-seconds "${BUDGET:-330}" --out "$WORK/sweep.json" "${@:2}" 2>&1 | tee "$OUT/sweep.log"
     cp "$WORK/sweep.json" "$OUT/"
     ;;
   final)

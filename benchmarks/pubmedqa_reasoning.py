@@ -2,9 +2,9 @@
 """PubMedQA reasoning fine-tune: choose the recipe by cross-validation on the train pool, then score
 the test split once with the chosen recipe.
 
-  sweep   5-fold cross-validation over the 500 PQA-L records outside the test split: every variant of
+  sweep   k-fold cross-validation (default 3) over the 500 PQA-L records outside the test split: every variant of
           configs/pubmedqa-reasoning-smollm2.yaml in VARIANTS (one change at a time from the config,
-          then the per-dimension winners combined) is trained on 4 folds and scored on the 5th, loglik
+          then the per-dimension winners combined) is trained on k-1 folds and scored on the held-out one, loglik
           and cot, through medtune's own stages (prepare, train, eval on the adapter), several jobs side
           by side on one GPU. The pooled out-of-fold predictions (500 items per variant) give each
           variant's accuracy, macro-F1, per-class recall and paired difference vs the base model; the
@@ -18,7 +18,7 @@ the test split once with the chosen recipe.
   python benchmarks/pubmedqa_reasoning.py record --sweep sweep.json --run runs/pubmedqa-reasoning-smollm2
 
 Fold folders hold the train pool in PubMedQA's release layout (ori_pqal.json with the 500 pool records,
-test_ground_truth.json with the fold's ids), so the `pubmedqa-reasoning:` source yields the other four
+test_ground_truth.json with the fold's ids), so the `pubmedqa-reasoning:` source yields the other
 folds and the `pubmedqa` benchmark the held-out fold: the product's own code paths, nothing re-implemented.
 They are derived copies under the work folder (git-ignored runs/), never committed.
 """
@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pubmedqa-reasoning-smollm2.yaml"
 MODES = ("loglik", "cot")
-FOLDS = 5
+FOLDS = 3  # 3 x ~167 held-out items: every train/dev record scored once, at a third of 5-fold's trainings
 SEED = 0
 
 # One change at a time from the config's recipe; "{pool}" is the data folder (a fold's, or the release's).
@@ -216,7 +216,7 @@ def sweep(args: argparse.Namespace) -> None:
     work = Path(args.work).resolve()
     pubmedqa = Path(args.pubmedqa).resolve()
     pool = train_pool(pubmedqa)
-    folds = stratified_folds(pool, FOLDS, SEED)
+    folds = stratified_folds(pool, args.folds, SEED)
     fold_dirs = [write_fold(pool, held_out, work / "folds" / f"fold{k}") for k, held_out in enumerate(folds)]
     base_model = args.base_model or save_base_model(work / "base-hf")
     runs = work / "runs"
@@ -228,7 +228,7 @@ def sweep(args: argparse.Namespace) -> None:
         return [{"variant": name, "fold": k, "artifact": artifact, "dir": str(work / "jobs" / f"{name}-f{k}"),
                  "overrides": job_overrides(variant or {}, fold_dirs[k], base_model, f"{name}-f{k}", runs, artifact,
                                             extra, args.item_limit)}
-                for k in range(args.fold_limit or FOLDS)]
+                for k in range(args.fold_limit or args.folds)]
 
     finished: list[dict[str, Any]] = []
     combined: dict[str, dict[str, Any]] = {}
@@ -245,19 +245,19 @@ def sweep(args: argparse.Namespace) -> None:
             print(result["log_tail"], flush=True)
         with lock:  # every finished job is in the JSON at once: a cut-off call loses nothing finished
             finished.append(result)
-            save(args.out, collect(finished, variants | combined, args.fold_limit or FOLDS))
+            save(args.out, collect(finished, variants | combined, args.fold_limit or args.folds))
 
     def run_all(jobs: list[dict[str, Any]]) -> None:
         with ThreadPoolExecutor(args.workers) as pool_:
             list(pool_.map(guarded, jobs))
 
     run_all(jobs_for("base", None) + [j for name, v in variants.items() for j in jobs_for(name, v)])
-    results = collect(finished, variants, args.fold_limit or FOLDS)
+    results = collect(finished, variants, args.fold_limit or args.folds)
     merged = combine_winners(results)
     if merged is not None and merged not in variants.values():
         combined = {"combined": merged}
         run_all(jobs_for("combined", merged))
-    results = collect(finished, variants | combined, args.fold_limit or FOLDS)
+    results = collect(finished, variants | combined, args.fold_limit or args.folds)
     results["seconds"] = round(args.budget_seconds - (deadline - time.monotonic()), 1)
     save(args.out, results)
     print(table(results))
@@ -390,8 +390,9 @@ def main() -> None:
     s.add_argument("--pubmedqa", default=str(ROOT.parent / "shared" / "data" / "pubmedqa"))
     s.add_argument("--work", default=str(ROOT / "runs" / "pubmedqa-reasoning-sweep"))
     s.add_argument("--base-model", help="HF folder of the base (default: the embedded GGUF, dequantized once)")
-    s.add_argument("--workers", type=int, default=14)
-    s.add_argument("--budget-seconds", type=float, default=440, help="start no job after this (minus --job-seconds)")
+    s.add_argument("--folds", type=int, default=FOLDS)
+    s.add_argument("--workers", type=int, default=16)
+    s.add_argument("--budget-seconds", type=float, default=330, help="start no job after this (minus --job-seconds)")
     s.add_argument("--job-seconds", type=float, default=100, help="expected length of one job")
     s.add_argument("--out", default=str(ROOT / "runs" / "pubmedqa-reasoning-sweep" / "sweep.json"))
     s.add_argument("--variants", nargs="*", choices=list(VARIANTS), help="a subset of the variants (default: all)")
