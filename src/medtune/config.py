@@ -306,7 +306,7 @@ class EvalConfig(Section):
     def _lm_eval_style_is_loglik(self) -> "EvalConfig":
         if self.prompt_style == "lm_eval" and "cot" in self.modes:
             raise ValueError("eval.prompt_style lm_eval scores loglik only (lm-eval's tasks here are multiple choice): "
-                             "set eval.modes to [loglik] or use prompt_style chat")
+                             "score loglik only (eval.modes: loglik) or use prompt_style chat")
         return self
 
     @model_validator(mode="after")
