@@ -133,12 +133,17 @@ def lm_eval_command(folder: Path, pubmedqa: Path, indices: list[int] | None, bat
 
 def run_lm_eval(folder: Path, pubmedqa: Path, indices: list[int] | None, batch_size: int, out: Path) -> dict[str, Any]:
     command = lm_eval_command(folder, pubmedqa, indices, batch_size, out)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    before, started = load(), time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"lm-eval failed ({done.returncode}):\n{shlex.join(command)}\n{done.stderr[-4000:]}")
+    stamp = out / "medtune-run.json"  # a finished run of the same command (same model folder and items) is reused
+    if stamp.is_file() and json.loads(stamp.read_text())["command"] == command:
+        seconds, before, after = (json.loads(stamp.read_text())[k] for k in ("seconds", "load_before", "load_after"))
+    else:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        before, started = load(), time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        seconds, after = round(time.perf_counter() - started, 1), load()
+        if done.returncode != 0:
+            sys.exit(f"lm-eval failed ({done.returncode}):\n{shlex.join(command)}\n{done.stderr[-4000:]}")
+        stamp.write_text(json.dumps({"command": command, "seconds": seconds, "load_before": before, "load_after": after}))
     results_file = max(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
     samples_file = max(out.rglob(f"samples_{TASK}_*.jsonl"), key=lambda p: p.stat().st_mtime)
     accuracy = json.loads(results_file.read_text())["results"][TASK]["acc,none"]
@@ -149,7 +154,7 @@ def run_lm_eval(folder: Path, pubmedqa: Path, indices: list[int] | None, batch_s
         best = LABELS[max(range(len(LABELS)), key=lambda k: logliks[k])]
         items[str(sample["doc"]["pubid"])] = {"answer": sample["doc"]["final_decision"], "predicted": best,
                                               "acc": float(sample["acc"]), "scores": dict(zip(LABELS, logliks))}
-    return {"accuracy": accuracy, "seconds": round(seconds, 1), "load_before": before, "load_after": load(),
+    return {"accuracy": accuracy, "seconds": seconds, "load_before": before, "load_after": after,
             "items": items, "command": shlex.join(command).replace(str(REPO) + "/", "")}
 
 
@@ -193,6 +198,17 @@ def versions() -> dict[str, str]:
     return {"medtune_commit": commit, "python": platform.python_version(), **found}
 
 
+def write(out: Path, rows: list[dict[str, Any]]) -> None:
+    result = {
+        "what": "PubMedQA test split (original release files), medtune's loglik scoring vs lm-evaluation-harness's "
+                "pubmedqa task on the same items and the same fp32 weights on CPU",
+        "bar": "prompt_style lm_eval: |medtune - lm_eval| <= 1 point and item agreement >= 95%",
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["embedded:smollm2-135m-instruct"])
@@ -223,19 +239,12 @@ def main() -> None:
                                   work / f"medtune-{slug(label)}-{style}")
             new.append({"model": label, "source": model, "prompt_style": style, **compare(ids, medtune, lm_eval),
                         "lm_eval_command": lm_eval["command"], "machine": f"{platform.node()}, {os.cpu_count()} cores",
-                        "date": time.strftime("%Y-%m-%d"), "versions": versions(), "note": args.note})
+                        "date": time.strftime("%Y-%m-%d"), "limit": args.limit, "versions": versions(),
+                        "note": args.note})
             print(f"  medtune {style}: acc {medtune['row']['accuracy']:.4f} in {medtune['seconds']} s, "
                   f"same answer as lm-eval on {new[-1]['item_agreement']:.1%}", flush=True)
-        rows = [r for r in rows if not (r["model"] == label and r["prompt_style"] in args.styles)] + new
-    result = {
-        "what": "PubMedQA test split (original release files), medtune's loglik scoring vs lm-evaluation-harness's "
-                "pubmedqa task on the same items and the same fp32 weights on CPU",
-        "bar": "prompt_style lm_eval: |medtune - lm_eval| <= 1 point and item agreement >= 95%",
-        "limit": args.limit,
-        "rows": rows,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+            rows = [r for r in rows if not (r["model"] == label and r["prompt_style"] == style)] + [new[-1]]
+            write(out, rows)  # after every style: an interrupted run keeps what it finished
 
     print(f"\n{'model':<34}{'medtune style':<15}{'n':>5}{'medtune %':>11}{'lm-eval %':>11}{'same answer':>13}"
           f"{'macro-F1 m/l':>15}  bar")
