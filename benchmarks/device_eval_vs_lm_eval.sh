@@ -6,7 +6,11 @@
 #   device:  call 1 and 2: mkdir -p /root/carry && cp -r .carry-lm-a /root/carry/   (then -b)
 #            call 3 (carrying .carry-lm-c): cp -r .carry-lm-c /root/carry/ && \
 #              CARRY=/root/carry MEDTUNE_COMMIT=<sha> bash benchmarks/device_eval_vs_lm_eval.sh run [--models ...]
-# The JSON comes back as $OUT/eval_vs_lm_eval.json; merge it into benchmarks/results/ by copying its rows.
+# The device receives the checkout of the session that calls it: stage (and carry) from that checkout.
+# A fine-tuned model made on the device can be added in the same call as the GPU run that makes it
+# (`run --models runs/<name>`), since a machine starts bare. The JSON comes back as
+# $OUT/eval_vs_lm_eval.json; merge its rows into benchmarks/results/eval_vs_lm_eval.json (same model
+# and prompt style replaces, others stay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
