@@ -224,14 +224,22 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/medtune-eval-vs-lm-eval", help="model folders and raw outputs")
     parser.add_argument("--out", default=str(HERE / "results" / "eval_vs_lm_eval.json"))
     parser.add_argument("--note", default="", help="where and how it ran (kept with the rows of this run)")
+    parser.add_argument("--merge-from", help="only merge the rows of another run's JSON (e.g. from the device) into --out")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
     pubmedqa, work, out = Path(args.pubmedqa).resolve(), Path(args.work), Path(args.out)
-    ids, indices = item_indices(pubmedqa, args.limit, args.seed)
     saved = json.loads(out.read_text()) if out.is_file() else {}
     rows = saved.get("rows", [])
+    if args.merge_from:
+        incoming = json.loads(Path(args.merge_from).read_text())["rows"]
+        keys = {(r["model"], r["prompt_style"]) for r in incoming}
+        rows = [r for r in rows if (r["model"], r["prompt_style"]) not in keys] + incoming
+        write(out, rows)
+        args.models = []
+    else:
+        ids, indices = item_indices(pubmedqa, args.limit, args.seed)
     for model in args.models:
         label, folder = materialise(model, work)
         print(f"{label}: scoring {folder} ({len(ids)} items)", flush=True)
