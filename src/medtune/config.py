@@ -293,6 +293,17 @@ class EvalConfig(Section):
         description="When the transformers backend runs on a GPU, score the GGUF files (llama.cpp, CPU) at the same time "
         "in a second thread instead of after it; results are identical either way.",
     )
+    prompt_style: Literal["chat", "lm_eval"] = Field(
+        "chat",
+        description="chat: one user turn through the model's chat template, answer after 'The answer is'; lm_eval: "
+        "lm-evaluation-harness's zero-shot prompt and scoring for the benchmark, no chat template (loglik only; "
+        "to cross-check medtune's figures against lm-eval's).",
+    )
+    calibrate: bool = Field(
+        False,
+        description="loglik mode: also report contextual calibration (Zhao et al. 2021, label probabilities divided "
+        "by those of content-free inputs) as a separate row, mode loglik_calibrated; the raw row stays.",
+    )
 
     @field_validator("artifacts", "cot_artifacts")
     @classmethod
@@ -301,6 +312,13 @@ class EvalConfig(Section):
             if artifact not in ("base", "adapter", "merged", "gguf") and not re.fullmatch(r"gguf:[A-Za-z0-9_]+", artifact):
                 raise ValueError(f"unknown artifact {artifact!r}; use base, adapter, merged, gguf or gguf:TYPE")
         return value
+
+    @model_validator(mode="after")
+    def _lm_eval_style_is_loglik(self) -> "EvalConfig":
+        if self.prompt_style == "lm_eval" and "cot" in self.modes:
+            raise ValueError("eval.prompt_style lm_eval scores loglik only (lm-eval's tasks here are multiple choice): "
+                             "score loglik only (eval.modes: loglik) or use prompt_style chat")
+        return self
 
     @model_validator(mode="after")
     def _cot_artifacts_are_evaluated(self) -> "EvalConfig":

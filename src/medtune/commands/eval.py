@@ -51,6 +51,8 @@ def command(
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU and on CPUs with bf16 instructions, else fp32), fp32, bf16 or fp16.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass (transformers backend).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Generation budget in cot mode.")] = 512,
+    prompt_style: Annotated[str, typer.Option(help="chat (default) or lm_eval: lm-evaluation-harness's prompt and scoring (loglik).")] = "chat",
+    calibrate: Annotated[bool, typer.Option(help="Also report contextually calibrated loglik rows (mode loglik_calibrated).")] = False,
 ) -> None:
     from medtune.errors import ConfigError
     from medtune.ui import console, print_summary
@@ -79,7 +81,7 @@ def command(
         try:
             eval_cfg = EvalConfig(
                 benchmarks=specs, modes=mode or ["loglik"], device=device, dtype=dtype, batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens, prompt_style=prompt_style, calibrate=calibrate,
             )
         except ValidationError as exc:
             problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())

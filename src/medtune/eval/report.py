@@ -116,6 +116,13 @@ def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, A
     ]
     notes.append("- macro-F1: the mean over answer labels of each label's F1 (a constant answer scores at most "
                  "about 1/k of it); recall per class: the share of each gold label answered correctly.")
+    if meta.get("prompt_style") == "lm_eval":
+        notes.append("- Prompt style lm_eval: lm-evaluation-harness's zero-shot prompt for each benchmark (no chat "
+                     "template, no \"The answer is\"), each choice scored by its summed log-probability, as lm-eval does.")
+    if any(row["mode"] == "loglik_calibrated" for row in rows):
+        notes.append("- loglik_calibrated: the loglik answers after contextual calibration (Zhao et al. 2021): each "
+                     "item's label probabilities divided by their mean under content-free inputs (\"N/A\", \"\", "
+                     "\"[MASK]\" in place of the question, passage and options); a separate row, the raw loglik row stays.")
     if meta.get("subset"):
         notes.append(f"- Seeded subsets: {json.dumps(meta['subset'])}.")
     if comparisons:

