@@ -114,7 +114,9 @@ def quantize_nf4_in_place(model: PreTrainedModel, compute_dtype: torch.dtype) ->
     weights = {name: module.weight.data for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     biases = {name: module.bias.data for name, module in model.named_modules()
               if isinstance(module, torch.nn.Linear) and module.bias is not None}
+    was_training = model.training
     replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
+    model.train(was_training)  # new modules start in train mode; bitsandbytes' CPU kernels differ by mode
     for name, module in model.named_modules():
         if not isinstance(module, bnb.nn.Linear4bit):
             continue

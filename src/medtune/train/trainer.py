@@ -115,6 +115,9 @@ def plan_training(train: TrainConfig, device_type: str | None = None, world_size
     packing = train.packing == "on" or (train.packing == "auto" and device_type == "cuda")
     attention = resolve_attention(train.attention, device_type=device_type, packing=packing)
     fsdp = train.distributed == "fsdp" and world_size > 1
+    if fsdp and device_type != "cuda":
+        # accelerate enables its FSDP plugin for GPU (and other accelerator) process groups only.
+        raise ConfigError("train.distributed: fsdp shards over GPUs (accelerate's FSDP plugin); on CPU use ddp")
     quantized = train.quantize_base == "nf4"
     if quantized and fsdp:
         raise ConfigError(
