@@ -692,9 +692,12 @@ def table(args) -> None:
                      f"{r['peak_gib']:9.1f} {loss if loss is None else round(loss, 4)!s:>13} {r.get('real_tokens_trained', 0):10,}")
     by_tag = {r["tag"]: r for r in rows if "error" not in r and "skipped" not in r}
     ratios = {}
-    for ours, theirs in (("medtune", "unsloth"), ("medtune", "trl"), ("medtune", "seed"),
-                         ("medtune-all-r16", "unsloth-all-r16"), ("medtune", "medtune-liger-off")):
-        if ours in by_tag and theirs in by_tag:
+    # If the defaults row failed (e.g. a Liger + compile problem), its liger-off twin stands in, named.
+    medtune = "medtune" if "medtune" in by_tag else "medtune-liger-off"
+    for ours, theirs in ((medtune, "unsloth"), (medtune, "trl"), (medtune, "seed"),
+                         ("medtune-all-r16", "unsloth-all-r16"), ("medtune", "medtune-liger-off"),
+                         ("medtune", "medtune-nan-filter-on"), ("medtune-32k", "medtune")):
+        if ours in by_tag and theirs in by_tag and ours != theirs:
             a, b = by_tag[ours], by_tag[theirs]
             ratio = a["real_tokens_per_second"] / b["real_tokens_per_second"]
             loss_gap = None

@@ -58,7 +58,7 @@ arm 90 45 medtune-liger-off --system medtune --base "$BASE" --set liger_kernels=
 # Memory and bigger bases: 8B shape, random weights in GPU memory, 8,192-token micro-batches.
 arm 100 45 medtune-8b-qlora-gc --system medtune --shape 8b --quantize nf4 --set gradient_checkpointing=true \
   --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
-arm 110 60 medtune-8b-lora-gc  --system medtune --shape 8b --set gradient_checkpointing=true \
+arm 110 50 medtune-8b-lora-gc  --system medtune --shape 8b --set gradient_checkpointing=true --set compile=off \
   --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
 # The all-linear r=16 workload.
 arm 90 50 medtune-all-r16  --system medtune --base "$BASE" --lora all-r16
