@@ -287,12 +287,11 @@ def run_medtune(args, row: dict) -> dict:
         profiler = StepProfiler(args.warmup + args.steps + 1, lora["r"])
         callbacks.append(profiler)
         train_cfg = train_cfg.model_copy(update={"max_steps": args.warmup + args.steps + 1})
+    # on/off measurements of Trainer switches, e.g. logging_nan_inf_filter=true
+    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.trainer_arg)}
     trainer = build_trainer(model, examples, None, train=train_cfg, plan=plan, seed=SEED,
                             output_dir=Path(tempfile.mkdtemp(prefix="medtune-peers-")),
-                            pad_token_id=special_ids(args.tiny)[2], callbacks=callbacks)
-    for item in args.trainer_arg:  # on/off measurements of Trainer switches (e.g. logging_nan_inf_filter=true)
-        key, value = item.split("=", 1)
-        setattr(trainer.args, key, json.loads(value))
+                            pad_token_id=special_ids(args.tiny)[2], callbacks=callbacks, trainer_arguments=overrides)
     holder["trainer"] = trainer
     reset_peak()
     started = time.perf_counter()
@@ -696,7 +695,7 @@ def table(args) -> None:
     medtune = "medtune" if "medtune" in by_tag else "medtune-liger-off"
     for ours, theirs in ((medtune, "unsloth"), (medtune, "trl"), (medtune, "seed"),
                          ("medtune-all-r16", "unsloth-all-r16"), ("medtune", "medtune-liger-off"),
-                         ("medtune", "medtune-nan-filter-on"), ("medtune-32k", "medtune")):
+                         ("medtune", "medtune-host-syncs"), ("medtune-32k", "medtune")):
         if ours in by_tag and theirs in by_tag and ours != theirs:
             a, b = by_tag[ours], by_tag[theirs]
             ratio = a["real_tokens_per_second"] / b["real_tokens_per_second"]
@@ -730,7 +729,7 @@ def main() -> None:
     arm.add_argument("--quantize", choices=["none", "nf4"], default="none")
     arm.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="medtune TrainConfig field")
     arm.add_argument("--trainer-arg", action="append", default=[], metavar="NAME=JSON",
-                     help="medtune: set a TrainingArguments field after build_trainer (on/off measurements)")
+                     help="medtune: a TrainingArguments field over medtune's choice (on/off measurements)")
     arm.add_argument("--tag", help="row name in the table")
     arm.add_argument("--out", type=Path, required=True)
     arm.add_argument("--examples", type=int, default=N_EXAMPLES)

@@ -8,7 +8,7 @@
 # appends its row to $OUT/train_vs_peers.jsonl as soon as it ends (a failed or cut arm leaves an
 # error row), so a later failure or the end of the slot never loses finished rows. The table and
 # $OUT/train_vs_peers.json come last. Arms in priority order: the four systems on the same 1B
-# workload, the Liger on/off pair, QLoRA 8B, LoRA 8B, all-linear r=16 rows, then the rest.
+# workload, the throughput on/off arms, QLoRA 8B and LoRA 8B, the all-linear r=16 rows, the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/train-vs-peers}
@@ -53,9 +53,13 @@ arm 130 60 medtune         --system medtune --base "$BASE" --profile
 arm 170 80 unsloth         --system unsloth --base "$BASE"
 arm 120 50 trl             --system trl     --base "$BASE"
 arm 100 45 seed            --system seed    --base "$BASE"
-# Throughput on/off: Liger's fused kernels (norms, SwiGLU, rotary, fused linear cross-entropy).
-arm 90 45 medtune-liger-off --system medtune --base "$BASE" --set liger_kernels=off --no-heldout
-# Memory and bigger bases: 8B shape, random weights in GPU memory, 8,192-token micro-batches.
+# Throughput on/off (each against the defaults row): Liger's fused kernels (norms, SwiGLU, rotary,
+# fused linear cross-entropy); the two host syncs removed in this issue put back (blocking batch
+# copies, the Trainer's per-micro-batch NaN/Inf loss check).
+arm 90 45 medtune-liger-off    --system medtune --base "$BASE" --set liger_kernels=off --no-heldout
+arm 80 40 medtune-host-syncs   --system medtune --base "$BASE" --no-heldout \
+  --trainer-arg 'accelerator_config={"non_blocking": false}' --trainer-arg logging_nan_inf_filter=true
+# Memory and bigger bases: 8B shape, random weights made in GPU memory, 8,192-token micro-batches.
 arm 100 45 medtune-8b-qlora-gc --system medtune --shape 8b --quantize nf4 --set gradient_checkpointing=true \
   --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
 arm 110 50 medtune-8b-lora-gc  --system medtune --shape 8b --set gradient_checkpointing=true --set compile=off \
@@ -63,8 +67,7 @@ arm 110 50 medtune-8b-lora-gc  --system medtune --shape 8b --set gradient_checkp
 # The all-linear r=16 workload.
 arm 90 50 medtune-all-r16  --system medtune --base "$BASE" --lora all-r16
 arm 150 80 unsloth-all-r16 --system unsloth --base "$BASE" --lora all-r16
-# More on/off and memory rows, as time allows.
-arm 80 45 medtune-nan-filter-on --system medtune --base "$BASE" --trainer-arg logging_nan_inf_filter=true --no-heldout
+# More rows, as time allows.
 arm 110 60 medtune-8b-lora     --system medtune --shape 8b --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
 arm 90 45 medtune-8b-qlora     --system medtune --shape 8b --quantize nf4 --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
 arm 90 45 medtune-32k          --system medtune --base "$BASE" --set max_tokens_per_batch=32768 --accumulation 2 --no-heldout

@@ -244,12 +244,14 @@ def build_trainer(
     pad_token_id: int,
     callbacks: list | None = None,
     eval_on_start: bool = False,
+    trainer_arguments: dict[str, Any] | None = None,
 ):
     """A Trainer for the PEFT `model` on tokenized examples (rows with input_ids and labels).
 
     `train_data`/`eval_data`: a `datasets.Dataset` or a list of dicts. Packed plans group them
     into token-budget micro-batches (one per device per step); unpacked plans pad `batch_size`
-    examples. Raises DataError when the training data is empty.
+    examples. `trainer_arguments`: TrainingArguments fields that override medtune's choices (the
+    benchmarks' on/off measurements). Raises DataError when the training data is empty.
     """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -272,7 +274,8 @@ def build_trainer(
         optim = "adafactor"
     else:
         optim = "adamw_torch_fused" if plan.device_type == "cuda" else "adamw_torch"
-    args = TrainingArguments(
+    on_gpu = plan.device_type == "cuda"
+    arguments: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
         per_device_eval_batch_size=per_device,
@@ -297,7 +300,10 @@ def build_trainer(
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=train.dataloader_workers,
-        dataloader_pin_memory=plan.device_type == "cuda",
+        dataloader_pin_memory=on_gpu,
+        # Pinned batches copied without blocking: the host builds the next micro-batch while the
+        # GPU still runs the last backward, instead of waiting for it at every copy.
+        **({"accelerator_config": {"non_blocking": True}} if on_gpu else {}),
         remove_unused_columns=False,
         label_names=["labels"],
         seed=seed,
@@ -311,6 +317,8 @@ def build_trainer(
         **(fsdp_arguments(model, train.gradient_checkpointing) if plan.fsdp
            else _checkpointing_args(TrainingArguments, train.gradient_checkpointing)),
     )
+    arguments.update(trainer_arguments or {})
+    args = TrainingArguments(**arguments)
     # Packed rows are single sequences: only a launcher (torchrun / accelerate) spreads work over
     # GPUs. Without one, transformers would wrap the model in DataParallel over every visible GPU.
     if args.device.type == "cuda" and args.n_gpu > 1:
