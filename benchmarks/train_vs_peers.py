@@ -284,9 +284,10 @@ def run_medtune(args, row: dict) -> dict:
     callbacks = [timer]
     profiler = None
     if args.profile:
-        profiler = StepProfiler(args.warmup + args.steps + 1, lora["r"])
-        callbacks.append(profiler)
-        train_cfg = train_cfg.model_copy(update={"max_steps": args.warmup + args.steps + 1})
+        # The last warm-up step (compiled by then, outside the timed window): the token budget stays equal.
+        # Before the timer: the profiler's trace processing ends before the window's start is taken.
+        profiler = StepProfiler(args.warmup, lora["r"])
+        callbacks.insert(0, profiler)
     # on/off measurements of Trainer switches, e.g. logging_nan_inf_filter=true
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.trainer_arg)}
     trainer = build_trainer(model, examples, None, train=train_cfg, plan=plan, seed=SEED,
@@ -303,7 +304,7 @@ def run_medtune(args, row: dict) -> dict:
                pack_fill=round(trainer.train_dataset.fill(train_cfg.max_tokens_per_batch), 4),
                settings=dict(fields, lora=args.lora, trainer_args=args.trainer_arg))
     if profiler is not None:
-        row["profile"] = profiler.summary
+        row["_profiler"] = profiler  # summarised after this row is safely written (see run)
     if not args.no_heldout:
         from medtune.train.trainer import uncompile_regions
 
@@ -542,10 +543,13 @@ def StepProfiler(step: int, lora_rank: int):  # noqa: N802 (a factory: transform
             if state.global_step == step and hasattr(self, "prof"):
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                wall = time.perf_counter() - self.t0
+                self.wall = time.perf_counter() - self.t0
                 self.prof.__exit__(None, None, None)
-                self.summary = summarize_profile(self.prof.events(), wall, lora_rank)
-                log("  profile: " + json.dumps({k: v for k, v in self.summary.items() if k != "top_kernels_ms"}))
+
+        def summarize(self) -> dict:
+            self.summary = summarize_profile(self.prof.events(), self.wall, lora_rank)
+            log("  profile: " + json.dumps({k: v for k, v in self.summary.items() if k != "top_kernels_ms"}))
+            return self.summary
 
     return _StepProfiler()
 
@@ -669,8 +673,18 @@ def run(args) -> None:
         log(row["traceback"])
     row["wall_s"] = round(time.perf_counter() - started, 1)
     row["versions"] = versions()
+    profiler = row.pop("_profiler", None)
     with open(args.out, "a") as handle:
         handle.write(json.dumps(row) + "\n")
+    if profiler is not None and hasattr(profiler, "prof"):
+        # A second row, after the first is on disk: a slow or failed summary cannot cost the measurement.
+        entry = {"tag": f"{row['tag']}-profile", "profile_of": row["tag"], "shape": row["shape"]}
+        try:
+            entry["profile"] = profiler.summarize()
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = f"profile summary failed: {type(exc).__name__}: {exc}"[:1000]
+        with open(args.out, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
     if "error" in row:
         sys.exit(1)
 
@@ -679,6 +693,8 @@ def table(args) -> None:
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
     header = f"{'row':34} {'shape':5} {'real tok/s':>11} {'MFU':>6} {'peak GiB':>9} {'held-out loss':>13} {'tokens':>10}"
     lines = [header, "-" * len(header)]
+    profiles = [r for r in rows if "profile_of" in r]
+    rows = [r for r in rows if "profile_of" not in r]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r.get('tag', '?'):34} skipped: {r['skipped'][:70]}")
@@ -706,9 +722,36 @@ def table(args) -> None:
                                           "heldout_loss_relative_gap": None if loss_gap is None else round(loss_gap, 4)}
             lines.append(f"{ours}/{theirs}: {ratio:.2f}x real tok/s"
                          + ("" if loss_gap is None else f", held-out loss {100 * loss_gap:+.2f}%"))
+    bars = []
+    pair = ratios.get(f"{medtune}/unsloth")
+    if pair:
+        gap = pair["heldout_loss_relative_gap"]
+        bars.append(f"medtune/Unsloth >= 1.5x: {pair['tokens_per_second_ratio']:.2f}x "
+                    f"({'met' if pair['tokens_per_second_ratio'] >= 1.5 else 'missed'}); held-out loss within 2%: "
+                    f"{'n/a' if gap is None else ('met' if abs(gap) <= 0.02 else 'missed') + f' ({100 * gap:+.2f}%)'}")
+    if medtune in by_tag:
+        m = by_tag[medtune]
+        bars.append(f"MFU >= 60% (>= 95k real tok/s) at the defaults: {100 * m['mfu']:.1f}%, "
+                    f"{m['real_tokens_per_second']:,.0f} tok/s ({'met' if m['mfu'] >= 0.6 else 'missed'})")
+    if "medtune-8b-qlora-gc" in by_tag:
+        q = by_tag["medtune-8b-qlora-gc"]
+        bars.append(f"QLoRA 8B <= 24 GiB: {q['peak_gib']:.1f} GiB ({'met' if q['peak_gib'] <= 24 else 'missed'}), "
+                    f"{q['real_tokens_per_second']:,.0f} tok/s")
+    if "medtune-8b-lora-gc" in by_tag or "medtune-8b-lora" in by_tag:
+        r = by_tag.get("medtune-8b-lora-gc") or by_tag["medtune-8b-lora"]
+        bars.append(f"8B LoRA on one GPU: trained, peak {r['peak_gib']:.1f} GiB, {r['real_tokens_per_second']:,.0f} tok/s")
+    lines += [f"bar: {b}" for b in bars]
+    for entry in profiles:
+        p = entry.get("profile")
+        if not p:
+            lines.append(f"profile of {entry['profile_of']}: {entry.get('error')}")
+            continue
+        lines.append(f"profile of {entry['profile_of']}: step {p['step_wall_s']:.3f} s, {p['kernels']} kernels; share of wall time:")
+        lines.append("  " + ", ".join(f"{k.removeprefix('share_')} {100 * v:.1f}%" for k, v in p.items()
+                                      if k.startswith("share_") and v is not None))
     print("\n".join(lines))
     if args.results:
-        out = {"rows": rows, "ratios": ratios, "command": os.environ.get("PEERS_COMMAND"),
+        out = {"rows": rows, "profiles": profiles, "ratios": ratios, "bars": bars, "command": os.environ.get("PEERS_COMMAND"),
                "mfu_definition": "4 * N FLOPs per real token / 790e12 FLOP/s (H200 dense bf16 measured)"}
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
@@ -738,7 +781,7 @@ def main() -> None:
     arm.add_argument("--accumulation", type=int, default=ACCUMULATION)
     arm.add_argument("--tokens-per-micro-batch", type=int, default=None)
     arm.add_argument("--budget-fill", type=float, default=0.999, help="seed: share of the nominal token budget to match")
-    arm.add_argument("--profile", action="store_true", help="medtune: profile one extra step")
+    arm.add_argument("--profile", action="store_true", help="medtune: profile the last warm-up step")
     arm.add_argument("--no-heldout", action="store_true")
     arm.add_argument("--unsloth-checkpointing", choices=["off", "on", "unsloth"], default="off")
     arm.add_argument("--unsloth-dropout", type=float, default=None)
