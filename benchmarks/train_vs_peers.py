@@ -79,6 +79,14 @@ SHAPES = {  # Llama 3.x shapes; N is counted from the built model
 }
 
 
+def lora_shape(args) -> dict:
+    """The adapter of --lora, with --lora-dropout over its dropout when given."""
+    shape = dict(LORA_SHAPES[args.lora])
+    if args.lora_dropout is not None:
+        shape["dropout"] = args.lora_dropout
+    return shape
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -274,7 +282,7 @@ def run_medtune(args, row: dict) -> dict:
             quantize_nf4_in_place(base, plan.precision.model_dtype)
     row["n_params"] = full_param_count(base.config)
     row["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2) if device.type == "cuda" else None
-    lora = LORA_SHAPES[args.lora]
+    lora = lora_shape(args)
     torch.manual_seed(SEED)
     model = prepare_lora_model(base, LoraConfig(**lora))
     train, heldout = workload(args, base.config.vocab_size)
@@ -302,7 +310,7 @@ def run_medtune(args, row: dict) -> dict:
     row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2),
                real_tokens_trained=int(trainer.state.num_input_tokens_seen or 0) + trainer._pending_tokens,
                pack_fill=round(trainer.train_dataset.fill(train_cfg.max_tokens_per_batch), 4),
-               settings=dict(fields, lora=args.lora, trainer_args=args.trainer_arg))
+               settings=dict(fields, lora=args.lora, dropout=lora["dropout"], trainer_args=args.trainer_arg))
     if profiler is not None:
         row["_profiler"] = profiler  # summarised after this row is safely written (see run)
     if not args.no_heldout:
@@ -389,18 +397,18 @@ def run_unsloth(args, row: dict) -> dict:
     import unsloth  # noqa: F401  (first: it patches transformers, PEFT and TRL on import)
     from unsloth import FastLanguageModel
 
-    lora = LORA_SHAPES[args.lora]
+    lora = lora_shape(args)
     checkpointing = {"off": False, "on": True, "unsloth": "unsloth"}[args.unsloth_checkpointing]
     reset_peak()
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=args.base, max_seq_length=micro_batch_tokens(args), dtype=torch.bfloat16, load_in_4bit=args.quantize == "nf4",
-        load_in_8bit=False, full_finetuning=False, fix_tokenizer=False, use_exact_model_name=True,
+        load_in_16bit=args.quantize != "nf4", load_in_8bit=False, full_finetuning=False, fix_tokenizer=False, use_exact_model_name=True,
         use_gradient_checkpointing=checkpointing,
     )
     row["n_params"] = full_param_count(model.config)
     row["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     model = FastLanguageModel.get_peft_model(
-        model, r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=args.unsloth_dropout if args.unsloth_dropout is not None else lora["dropout"],
+        model, r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=lora["target_modules"], bias="none", use_gradient_checkpointing=checkpointing,
         random_state=SEED, max_seq_length=micro_batch_tokens(args),
     )
@@ -410,7 +418,7 @@ def run_unsloth(args, row: dict) -> dict:
         return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
                           args=_sft_config(args, tempfile.mkdtemp(prefix="unsloth-out-")))
 
-    row["settings"] = dict(lora=args.lora, dropout=args.unsloth_dropout if args.unsloth_dropout is not None else lora["dropout"],
+    row["settings"] = dict(lora=args.lora, dropout=lora["dropout"],
                            gradient_checkpointing=args.unsloth_checkpointing, packing="TRL bfd + Unsloth padding-free",
                            max_length=micro_batch_tokens(args), accumulation=args.accumulation, optim="adamw_torch_fused")
     return _train_peer(args, row, model, tokenizer, factory)
@@ -422,7 +430,7 @@ def run_trl(args, row: dict) -> dict:
     from trl import SFTTrainer
 
     device = device_for(args)
-    lora = LORA_SHAPES[args.lora]
+    lora = lora_shape(args)
     reset_peak()
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.bfloat16 if not args.tiny else torch.float32,
                                                  attn_implementation=args.trl_attention).to(device)
@@ -440,7 +448,7 @@ def run_trl(args, row: dict) -> dict:
                                  args=_sft_config(args, tempfile.mkdtemp(prefix="trl-out-")))
         return holder["t"]
 
-    row["settings"] = dict(lora=args.lora, attention=args.trl_attention, packing="bfd, padding-free",
+    row["settings"] = dict(lora=args.lora, dropout=lora["dropout"], attention=args.trl_attention, packing="bfd, padding-free",
                            max_length=micro_batch_tokens(args), accumulation=args.accumulation, optim="adamw_torch_fused")
     row = _train_peer(args, row, model, tokenizer, factory)
     return row
@@ -490,7 +498,7 @@ def run_seed(args, row: dict) -> dict:
         mask = np.zeros(SEED_MAX_LEN, dtype=np.int64)
         mask[: len(cut)] = 1
         rows.append({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(ids.copy())})
-    lora = LORA_SHAPES["qkvo-r8"]
+    lora = lora_shape(args)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
                                              lora_dropout=lora["dropout"], target_modules=lora["target_modules"]))
     # The same real-token budget as the other arms' optimizer steps.
@@ -512,7 +520,7 @@ def run_seed(args, row: dict) -> dict:
     row["wall_train_s"] = round(time.perf_counter() - started, 1)
     seconds, tokens = timer.window()
     row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2), real_tokens_trained=counter.real,
-               settings={"steps": total_steps, "timed_steps": total_steps - warmup,
+               settings={"steps": total_steps, "timed_steps": total_steps - warmup, "dropout": lora["dropout"],
                          "recipe": "HF Trainer, fp16 weights + fp16=True, Adafactor, pad/truncate 512, 4 x 4, labels = input ids"})
     if not args.no_heldout:
         row["loss_at_equal_tokens"] = heldout_loss(model, heldout, device)
@@ -711,7 +719,8 @@ def table(args) -> None:
     medtune = "medtune" if "medtune" in by_tag else "medtune-liger-off"
     for ours, theirs in ((medtune, "unsloth"), (medtune, "trl"), (medtune, "seed"),
                          ("medtune-all-r16", "unsloth-all-r16"), ("medtune", "medtune-liger-off"),
-                         ("medtune", "medtune-host-syncs"), ("medtune-32k", "medtune")):
+                         ("medtune", "medtune-host-syncs"), ("medtune-32k", "medtune"),
+                         ("medtune-dropout0", "unsloth-dropout0")):
         if ours in by_tag and theirs in by_tag and ours != theirs:
             a, b = by_tag[ours], by_tag[theirs]
             ratio = a["real_tokens_per_second"] / b["real_tokens_per_second"]
@@ -784,7 +793,8 @@ def main() -> None:
     arm.add_argument("--profile", action="store_true", help="medtune: profile the last warm-up step")
     arm.add_argument("--no-heldout", action="store_true")
     arm.add_argument("--unsloth-checkpointing", choices=["off", "on", "unsloth"], default="off")
-    arm.add_argument("--unsloth-dropout", type=float, default=None)
+    arm.add_argument("--lora-dropout", type=float, default=None,
+                     help="over the adapter's 0.05 (0: Unsloth's fast LoRA path; same for every system)")
     arm.add_argument("--trl-attention", default="sdpa")
     arm.add_argument("--tiny", action="store_true")
     tab = sub.add_parser("table", help="print the table and ratios; write the results JSON")

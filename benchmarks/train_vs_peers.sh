@@ -72,6 +72,9 @@ arm 110 60 medtune-8b-lora     --system medtune --shape 8b --tokens-per-micro-ba
 arm 90 45 medtune-8b-qlora     --system medtune --shape 8b --quantize nf4 --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
 arm 90 45 medtune-32k          --system medtune --base "$BASE" --set max_tokens_per_batch=32768 --accumulation 2 --no-heldout
 arm 90 50 medtune-3b-lora      --system medtune --shape 3b --warmup 2 --steps 4 --no-heldout
+# Unsloth's own fast LoRA path needs dropout 0: both systems without dropout.
+arm 150 80 unsloth-dropout0    --system unsloth --base "$BASE" --lora-dropout 0
+arm 90 45 medtune-dropout0     --system medtune --base "$BASE" --lora-dropout 0
 echo "=== [$SECONDS s] table"
 "${PY[@]}" table "$R" --results "$OUT/train_vs_peers.json"
 echo "total $SECONDS s"
