@@ -332,12 +332,13 @@ def full_param_count(config) -> int:
 # --------------------------------------------------------------------------- (b) Unsloth, (c) plain TRL
 
 
-def _sft_config(args, output_dir: str, **extra):
+def _sft_config(args, output_dir: str, packing_off: int | None = None):
+    """SFTConfig shared by the TRL-based arms; packing_off=N: padding-free batches of N examples, no packing."""
     from trl import SFTConfig
 
     return SFTConfig(
         output_dir=output_dir,
-        per_device_train_batch_size=1,
+        per_device_train_batch_size=packing_off or 1,
         gradient_accumulation_steps=args.accumulation,
         max_steps=args.warmup + args.steps,
         learning_rate=LEARNING_RATE,
@@ -354,13 +355,12 @@ def _sft_config(args, output_dir: str, **extra):
         seed=SEED,
         data_seed=SEED,
         max_length=micro_batch_tokens(args),
-        packing=True,
+        packing=not packing_off,
         packing_strategy="bfd",
         padding_free=True,
         dataset_num_proc=None,
         dataloader_num_workers=0,
         use_cpu=args.tiny,
-        **extra,
     )
 
 
@@ -414,13 +414,23 @@ def run_unsloth(args, row: dict) -> dict:
     )
     from trl import SFTTrainer
 
-    def factory(dataset):
-        return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
-                          args=_sft_config(args, tempfile.mkdtemp(prefix="unsloth-out-")))
-
     row["settings"] = dict(lora=args.lora, dropout=lora["dropout"],
                            gradient_checkpointing=args.unsloth_checkpointing, packing="TRL bfd + Unsloth padding-free",
                            max_length=micro_batch_tokens(args), accumulation=args.accumulation, optim="adamw_torch_fused")
+
+    def factory(dataset):
+        try:
+            return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
+                              args=_sft_config(args, tempfile.mkdtemp(prefix="unsloth-out-")))
+        except Exception as exc:  # noqa: BLE001
+            # Its other padding-free mode: examples concatenated per micro-batch, no packing
+            # step; ~16k tokens per micro-batch at the mix's mean length of 528.
+            log(f"  Unsloth with packing failed ({type(exc).__name__}: {exc}); padding-free without packing")
+            per_batch = max(1, micro_batch_tokens(args) // 528)
+            row["settings"].update(packing=f"none: padding-free, {per_batch} examples per micro-batch",
+                                   packing_error=f"{type(exc).__name__}: {exc}"[:500])
+            return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
+                              args=_sft_config(args, tempfile.mkdtemp(prefix="unsloth-out-"), packing_off=per_batch))
     return _train_peer(args, row, model, tokenizer, factory)
 
 
