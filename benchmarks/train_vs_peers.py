@@ -226,18 +226,28 @@ def make_base(args) -> None:
 
 
 class CountingCollator:
-    """Wraps a collator and counts real (non-pad) tokens of every batch it builds."""
+    """Wraps a collator and counts real (non-pad) tokens of every batch it builds.
+
+    accelerate's data loader builds one batch ahead, so `real` runs one micro-batch ahead of
+    training (a shift of the timing window, not a longer one); `trained(n)` counts the first n.
+    """
 
     def __init__(self, inner, pad_id: int, attention_key: str = "attention_mask"):
         self.inner, self.pad_id, self.attention_key, self.real = inner, pad_id, attention_key, 0
+        self.batches: list[int] = []
 
     def __call__(self, features):
         batch = self.inner(features)
         if self.attention_key in batch:
-            self.real += int(batch[self.attention_key].sum())
+            count = int(batch[self.attention_key].sum())
         else:  # padding-free: one row, no pad ids inside the data
-            self.real += int((batch["input_ids"] != self.pad_id).sum())
+            count = int((batch["input_ids"] != self.pad_id).sum())
+        self.real += count
+        self.batches.append(count)
         return batch
+
+    def trained(self, micro_batches: int) -> int:
+        return sum(self.batches[:micro_batches])
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -382,7 +392,8 @@ def _train_peer(args, row: dict, model, tokenizer, trainer_factory) -> dict:
     trainer.train()
     row["wall_train_s"] = round(time.perf_counter() - started, 1)
     seconds, tokens = timer.window()
-    row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2), real_tokens_trained=counter.real)
+    row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2),
+               real_tokens_trained=counter.trained(trainer.state.global_step * args.accumulation))
     if not args.no_heldout:
         os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # Unsloth skips logits in training forwards; the held-out loss needs them
         row["loss_at_equal_tokens"] = heldout_loss(model, heldout, device)
@@ -529,7 +540,8 @@ def run_seed(args, row: dict) -> dict:
     trainer.train()
     row["wall_train_s"] = round(time.perf_counter() - started, 1)
     seconds, tokens = timer.window()
-    row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2), real_tokens_trained=counter.real,
+    row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2),
+               real_tokens_trained=counter.trained(total_steps * 4),
                settings={"steps": total_steps, "timed_steps": total_steps - warmup, "dropout": lora["dropout"],
                          "recipe": "HF Trainer, fp16 weights + fp16=True, Adafactor, pad/truncate 512, 4 x 4, labels = input ids"})
     if not args.no_heldout:

@@ -44,7 +44,8 @@ def test_counting_collator_counts_real_tokens_only():
     padded([None])
     flat = bench.CountingCollator(lambda f: {"input_ids": torch.tensor([[5, 6, 7, 0]])}, 0)
     flat([None])
-    assert (padded.real, flat.real) == (5, 3)
+    flat([None])
+    assert (padded.real, flat.real, flat.trained(1)) == (5, 6, 3)
 
 
 def test_profile_summary_splits_a_lora_step(tiny_llama_dir):
