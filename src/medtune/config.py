@@ -168,6 +168,17 @@ class TrainConfig(Section):
         "auto", description="torch.compile the model (auto: on for packed GPU training; compiling takes a minute or two)."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    quantize_base: Literal["none", "nf4"] = Field(
+        "none",
+        description="nf4: QLoRA, the frozen base is stored in bitsandbytes 4-bit NF4 (double-quantized, compute in "
+        "train.precision) and only the LoRA weights train in full precision; merge always uses the full-precision base.",
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Under accelerate launch / torchrun: ddp replicates the model on every GPU (data parallel); fsdp "
+        "shards the base through accelerate's FSDP plugin (FSDP2, one unit per decoder layer) for bases that do not "
+        "fit one GPU. Ignored in a single process.",
+    )
     optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="adamw (fused on GPU) or adafactor (the seed's).")
     logging_steps: int = Field(10, ge=1, description="Log loss, lr, grad norm, tokens/s and memory every N optimizer steps.")
     eval_steps: int = Field(100, ge=1, description="Validation loss every N optimizer steps.")

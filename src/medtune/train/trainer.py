@@ -6,9 +6,11 @@ optimizer, scheduler, RNG, data position), and writes runs/<name>/adapter atomic
 (safetensors), the tokenizer (fixed pad token, chat template), the resolved config, the JSONL
 training log, the loss curve and the adapter's answer to the seed's test question.
 
-On a GPU the defaults are bf16, packed padding-free micro-batches, torch's varlen flash attention
-and torch.compile; on CPU fp32 with padded batches. Under `accelerate launch` / `torchrun` the
-Trainer runs data parallel; only the main process logs and writes outputs.
+On a GPU the defaults are bf16, packed padding-free micro-batches, torch's varlen flash attention,
+Liger's fused kernels when installed, and torch.compile; on CPU fp32 with padded batches.
+`train.quantize_base: nf4` trains QLoRA (a bitsandbytes 4-bit base). Under `accelerate launch` /
+`torchrun` the Trainer runs data parallel (`train.distributed: ddp`) or shards the base with
+accelerate's FSDP plugin (`fsdp`); only the main process logs and writes outputs.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class TrainPlan:
     compile: bool
     liger: bool
     world_size: int = 1
+    quantize_base: str = "none"
+    fsdp: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,8 @@ class TrainPlan:
             "compile": self.compile,
             "liger_kernels": self.liger,
             "processes": self.world_size,
+            "base_weights": "nf4 (QLoRA)" if self.quantize_base == "nf4" else self.precision.name,
+            "distributed": ("fsdp" if self.fsdp else "ddp") if self.world_size > 1 else "none",
         }
 
 
@@ -95,21 +101,46 @@ class TrainResult:
 # --------------------------------------------------------------------------- choices
 
 
-def plan_training(train: TrainConfig, device_type: str | None = None) -> TrainPlan:
-    """Resolve the auto settings: precision, packing, attention kernel, compile, Liger kernels."""
+def plan_training(train: TrainConfig, device_type: str | None = None, world_size: int | None = None) -> TrainPlan:
+    """Resolve the auto settings: precision, packing, attention kernel, compile, Liger kernels, sharding.
+
+    world_size: processes of the launcher (default: $WORLD_SIZE, 1 without a launcher).
+    Raises ConfigError for combinations that cannot run (named by their train.* fields).
+    """
     import importlib.util
 
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     precision = resolve_precision(train.precision, device_type)
     packing = train.packing == "on" or (train.packing == "auto" and device_type == "cuda")
     attention = resolve_attention(train.attention, device_type=device_type, packing=packing)
-    compile_on = train.compile == "on" or (train.compile == "auto" and device_type == "cuda" and packing)
+    fsdp = train.distributed == "fsdp" and world_size > 1
+    if fsdp and device_type != "cuda":
+        # accelerate enables its FSDP plugin for GPU (and other accelerator) process groups only.
+        raise ConfigError("train.distributed: fsdp shards over GPUs (accelerate's FSDP plugin); on CPU use ddp")
+    quantized = train.quantize_base == "nf4"
+    if quantized and fsdp:
+        raise ConfigError(
+            "train.quantize_base: nf4 with train.distributed: fsdp is not supported (bitsandbytes' packed 4-bit "
+            "weights are not sharded by FSDP2 here); a QLoRA 8B base fits one 24 GB GPU, so use distributed: ddp"
+        )
+    if quantized and precision.name == "fp16":
+        raise ConfigError("train.quantize_base: nf4 computes in bf16 or fp32 here; set train.precision to bf16 or auto")
+    if train.compile == "on" and (quantized or fsdp):
+        raise ConfigError(
+            f"train.compile: on is not supported with {'train.quantize_base: nf4' if quantized else 'train.distributed: fsdp'}"
+            " (bitsandbytes' 4-bit matmuls and FSDP's parameter hooks are not traced by medtune's regional compile); "
+            "use auto or off"
+        )
+    # auto compiles packed GPU training; not a QLoRA or FSDP model (see above).
+    compile_on = train.compile == "on" or (
+        train.compile == "auto" and device_type == "cuda" and packing and not quantized and not fsdp
+    )
     liger_installed = importlib.util.find_spec("liger_kernel") is not None
     if train.liger_kernels == "on" and not liger_installed:
         raise ConfigError("train.liger_kernels: on, but liger-kernel is not installed (pip install liger-kernel)")
     liger = device_type == "cuda" and train.liger_kernels != "off" and liger_installed
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return TrainPlan(device_type, precision, packing, attention, compile_on, liger, world_size)
+    return TrainPlan(device_type, precision, packing, attention, compile_on, liger, world_size, train.quantize_base, fsdp)
 
 
 def compile_regions(model) -> int:
@@ -213,12 +244,14 @@ def build_trainer(
     pad_token_id: int,
     callbacks: list | None = None,
     eval_on_start: bool = False,
+    trainer_arguments: dict[str, Any] | None = None,
 ):
     """A Trainer for the PEFT `model` on tokenized examples (rows with input_ids and labels).
 
     `train_data`/`eval_data`: a `datasets.Dataset` or a list of dicts. Packed plans group them
     into token-budget micro-batches (one per device per step); unpacked plans pad `batch_size`
-    examples. Raises DataError when the training data is empty.
+    examples. `trainer_arguments`: TrainingArguments fields that override medtune's choices (the
+    benchmarks' on/off measurements). Raises DataError when the training data is empty.
     """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -241,7 +274,8 @@ def build_trainer(
         optim = "adafactor"
     else:
         optim = "adamw_torch_fused" if plan.device_type == "cuda" else "adamw_torch"
-    args = TrainingArguments(
+    on_gpu = plan.device_type == "cuda"
+    arguments: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
         per_device_eval_batch_size=per_device,
@@ -266,7 +300,10 @@ def build_trainer(
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=train.dataloader_workers,
-        dataloader_pin_memory=plan.device_type == "cuda",
+        dataloader_pin_memory=on_gpu,
+        # Pinned batches copied without blocking: the host builds the next micro-batch while the
+        # GPU still runs the last backward, instead of waiting for it at every copy.
+        **({"accelerator_config": {"non_blocking": True}} if on_gpu else {}),
         remove_unused_columns=False,
         label_names=["labels"],
         seed=seed,
@@ -274,8 +311,14 @@ def build_trainer(
         use_cpu=plan.device_type == "cpu",
         use_liger_kernel=plan.liger,
         ddp_find_unused_parameters=False,
-        **_checkpointing_args(TrainingArguments, train.gradient_checkpointing),
+        # The NaN/Inf filter reads every micro-batch's loss on the host (a GPU sync per micro-batch)
+        # and hides bad losses from the log; off, a NaN shows in the log as it is.
+        logging_nan_inf_filter=False,
+        **(fsdp_arguments(model, train.gradient_checkpointing) if plan.fsdp
+           else _checkpointing_args(TrainingArguments, train.gradient_checkpointing)),
     )
+    arguments.update(trainer_arguments or {})
+    args = TrainingArguments(**arguments)
     # Packed rows are single sequences: only a launcher (torchrun / accelerate) spreads work over
     # GPUs. Without one, transformers would wrap the model in DataParallel over every visible GPU.
     if args.device.type == "cuda" and args.n_gpu > 1:
@@ -290,9 +333,43 @@ def build_trainer(
         data_collator=collator,
         callbacks=list(callbacks or []),
     )
+    if plan.fsdp and not getattr(trainer, "is_fsdp_enabled", False):
+        raise ConfigError("train.distributed: fsdp, but accelerate did not set up FSDP (is accelerate >= 1.10 installed?)")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def decoder_layer_classes(model) -> list[str]:
+    """Class names of the model's decoder layers (the units FSDP shards and gathers one at a time)."""
+    return sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("DecoderLayer")})
+
+
+def fsdp_arguments(model, gradient_checkpointing: bool) -> dict[str, Any]:
+    """TrainingArguments fields that hand the model to accelerate's FSDP plugin.
+
+    FSDP2 (`fully_shard`), one unit per decoder layer, full state dict on save (so the adapter and
+    checkpoints are ordinary files), activation checkpointing through FSDP's own wrapper.
+    Raises ConfigError when the model has no recognisable decoder layers.
+    """
+    layers = decoder_layer_classes(model)
+    if not layers:
+        raise ConfigError("train.distributed: fsdp needs a model with *DecoderLayer blocks to shard; use ddp")
+    config: dict[str, Any] = {
+        "version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_layer_cls_to_wrap": layers,
+        "state_dict_type": "FULL_STATE_DICT",
+        "reshard_after_forward": True,
+        "cpu_ram_efficient_loading": False,
+    }
+    if gradient_checkpointing:
+        config["activation_checkpointing"] = True
+    from transformers import TrainingArguments
+
+    # transformers >= 5.2x takes fsdp=True with everything in fsdp_config; earlier 5.x the option string.
+    switch = True if hasattr(TrainingArguments, "_apply_legacy_fsdp_to_config") else "full_shard auto_wrap"
+    return {"fsdp": switch, "fsdp_config": config}
 
 
 def _checkpointing_args(arguments_class, enabled: bool) -> dict[str, Any]:
@@ -386,7 +463,13 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
 
     set_seed(config.seed)  # the LoRA initialisation too: a run is reproducible from its config
     tokenizer = load_tokenizer(config.model)
-    base = load_base_model(config.model, dtype=plan.precision.model_dtype, attn_implementation=plan.attention)
+    base = load_base_model(
+        config.model,
+        dtype=plan.precision.model_dtype,
+        attn_implementation=plan.attention,
+        quantize=plan.quantize_base,
+        device=_load_device(plan),
+    )
     base.config.pad_token_id = tokenizer.pad_token_id
     model = prepare_lora_model(base, config.lora)
 
@@ -407,20 +490,22 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
     evaluated = [r["step"] for r in trainer.state.log_history if "eval_loss" in r]
     if trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
         trainer.evaluate()
-    if not trainer.is_world_process_zero():
-        return TrainResult(run_dir / ADAPTER, trainer.state.global_step, time.perf_counter() - started,
-                           int(trainer.state.num_input_tokens_seen or 0), None, None, None, None, resume_step,
-                           plan.describe())
-
-    records = read_log(log_path)
+    # Under FSDP every process holds a shard: gathering the adapter and generating are collective.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if plan.fsdp else None
     answer = None
-    if train_cfg.test_question:
+    if train_cfg.test_question and (plan.fsdp or trainer.is_world_process_zero()):
         uncompile_regions(model)  # generation's shapes change every token: eager is faster here
         if plan.attention != "sdpa":
             model.base_model.model.set_attn_implementation("sdpa")  # generation is unpacked
         answer = answer_test_question(
             model, tokenizer, system_prompt=config.data.system_prompt, max_new_tokens=train_cfg.test_question_max_new_tokens
         )
+    if not trainer.is_world_process_zero():
+        return TrainResult(run_dir / ADAPTER, trainer.state.global_step, time.perf_counter() - started,
+                           int(trainer.state.num_input_tokens_seen or 0), None, None, None, None, resume_step,
+                           plan.describe())
+
+    records = read_log(log_path)
     losses = [r["loss"] for r in records if "loss" in r]
     val_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
     result = TrainResult(
@@ -436,7 +521,7 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
         plan=plan.describe(),
     )
     with atomic_dir(run_dir / ADAPTER) as out:
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(out)
         save_resolved_config(config, out / "config.yaml")
         shutil.copyfile(log_path, out / LOG_NAME)
@@ -446,6 +531,14 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
         atomic_write_json(out / "train_summary.json", {**result.figures(), "adapter_dir": str(result.adapter_dir)})
     _record(config, result)
     return result
+
+
+def _load_device(plan: TrainPlan) -> str:
+    """Where the base is loaded: this process's GPU for a 4-bit base (bitsandbytes quantizes on the
+    device it loads to), else CPU and the Trainer moves it."""
+    if plan.quantize_base == "nf4" and plan.device_type == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
 
 
 def _check_lengths(train_data: Any, train_cfg: TrainConfig) -> None:

@@ -1,0 +1,69 @@
+"""The side-by-side training benchmark's CPU-checkable parts: workload, tokenizer, counting, profile summary."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_vs_peers.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("train_vs_peers", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_vs_peers", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_system_gets_the_same_examples():
+    bench = _bench()
+    a, b = bench.token_lists(64, 128256, 0), bench.token_lists(64, 128256, 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    lengths = np.array([len(t) for t in bench.token_lists(2048, 128256, 0)])
+    assert 420 <= np.median(lengths) <= 480 and lengths.min() >= 64 and lengths.max() <= 2048
+    assert max(int(t.max()) for t in a) < 128000 and min(int(t.min()) for t in a) >= 3  # no special or pad ids
+    heldout = bench.token_lists(24, 128256, 100)
+    assert not any(np.array_equal(h[:64], t[:64]) for h in heldout for t in a)
+
+
+def test_synthetic_tokenizer_has_llama3_special_ids():
+    tokenizer = _bench().synthetic_tokenizer(128256, tiny=False)
+    assert len(tokenizer) == 128256
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (128000, 128009, 128004)
+    assert tokenizer("t5 t77")["input_ids"] == [5, 77]
+
+
+def test_counting_collator_counts_real_tokens_only():
+    bench = _bench()
+    padded = bench.CountingCollator(lambda f: {"input_ids": torch.zeros(2, 4), "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}, 0)
+    padded([None])
+    flat = bench.CountingCollator(lambda f: {"input_ids": torch.tensor([[5, 6, 7, 0]])}, 0)
+    flat([None])
+    flat([None])
+    assert (padded.real, flat.real, flat.trained(1)) == (5, 6, 3)
+
+
+def test_profile_summary_splits_a_lora_step(tiny_llama_dir):
+    """On CPU each op's self time is bucketed; LoRA matmuls are told apart by the rank in their shapes."""
+    from peft import LoraConfig, get_peft_model
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM
+
+    bench = _bench()
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    ids = torch.randint(5, 400, (2, 32), generator=torch.Generator().manual_seed(0))
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    summary = bench.summarize_profile(prof.events(), step_wall_s=10.0, lora_rank=8)
+    shares = {k: v for k, v in summary.items() if k.startswith("share_") and v is not None}
+    assert summary["share_lora_matmul"] > 0 and summary["share_base_matmul"] > 0 and summary["share_optimizer"] > 0
+    assert summary["share_attention"] > 0
+    assert 0 < sum(shares.values()) <= 1.0
