@@ -614,13 +614,17 @@ def _category(event, rank: int) -> str:
 
 
 def summarize_profile(events, step_wall_s: float, lora_rank: int) -> dict:
-    """Where one training step's time goes, as shares of its wall time.
+    """Where the profiled window's GPU time goes, as shares of all kernel time (they sum to 1).
 
     GPU kernel time is attributed to the CPU op that launched it (and that op's ancestors):
     attention, base-model matmuls, LoRA matmuls (a matmul with a dimension equal to the rank),
-    optimizer, other kernels (norms, activations, rotary, loss, casts). `gpu_idle` is wall time the
-    GPU spent with no kernel running (launch and host overhead); `data_loading` is host time in
-    the data loader (overlaps GPU work). On CPU (no kernels) each op's self CPU time is used.
+    optimizer, other kernels (norms, activations, rotary, loss, casts, and kernels the profiler cannot
+    link to an aten op, such as torch.compile's generated Triton kernels). `gpu_idle` is the share of
+    the window (first kernel start to last kernel end) with no kernel running; `data_loading_host`
+    is host time in the data loader over that window. The 2026-12-03 H200 run divided kernel time
+    by one step's wall time while the window held more than one step, so its shares summed to 175%;
+    hence shares of kernel time and the window measured from the events themselves.
+    On CPU (no kernels) each op's self CPU time is used.
     """
     buckets = {"attention": 0.0, "base_matmul": 0.0, "lora_matmul": 0.0, "optimizer": 0.0, "other_kernels": 0.0}
     device_total, kernels, data_us = 0.0, 0, 0.0
@@ -646,15 +650,20 @@ def summarize_profile(events, step_wall_s: float, lora_rank: int) -> dict:
     busy = device_total if device_events else sum(buckets.values())
     if device_events and device_total > attributed:  # kernels the profiler could not link to an op
         buckets["other_kernels"] += device_total - attributed
-    wall_us = step_wall_s * 1e6
-    shares = {k: round(v / wall_us, 4) for k, v in buckets.items()}
+    if device_events:
+        window_us = max(e.time_range.end for e in device_events) - min(e.time_range.start for e in device_events)
+    else:
+        window_us = step_wall_s * 1e6
+    total = sum(buckets.values()) or 1.0
+    shares = {k: round(v / total, 4) for k, v in buckets.items()}
     return {
         "step_wall_s": round(step_wall_s, 4),
+        "window_s": round(window_us / 1e6, 4),
         "gpu_busy_s": round(busy / 1e6, 4),
         "kernels": kernels,
         **{f"share_{k}": v for k, v in shares.items()},
-        "share_gpu_idle": round(max(wall_us - busy, 0.0) / wall_us, 4) if device_events else None,
-        "share_data_loading_host": round(data_us / wall_us, 4),
+        "share_gpu_idle": round(max(window_us - busy, 0.0) / window_us, 4) if device_events and window_us else None,
+        "share_data_loading_host": round(data_us / window_us, 4) if window_us else 0.0,
         "top_kernels_ms": {k: round(v / 1e3, 2) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]},
     }
 
@@ -777,7 +786,7 @@ def table(args) -> None:
         if not p:
             lines.append(f"profile of {entry['profile_of']}: {entry.get('error')}")
             continue
-        lines.append(f"profile of {entry['profile_of']}: step {p['step_wall_s']:.3f} s, {p['kernels']} kernels; share of wall time:")
+        lines.append(f"profile of {entry['profile_of']}: step {p['step_wall_s']:.3f} s, {p['kernels']} kernels in a {p.get('window_s', 0):.3f} s window; share of GPU kernel time (idle: of the window):")
         lines.append("  " + ", ".join(f"{k.removeprefix('share_')} {100 * v:.1f}%" for k, v in p.items()
                                       if k.startswith("share_") and v is not None))
     print("\n".join(lines))
