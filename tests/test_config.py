@@ -44,7 +44,11 @@ def test_every_shipped_config_parses(path):
 
 def test_shipped_configs_keep_pad_and_length_fixes():
     demo = load_config(next(p for p in CONFIGS if p.name == "demo.yaml"))
-    assert demo.data.files == ["builtin:reasonmed-sample"] and demo.data.max_length > 512
+    # The demo trains on its teaching set, is scored on held-out cases of the same facts, and checks
+    # that none of those cases is in the training data.
+    assert demo.data.files == ["builtin:reasonmed-facts"]
+    assert [b.path for b in demo.eval.benchmarks if b.name == "medtune_sample"] == ["builtin:reasonmed-heldout"]
+    assert demo.data.decontaminate.enabled and demo.data.decontaminate.benchmarks == ["medtune_sample"]
     gpu = load_config(next(p for p in CONFIGS if p.name == "llama3.2-1b-reasonmed.yaml"))
     assert gpu.data.dataset == "lingshu-medical-mllm/ReasonMed" and gpu.data.max_length > 512
     assert (gpu.lora.r, gpu.lora.alpha, gpu.lora.dropout) == (8, 16, 0.05)
