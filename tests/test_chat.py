@@ -28,8 +28,26 @@ def test_describe_target(tmp_path, tiny_llama_dir):
     assert describe_target(tmp_path / "gguf" / "m-Q8_0.gguf") == "gguf"
     with pytest.raises(ArtifactError, match="pick one: m-Q8_0.gguf"):
         describe_target(tmp_path / "gguf")
-    with pytest.raises(ArtifactError, match="not a .gguf file"):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ArtifactError, match="not a .gguf file, a merged model folder"):
+        describe_target(tmp_path / "folder")
+
+
+def test_missing_and_fake_gguf_files_say_what_is_wrong(tmp_path):
+    from medtune.chat import describe_target
+
+    with pytest.raises(ArtifactError, match=r"missing\.gguf does not exist; a run's GGUF files are in runs/<name>/gguf/"):
+        describe_target(tmp_path / "missing.gguf")
+    with pytest.raises(ArtifactError, match=r"missing does not exist$"):
         describe_target(tmp_path / "missing")
+    fake = tmp_path / "page.gguf"
+    fake.write_bytes(b"<!DOCTYPE html><html>404</html>")
+    with pytest.raises(ArtifactError, match=r"page\.gguf is not a GGUF file: it starts with b'<!DO', not the GGUF magic bytes b'GGUF'"):
+        describe_target(fake)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(ArtifactError, match=r"empty\.gguf is not a GGUF file: it starts with b'', .*\(0 bytes"):
+        describe_target(empty)
 
 
 def test_chat_one_shot_with_merged_folder(tiny_llama_dir):
@@ -76,4 +94,6 @@ def test_chat_bad_target_is_one_clear_error(tmp_path):
         capture_output=True, text=True,
     )
     assert done.returncode == 2
-    assert "error:" in done.stdout + done.stderr and "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "nope.gguf does not exist" in errors[0] and "not a .gguf file" not in errors[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,11 @@ def test_every_shipped_config_parses(path):
 
 def test_shipped_configs_keep_pad_and_length_fixes():
     demo = load_config(next(p for p in CONFIGS if p.name == "demo.yaml"))
-    assert demo.data.files == ["builtin:reasonmed-sample"] and demo.data.max_length > 512
+    # The demo trains on its teaching set, is scored on held-out cases of the same facts, and checks
+    # that none of those cases is in the training data.
+    assert demo.data.files == ["builtin:reasonmed-facts"]
+    assert [b.path for b in demo.eval.benchmarks if b.name == "medtune_sample"] == ["builtin:reasonmed-heldout"]
+    assert demo.data.decontaminate.enabled and demo.data.decontaminate.benchmarks == ["medtune_sample"]
     gpu = load_config(next(p for p in CONFIGS if p.name == "llama3.2-1b-reasonmed.yaml"))
     assert gpu.data.dataset == "lingshu-medical-mllm/ReasonMed" and gpu.data.max_length > 512
     assert (gpu.lora.r, gpu.lora.alpha, gpu.lora.dropout) == (8, 16, 0.05)
@@ -111,6 +116,33 @@ def test_missing_name_and_file_and_bad_yaml(tmp_path):
         load_config(write(tmp_path, "name: [unclosed\n"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_broken_yaml_names_the_file_line_and_column(tmp_path):
+    path = write(tmp_path, "name: t\ndata:\n  files: x\n   format: auto\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:4:10: not valid YAML: mapping values are not allowed here")
+    assert "<unicode string>" not in message
+    assert message.splitlines()[1:] == ["  4 |    format: auto", "    |          ^"]  # the line, a caret under column 10
+    # A problem found later than where it began names both places.
+    unclosed = write(tmp_path, "name: t\ndata:\n  files: [a.jsonl\n  format: auto\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(unclosed))}:4:9: not valid YAML: expected ',' or '\]', but got ':' "
+                       r"\(while parsing a flow sequence that starts at line 3, column 10\)"):
+        load_config(unclosed)
+
+
+def test_cli_prints_a_yaml_error_as_one_error_line_without_eating_brackets(tmp_path):
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "name: t\ndata:\n  files: [a.jsonl\n  format: auto\n")
+    done = subprocess.run([sys.executable, "-m", "medtune.cli", "prepare", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {path}:4:9: not valid YAML: expected ',' or ']', but got ':' "
+                      "(while parsing a flow sequence that starts at line 3, column 10)"]
 
 
 def test_set_overrides(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medtune.data.formats import FORMATS, detect_format, normalise
+from medtune.data.formats import FORMATS, FileFormats, detect_format, normalise
 from medtune.data.validation import RecordProblem, check_messages, control_token_pattern, with_system_prompt
 
 CHAT = [
@@ -92,6 +92,32 @@ def test_field_problems_name_reason_and_field(name, record, reason, field):
     with pytest.raises(RecordProblem) as caught:
         normalise(name, record)
     assert (caught.value.reason, caught.value.field) == (reason, field)
+
+
+def test_auto_format_is_chosen_per_file_from_its_first_record():
+    formats = FileFormats("auto")
+    assert formats.normalise(RECORDS["messages"], "a.jsonl", "a.jsonl:1") == CHAT
+    assert formats.normalise(RECORDS["reasonmed"], "b.jsonl", "b.jsonl:1") == normalise("reasonmed", RECORDS["reasonmed"])
+    with pytest.raises(RecordProblem) as caught:  # another file may have another format, the same file not
+        formats.normalise(RECORDS["reasonmed"], "a.jsonl", "a.jsonl:2")
+    assert caught.value.reason == "mixed_format"
+    assert caught.value.describe() == (
+        "this record is in the reasonmed format, but the file's format is messages, chosen from its first record "
+        "(a.jsonl:1); put each format in its own file, or convert this record"
+    )
+    # A broken record of the file's own format keeps its own reason.
+    with pytest.raises(RecordProblem) as broken:
+        formats.normalise({"messages": [{"role": "user"}]}, "a.jsonl", "a.jsonl:3")
+    assert (broken.value.reason, broken.value.field) == ("missing_field", "messages[0].content")
+    assert formats.formats() == {"a.jsonl": "messages", "b.jsonl": "reasonmed"}
+
+
+def test_configured_format_is_used_for_every_file():
+    formats = FileFormats("messages")
+    with pytest.raises(RecordProblem) as caught:
+        formats.normalise(RECORDS["reasonmed"], "a.jsonl", "a.jsonl:1")
+    assert (caught.value.reason, caught.value.field) == ("missing_field", "messages")
+    assert formats.formats() == {"a.jsonl": "messages"}
 
 
 def test_check_messages_rules():

@@ -30,16 +30,57 @@ def test_jsonl_locations_skip_blank_lines_and_flag_bad_lines(tmp_path):
     ]
 
 
-def test_json_array_reports_the_line_each_record_starts_on(tmp_path):
+def test_invalid_json_on_a_line_reports_its_real_column(tmp_path):
+    path = tmp_path / "d.jsonl"
+    cut = '{"instruction": "Q", "output": '  # 31 characters: the value is missing at column 32
+    path.write_text(json.dumps(RECORD) + "\n" + cut + "\n" + '{"instruction" "Q"}\r\n')
+    rows = list(iter_jsonl(path))
+    assert [r.location for r in rows] == [f"{path}:1", f"{path}:2", f"{path}:3"]
+    assert rows[1].problem.describe() == "Expecting value at column 32 (the line ends early)"
+    assert rows[2].problem.describe() == "Expecting ':' delimiter at column 16"  # CRLF line end, no shift
+
+
+def test_empty_data_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.jsonl").write_text("\n  \n")
+    (tmp_path / "data" / "ok.jsonl").write_text(json.dumps(RECORD) + "\n")
+    with pytest.raises(DataError, match=r"^data/x\.jsonl: empty file, no records"):
+        list(iter_records(DataConfig(files=["data/ok.jsonl", "data/x.jsonl"])))
+    (tmp_path / "data" / "y.json").write_text(" [ ]\n")
+    with pytest.raises(DataError, match=r"^data/y\.json: an empty JSON array, no records"):
+        list(iter_records(DataConfig(files=["data/y.json"])))
+
+
+def test_json_array_names_the_line_and_element_index_of_each_record(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps([RECORD, RECORD, "text"], indent=2))
     rows = list(iter_json(path))
     assert len(rows) == 3
     lines = path.read_text().splitlines()
-    for row in rows:
-        line = int(row.location.rsplit(":", 1)[1])
-        assert lines[line - 1].strip() in ("{", '"text"')
+    for index, row in enumerate(rows):
+        where, element = row.location.split(" (element ")
+        assert element == f"[{index}])"
+        assert lines[int(where.rsplit(":", 1)[1]) - 1].strip() in ("{", '"text"')
     assert rows[2].problem.reason == "invalid_json"
+
+
+def test_a_bad_record_in_a_json_array_is_reported_with_its_element_index(tmp_path):
+    from medtune.data.formats import FileFormats
+    from medtune.data.validation import RecordProblem, Tally, reject
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([RECORD, RECORD, {"instruction": "Q3?", "output": 3}, RECORD], indent=2))
+    formats = FileFormats("auto")
+    with pytest.raises(DataError) as caught:
+        for row in iter_json(path):
+            try:
+                formats.normalise(row.record, row.source, row.location)
+            except RecordProblem as problem:
+                reject(problem, row.location, "error", Tally())
+    assert str(caught.value).startswith(
+        f"{path}:10 (element [2]): a field has the wrong type: field 'output': expected str, got int"
+    )
 
 
 def test_json_array_with_a_bad_byte_flags_only_that_record(tmp_path):
@@ -47,14 +88,22 @@ def test_json_array_with_a_bad_byte_flags_only_that_record(tmp_path):
     path.write_bytes(b'[{"instruction": "ok", "output": "A"},\n {"instruction": "bad \xff", "output": "A"}]')
     rows = list(iter_json(path))
     assert rows[0].problem is None
-    assert rows[1].problem.reason == "invalid_utf8" and rows[1].location.endswith(":2")
+    assert rows[1].problem.reason == "invalid_utf8" and rows[1].location.endswith(":2 (element [1])")
 
 
-def test_broken_json_array_stops_with_line(tmp_path):
+def test_broken_json_array_stops_with_line_column_and_element(tmp_path):
     path = tmp_path / "d.json"
     path.write_text('[\n{"instruction": "Q"},\n{"instruction": \n]')
-    with pytest.raises(DataError, match=r"d\.json:4:1: not valid JSON"):
+    with pytest.raises(DataError, match=r"d\.json:4:1: not valid JSON \(Expecting value\) in element \[1\] of the array"):
         list(iter_json(path))
+    cut = tmp_path / "cut.json"
+    cut.write_text('[\n{"instruction": "Q"},\n{"instruction": \n')  # the file ends inside element [1]
+    with pytest.raises(DataError, match=r"cut\.json:3:16: not valid JSON \(Expecting value: the file ends early\) in element \[1\]"):
+        list(iter_json(cut))
+    unclosed = tmp_path / "unclosed.json"
+    unclosed.write_text('[\n{"instruction": "Q"}\n')
+    with pytest.raises(DataError, match=r"unclosed\.json:2: not valid JSON \(expected ',' or '\]' after element \[0\] of the array; the file ends\)"):
+        list(iter_json(unclosed))
 
 
 def test_json_lines_in_a_json_file_and_single_object(tmp_path):

@@ -36,6 +36,7 @@ BROKEN_LINES = {
     16: "special_token",
     17: "duplicate",
     18: "too_long",
+    21: "mixed_format",  # a ReasonMed record in a file whose first record made it `messages`
 }
 GOOD_LINES = (2, 3, 19, 20)
 
@@ -61,7 +62,7 @@ def test_broken_records_are_each_counted_under_their_reason(tmp_path, tiny_llama
     # The file covers every reason but two, each tested where it arises: contamination
     # (test_data_decontaminate.py) and a missing final answer under data.loss_on final_answer (test_data_loss_on.py).
     assert set(expected) == set(REASONS) - {"contaminated", "no_final_answer"}
-    assert report["kept"] == len(GOOD_LINES) and report["records_read"] == 20
+    assert report["kept"] == len(GOOD_LINES) and report["records_read"] == 21
     assert report["records_read"] == report["kept"] + report["dropped_total"]
     path = builtin_path(BROKEN)
     for line, reason in BROKEN_LINES.items():

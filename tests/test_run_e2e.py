@@ -214,3 +214,38 @@ def test_kill_during_eval_keeps_the_finished_artifacts(reference_run, tmp_path, 
     pick = lambda rows: [(r["artifact"], r["mode"], r["correct"]) for r in rows]  # noqa: E731
     assert pick(results["results"]) == pick(reference["results"])
     assert [c["artifact"] for c in results["comparisons"]] == ["merged", "gguf:F16", "gguf:Q8_0"]
+
+
+def test_the_demo_config_runs_short_on_the_embedded_model_and_flags_what_carries_no_signal(tmp_path):
+    """configs/demo.yaml itself (embedded SmolLM2, real llama.cpp), cut to 3 training steps, one
+    quant and 8 held-out items: every stage runs, the held-out cases are checked against the
+    training data, and every constant answer is named wherever its accuracy is shown."""
+    repo = Path(__file__).resolve().parents[1]
+    out = _run_to_end(
+        repo / "configs" / "demo.yaml", tmp_path,
+        "--set", f"output_dir={tmp_path / 'runs'}", "--set", "train.max_steps=3", "--set", "train.test_question=false",
+        "--set", "export.quant_types=[Q8_0]", "--set", "eval.max_new_tokens=24",
+        "--set", "eval.benchmarks=[{name: medtune_sample, path: 'builtin:reasonmed-heldout', limit: 8}]",
+    )
+    run_dir = tmp_path / "runs" / "demo"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [manifest["stages"][s]["status"] for s in ("prepare", "train", "merge", "export", "eval")] == ["done"] * 5
+    data = json.loads((run_dir / "data" / "report.json").read_text())
+    assert data["decontamination"]["dropped"] == {"medtune_sample": 0}
+    assert data["decontamination"]["benchmarks"]["medtune_sample"]["items"] == 64  # limit applies to eval only
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    rows = results["results"]
+    assert [r["artifact"] for r in rows] == ["base", "merged", "gguf:F16", "gguf:Q8_0"]
+    assert all(r["mode"] == "cot" and r["n"] == 8 for r in rows)
+    report = (run_dir / "eval" / "report.md").read_text()
+    card = (run_dir / "MODEL_CARD.md").read_text()
+    for row in rows:
+        from medtune.eval.metrics import degenerate_note
+
+        note = degenerate_note(row["degenerate"])
+        if note:  # 24 new tokens are too few for an answer line: "gives no parseable answer on 8/8 items"
+            assert f"**No signal:** {row['artifact']} (medtune_sample, cot) {note}" in report
+            assert note in card and note in out
+    for comparison in results["comparisons"]:
+        sides = [r for r in rows if r["artifact"] in (comparison["artifact"], comparison["versus"])]
+        assert bool(comparison["note"]) == any(r["degenerate"] for r in sides)

@@ -34,10 +34,29 @@ class Reply:
     stopped_on_eos: bool = False
 
 
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
+
+
 def describe_target(target: str | Path) -> str:
-    """'gguf', 'merged' or 'adapter' for a chat target path. Raises ArtifactError for anything else."""
+    """'gguf', 'merged' or 'adapter' for a chat target path.
+
+    Raises ArtifactError when the path does not exist, when a .gguf file is not GGUF (its first
+    bytes are not the GGUF magic: a truncated download, an HTML error page, a renamed file), or
+    when a folder holds no model."""
     path = Path(target)
+    if not path.exists():
+        hint = "; a run's GGUF files are in runs/<name>/gguf/" if path.suffix == ".gguf" else ""
+        raise ArtifactError(f"{path} does not exist{hint}")
     if path.is_file() and path.suffix == ".gguf":
+        with open(path, "rb") as handle:
+            head = handle.read(len(GGUF_MAGIC))
+        if head != GGUF_MAGIC:
+            size = path.stat().st_size
+            raise ArtifactError(
+                f"{path} is not a GGUF file: it starts with {head!r}, not the GGUF magic bytes {GGUF_MAGIC!r} "
+                f"({size:,} bytes; an unfinished download or a renamed file?); re-download or re-export it "
+                "(`medtune export CONFIG`)"
+            )
         return "gguf"
     if path.is_dir() and (path / "adapter_config.json").is_file():
         return "adapter"

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 import typer
+from rich.markup import escape
 
 from medtune.errors import MedtuneError
 from medtune.ui import err_console
@@ -33,7 +34,8 @@ def main() -> None:
     try:
         app()
     except MedtuneError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        # escape: a message quoting YAML or JSON ("[a.jsonl") must not be read as rich markup.
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]: rerun the same command to continue where it stopped")

@@ -406,10 +406,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(yaml_error_message(path, text, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, model, ...)")
     raw = _fix_yaml_floats(apply_overrides(raw, overrides or []))
@@ -417,6 +418,27 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def yaml_error_message(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    """`file:line:column: not valid YAML: problem (context)`, then the line with a caret.
+
+    PyYAML names the stream it parsed ("<unicode string>" for text); the file's name is the one
+    a user can open."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return f"{path}: not valid YAML: {exc}"
+    message = f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        where = f" that starts at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+        message += f" ({context}{where})"
+    lines = text.splitlines()
+    if mark.line < len(lines):
+        source = lines[mark.line].replace("\t", " ")
+        message += f"\n  {mark.line + 1} | {source}\n  {' ' * len(str(mark.line + 1))} | {' ' * mark.column}^"
+    return message
 
 
 def _fix_yaml_floats(node: Any) -> Any:

@@ -185,6 +185,8 @@ def dataset_licence(entry: str) -> str:
     """The licence note for one `data.dataset` / `data.files` entry, as far as medtune knows it."""
     if entry in KNOWN_DATASET_LICENSES:
         return KNOWN_DATASET_LICENSES[entry]
+    if entry.startswith("builtin:"):  # every data file shipped in medtune.sample_data is medtune's own
+        return KNOWN_DATASET_LICENSES[SAMPLE_DATA]
     if entry.partition(":")[0] == "pubmedqa-train" or "pqal" in entry.lower():
         return KNOWN_DATASET_LICENSES["pubmedqa"]
     return "unknown to medtune: check the dataset's own licence before redistributing the model"

@@ -9,7 +9,7 @@ Normalisers check presence and types of the fields they read and raise `RecordPr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medtune.data.validation import Messages, RecordProblem
@@ -154,3 +154,45 @@ def detect_format(record: dict[str, Any]) -> str | None:
 def normalise(format_name: str, record: dict[str, Any]) -> Messages:
     """Turn one raw record into chat messages with the named format. Raises RecordProblem."""
     return FORMATS[format_name].normalise(record)
+
+
+@dataclass
+class FileFormats:
+    """The record format of each source file: `data.format`, or under `auto` the format of the
+    file's first record whose keys match one (files may differ, records within a file may not).
+
+    `chosen` maps each source to (format, location of the record that chose it).
+    """
+
+    configured: str
+    chosen: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def normalise(self, record: dict[str, Any], source: str, location: str) -> Messages:
+        """Chat messages for one record of `source`. Raises RecordProblem; under auto, a record
+        in another format than its file's is `mixed_format`, naming the format the file got and where."""
+        if self.configured != "auto":
+            self.chosen.setdefault(source, (self.configured, location))
+            return normalise(self.configured, record)
+        if source not in self.chosen:
+            detected = detect_format(record)
+            if detected is None:
+                raise RecordProblem(
+                    "unknown_format", f"keys {sorted(record)}; set data.format to one of: {', '.join(FORMATS)}"
+                )
+            self.chosen[source] = (detected, location)
+        name, first = self.chosen[source]
+        try:
+            return normalise(name, record)
+        except RecordProblem as problem:
+            own = detect_format(record)
+            if own is None or own == name:
+                raise
+            raise RecordProblem(
+                "mixed_format",
+                f"this record is in the {own} format, but the file's format is {name}, chosen from its first "
+                f"record ({first}); put each format in its own file, or convert this record",
+            ) from None
+
+    def formats(self) -> dict[str, str]:
+        """source -> format name, as recorded in the data report."""
+        return {source: name for source, (name, _) in self.chosen.items()}

@@ -8,6 +8,7 @@ bad record.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -56,12 +57,21 @@ def iter_records(data: DataConfig) -> Iterator[RawRecord]:
         return
     for path in resolve_files(data.files):
         suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            yield from iter_jsonl(path)
-        elif suffix == ".json":
-            yield from iter_json(path)
-        else:
-            yield from iter_parquet(path)
+        reader = iter_jsonl if suffix == ".jsonl" else iter_json if suffix == ".json" else iter_parquet
+        count = 0
+        for raw in reader(path):
+            count += 1
+            yield raw
+        if count == 0:
+            raise DataError(f"{path}: {_no_records(path)} (give it records, or remove it from data.files)")
+
+
+def _no_records(path: Path) -> str:
+    """Why a file that was read yielded no records, in a few words."""
+    if path.suffix.lower() == ".parquet":
+        return "a Parquet file with no rows, no records"
+    text = path.read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+    return "an empty JSON array, no records" if re.fullmatch(r"\[\s*\]", text) else "empty file, no records"
 
 
 def iter_jsonl(path: Path) -> Iterator[RawRecord]:
@@ -79,7 +89,9 @@ def iter_jsonl(path: Path) -> Iterator[RawRecord]:
                 continue
             if number == 1:
                 text = text.lstrip("\ufeff")
-            yield _parsed(location, text, source)
+            # Without its line break, a JSON error at the end of the line keeps its real column
+            # (json counts the break as the start of a line 2 of the text, column 1).
+            yield _parsed(location, text.rstrip("\r\n"), source)
 
 
 def _parsed(location: str, text: str, source: str) -> RawRecord:
@@ -87,6 +99,8 @@ def _parsed(location: str, text: str, source: str) -> RawRecord:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         detail = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+        if not text[exc.pos:].strip():
+            detail += " (the line ends early)"
         return RawRecord(location, None, RecordProblem("invalid_json", detail), source)
     if not isinstance(value, dict):
         return RawRecord(
@@ -108,7 +122,7 @@ def iter_json(path: Path) -> Iterator[RawRecord]:
     try:
         value, end = decoder.raw_decode(text, position)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{source}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+        raise DataError(f"{source}:{_error_position(text, exc)}: not valid JSON ({_error_message(text, exc)})") from None
     if _skip_space(text, end) < len(text):  # more after the first value: JSON lines in a .json file
         yield from iter_jsonl(path)
         return
@@ -116,8 +130,10 @@ def iter_json(path: Path) -> Iterator[RawRecord]:
 
 
 def _iter_array(text: str, position: int, decoder: json.JSONDecoder, source: str) -> Iterator[RawRecord]:
+    """The elements of a top-level JSON array; each record's location names its line and its
+    element index (0-based, as in data[3]), so a bad record can be found either way."""
     line, counted = 1, 0
-    while True:
+    for index in itertools.count():
         position = _skip_space(text, position)
         if position < len(text) and text[position] == "]":
             return
@@ -128,16 +144,33 @@ def _iter_array(text: str, position: int, decoder: json.JSONDecoder, source: str
         except json.JSONDecodeError as exc:
             # A broken array cannot be resynchronised record by record.
             raise DataError(
-                f"{source}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); "
-                "a .json file must hold one JSON array (or use JSON lines in a .jsonl file)"
+                f"{source}:{_error_position(text, exc)}: not valid JSON ({_error_message(text, exc)}) in element [{index}] "
+                "of the array; a .json file must hold one JSON array (or use JSON lines in a .jsonl file)"
             ) from None
-        yield _checked(f"{source}:{line}", value, text[position:end], source)
+        yield _checked(f"{source}:{line} (element [{index}])", value, text[position:end], source)
         position = _skip_space(text, end)
         if position < len(text) and text[position] == ",":
             position += 1
         elif position >= len(text) or text[position] != "]":
-            line += text.count("\n", counted, position)
-            raise DataError(f"{source}:{line}: not valid JSON (expected ',' or ']' after an array element)")
+            line += text.count("\n", counted, min(position, len(text.rstrip())))
+            ending = "the file ends" if position >= len(text) else "found something else"
+            raise DataError(
+                f"{source}:{line}: not valid JSON (expected ',' or ']' after element [{index}] of the array; {ending})"
+            )
+
+
+def _error_position(text: str, exc: json.JSONDecodeError) -> str:
+    """line:column of a JSON error; at the end of the file, just after its last character (json
+    would name the start of the line after the final line break)."""
+    if text[exc.pos:].strip():
+        return f"{exc.lineno}:{exc.colno}"
+    end = len(text.rstrip())
+    line = text.count("\n", 0, end) + 1
+    return f"{line}:{end - (text.rfind(chr(10), 0, end) + 1) + 1}"
+
+
+def _error_message(text: str, exc: json.JSONDecodeError) -> str:
+    return exc.msg if text[exc.pos:].strip() else f"{exc.msg}: the file ends early"
 
 
 def _checked(location: str, value: Any, span: str, source: str) -> RawRecord:

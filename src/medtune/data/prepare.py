@@ -159,7 +159,7 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
     data = config.data
     control = control_token_pattern(renderer.control_tokens)
     tally = Tally()
-    source_formats: dict[str, str] = {}
+    file_formats = formats.FileFormats(data.format)
     seen: dict[bytes, str] = {}
     records = kept = 0
     raw_records = (
@@ -192,8 +192,7 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
             try:
                 if raw.problem is not None:
                     raise raw.problem
-                fmt = _format_for(raw, data.format, source_formats)
-                messages = formats.normalise(fmt, raw.record)
+                messages = file_formats.normalise(raw.record, raw.source, raw.location)
                 messages = check_messages(with_system_prompt(messages, data.system_prompt), control)
             except RecordProblem as problem:
                 reject(problem, raw.location, data.invalid, tally)
@@ -215,22 +214,7 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
         bar.update(task, completed=records, total=records)
     if records == 0:
         raise DataError("the data source holds no records (empty files?)")
-    return {"records": records, "kept": kept, "tally": tally, "formats": source_formats, "path": path}
-
-
-def _format_for(raw: loading.RawRecord, configured: str, source_formats: dict[str, str]) -> str:
-    if configured != "auto":
-        source_formats.setdefault(raw.source, configured)
-        return configured
-    if raw.source not in source_formats:
-        detected = formats.detect_format(raw.record)
-        if detected is None:
-            raise RecordProblem(
-                "unknown_format",
-                f"keys {sorted(raw.record)}; set data.format to one of: {', '.join(formats.FORMATS)}",
-            )
-        source_formats[raw.source] = detected
-    return source_formats[raw.source]
+    return {"records": records, "kept": kept, "tally": tally, "formats": file_formats.formats(), "path": path}
 
 
 def _tokenize_split_save(

@@ -19,6 +19,7 @@ REASONS: dict[str, str] = {
     "invalid_utf8": "not valid UTF-8",
     "invalid_json": "not valid JSON, or not a JSON object",
     "unknown_format": "keys match no known record format",
+    "mixed_format": "in another format than its file (data.format auto chooses one format per file, from its first record)",
     "missing_field": "a required field is missing",
     "wrong_type": "a field has the wrong type",
     "bad_role": "unknown role",

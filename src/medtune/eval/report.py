@@ -58,7 +58,10 @@ def baseline_table(rows: Sequence[dict[str, Any]]) -> str:
         if row["benchmark"] in seen or not row.get("gold"):
             continue
         seen.add(row["benchmark"])
-        lines.append(f"| {row['benchmark']} | {row['n']} | {spread_text(row['gold'])} | {row.get('majority_label', '')} | "
+        # On a balanced set every label is "the majority": naming one (the first) would read as a fact.
+        tied = len(row["gold"]) > 1 and len(set(row["gold"].values())) == 1
+        majority = "any (all tied)" if tied else row.get("majority_label", "")
+        lines.append(f"| {row['benchmark']} | {row['n']} | {spread_text(row['gold'])} | {majority} | "
                      f"{_pct(row.get('majority_baseline', 0))} | {_f1(row.get('majority_macro_f1'))} |")
     return "\n".join(lines)
 

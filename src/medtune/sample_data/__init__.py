@@ -10,7 +10,11 @@ from medtune.errors import DataError
 BUILTIN = {
     "builtin:reasonmed-sample": "reasonmed_sample.jsonl",
     "builtin:broken-records": "broken_records.jsonl",
-    # 16 original questions never used for training: the demo's held-out benchmark (medtune_sample).
+    # The demo's data (configs/demo.yaml): 32 facts in 8 question families, each family with one
+    # option list. Training: two case descriptions per fact with a one-line reasoning; validation
+    # (design choices): a third; held-out test (benchmark medtune_sample): a fourth and a fifth.
+    "builtin:reasonmed-facts": "reasonmed_facts.jsonl",
+    "builtin:reasonmed-facts-val": "reasonmed_facts_val.jsonl",
     "builtin:reasonmed-heldout": "reasonmed_heldout.jsonl",
 }
 

@@ -1,4 +1,12 @@
-"""medtune's own held-out multiple-choice set in ReasonMed's schema (or any such JSONL)."""
+"""medtune's own held-out multiple-choice set in ReasonMed's schema (or any such JSONL).
+
+The shipped set (`builtin:reasonmed-heldout`) is the demo's test: 64 original questions on the 32
+facts that the demo's training set (`builtin:reasonmed-facts`) teaches, two new case descriptions
+per fact, never trained on. Eight question families (antidotes, vitamin deficiencies, nerve
+injuries, organisms, skin lesions, joint diseases, acute abdomen, lung conditions) keep one option
+list each, in one order, as a question bank does: it measures whether a fine-tune learned the
+facts well enough to recognise them in other words, not general medical knowledge.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +20,34 @@ from medtune.tasks.registry import LETTERS, Benchmark, Item, register
 
 _OPTION_LINE = re.compile(r"^\s*([A-D])[.)]\s*(.+?)\s*$")
 _FINAL_ANSWER = re.compile(r"The answer is \(?([A-D])\)?\.?\s*$")
+_FINAL_TEXT = re.compile(r"The answer is (.+?)\.?\s*$")
 
 
 def load_reasonmed_mcq_local(path: Path) -> list[Item]:
     """Multiple-choice records in ReasonMed's schema: options "A. ..." as lines of `input` (or of
-    `instruction`), the answer from the final "The answer is X." of `output`. medtune ships one
-    such set, `builtin:reasonmed-heldout`."""
+    `instruction`), the answer from the final "The answer is X." of `output` (a letter, or the
+    text of one option). medtune ships such sets: `builtin:reasonmed-heldout` (the benchmark),
+    `builtin:reasonmed-facts-val` and `builtin:reasonmed-facts` (the demo's validation and training data)."""
     items = []
     for line_no, record in read_jsonl(Path(path)):
         where = f"{path}:{line_no}"
         text = f"{record.get('instruction', '')}\n{record.get('input', '')}"
         options = [m.group(2) for m in map(_OPTION_LINE.match, text.splitlines()) if m]
         question = "\n".join(l for l in str(record.get("instruction", "")).splitlines() if not _OPTION_LINE.match(l))
-        answer = _FINAL_ANSWER.search(str(record.get("output", "")).strip())
+        answer = _final_answer(str(record.get("output", "")).strip(), options)
         if not answer:
-            raise DataError(f"{where}: output does not end with 'The answer is X.'")
-        items.append(mc_item("medtune_sample", f"{Path(path).stem}-{line_no}", question, options, answer.group(1), where))
+            raise DataError(f"{where}: output does not end with 'The answer is X.' (X: a letter or an option's text)")
+        items.append(mc_item("medtune_sample", f"{Path(path).stem}-{line_no}", question, options, answer, where))
     return items
+
+
+def _final_answer(output: str, options: list[str]) -> str | None:
+    letter = _FINAL_ANSWER.search(output)
+    if letter:
+        return letter.group(1)
+    said = _FINAL_TEXT.search(output.splitlines()[-1] if output else "")
+    named = [LETTERS[k] for k, text in enumerate(options[:4]) if said and text.strip().lower() == said.group(1).strip().lower()]
+    return named[0] if len(named) == 1 else None
 
 
 def _no_hub_record(record: dict[str, Any], index: int) -> Item:
@@ -37,7 +56,7 @@ def _no_hub_record(record: dict[str, Any], index: int) -> Item:
 
 register(Benchmark(
     name="medtune_sample",
-    title="medtune held-out sample (16 original MCQs)",
+    title="medtune held-out sample (64 original MCQs on the 32 facts the demo's training set teaches)",
     hub_id="",
     hub_config=None,
     hub_split="",
