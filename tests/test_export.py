@@ -29,14 +29,16 @@ def _read_fields(path, *keys):
     return {key: (reader.fields[key].contents() if key in reader.fields else None) for key in keys}
 
 
-def _export_tiny(tmp_path, base_dir, name):
+def _export_tiny(tmp_path, base_dir, name, *, full: bool):
+    from transformers import AutoTokenizer
+
     from medtune.export import export_gguf
     from medtune.merge import merge_adapter
 
-    from transformers import AutoTokenizer
-
     # Random tiny models have near-tied logits (16-bit rounding flips a few) and never say EOS.
-    export = {**SMALL, "quant_types": ["Q4_K_M", "Q8_0"], "verify_prompts": 8, "adapter_gguf": True}
+    # full: also the imatrix and the adapter GGUF (one variant is enough for those; CI time).
+    export = {**SMALL, "quant_types": ["Q4_K_M", "Q8_0"], "verify_prompts": 8, "adapter_gguf": full,
+              "imatrix": "auto" if full else "off"}
     config = make_adapter_run(tmp_path, base_dir, name=name, export=export)
     write_medical_splits(config, AutoTokenizer.from_pretrained(str(base_dir)))
     merge_adapter(config)
@@ -50,7 +52,7 @@ def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
     from medtune.artifacts import read_manifest
 
     base_dir = request.getfixturevalue("tiny_llama_dir" if variant == "tied" else "tiny_llama3_rope_dir")
-    config, result = _export_tiny(tmp_path, base_dir, f"tiny-{variant}")
+    config, result = _export_tiny(tmp_path, base_dir, f"tiny-{variant}", full=variant == "tied")
     folder = config.run_dir / "gguf"
     names = sorted(p.name for p in folder.glob("*.gguf"))
     assert names == sorted(f"tiny-{variant}-{t}.gguf" for t in ("F16", "Q4_K_M", "Q8_0"))
@@ -79,7 +81,12 @@ def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
     entry = read_manifest(config.run_dir)["stages"]["export"]
     assert entry["status"] == "done" and entry["f16_top1_agreement"] == f16.top1_agreement
     assert {"top1_agreement", "mean_kl", "size_bytes", "heldout_mean_kl", "heldout_p99_kl"} <= set(entry["quants"]["Q8_0"])
-    assert f"tiny-{variant}.imatrix" in {p.name for p in folder.iterdir()}  # export.imatrix: auto (the default)
+    rows = [(r["type"], r["imatrix"], r["shipped"]) for r in result.quality["rows"]]
+    if variant != "tied":
+        assert rows == [("F16", False, True), ("Q4_K_M", False, True), ("Q8_0", False, True)]  # imatrix: off
+        assert result.adapter is None and not (folder / "adapter").exists()
+        return
+    assert (folder / f"tiny-{variant}.imatrix").is_file() and rows[1:3] == [("Q4_K_M", True, True), ("Q4_K_M", False, False)]
 
     # The LoRA adapter as GGUF, on the base converted alongside it, matches the merged 16-bit file.
     adapter = result.adapter

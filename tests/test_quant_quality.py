@@ -90,7 +90,7 @@ def test_imatrix_on_the_train_split_and_every_low_bit_type_measured_with_and_wit
     from medtune.export import export_gguf
     from medtune.merge import merge_adapter
 
-    config = _run(tmp_path, tiny_256_dir, "iq", quant_types=[*LOW_BIT, "IQ2_XS"], max_mean_kl={"Q8_0": 0.01})
+    config = _run(tmp_path, tiny_256_dir, "iq", quant_types=[*LOW_BIT, "IQ2_XS"])
     merge_adapter(config)
     result = export_gguf(config)
     folder = config.run_dir / "gguf"
@@ -139,40 +139,14 @@ def test_imatrix_on_the_train_split_and_every_low_bit_type_measured_with_and_wit
 
 @pytest.mark.slow
 @needs_tools
-def test_a_quant_above_its_bar_fails_the_export_and_keeps_the_previous_files(tmp_path, tiny_256_dir):
+def test_an_imatrix_file_is_used_and_a_quant_above_its_bar_fails_keeping_the_previous_files(tmp_path, tiny_256_dir):
+    """export.imatrix: PATH (made on other calibration text) is copied in and used; then an export whose
+    Q2_K is above its bar fails with the figure, and gguf/ keeps the files of the first export."""
     from medtune.artifacts import read_manifest, sha256_file
     from medtune.export import export_gguf
     from medtune.merge import merge_adapter
 
-    config = _run(tmp_path, tiny_256_dir, "bar", quant_types=["Q8_0"], imatrix="off")
-    merge_adapter(config)
-    export_gguf(config)
-    folder = config.run_dir / "gguf"
-    before = {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file()}
-    assert "bar.imatrix" not in before  # imatrix: off
-
-    config.export.quant_types = ["Q8_0", "Q2_K"]
-    config.export.max_mean_kl = {"Q8_0": 0.01, "Q2_K": 1e-6}
-    with pytest.raises(ArtifactError) as failure:
-        export_gguf(config)
-    message = str(failure.value)
-    entry = read_manifest(config.run_dir)["stages"]["export"]
-    q2k = next(r for r in entry["quality"]["rows"] if r["type"] == "Q2_K")
-    assert entry["status"] == "failed" and entry["error"] == message
-    assert f"bar-Q2_K.gguf (without an importance matrix): mean KL divergence from F16 is {q2k['mean_kl']:.4f}" in message
-    assert "above the bar export.max_mean_kl.Q2_K=1e-06" in message and "Q8_0" not in message.split("Not shipped")[0]
-    assert {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file()} == before  # nothing of the failed attempt
-    assert not list(config.run_dir.glob("gguf.tmp-*"))
-
-
-@pytest.mark.slow
-@needs_tools
-def test_imatrix_from_a_file_is_copied_in_and_used(tmp_path, tiny_256_dir):
-    """export.imatrix: PATH (e.g. an imatrix made on other calibration text): copied into gguf/, quants made with it."""
-    from medtune.export import export_gguf
-    from medtune.merge import merge_adapter
-
-    config = _run(tmp_path, tiny_256_dir, "given", quant_types=["Q3_K_M"], compare_without_imatrix=False)
+    config = _run(tmp_path, tiny_256_dir, "bar", quant_types=["Q3_K_M"], compare_without_imatrix=False)
     merge_adapter(config)
     f16 = llamacpp.convert_to_gguf(config.run_dir / "merged", tmp_path / "ref-F16.gguf", "f16")
     text = tmp_path / "calibration.txt"
@@ -181,11 +155,26 @@ def test_imatrix_from_a_file_is_copied_in_and_used(tmp_path, tiny_256_dir):
     assert made["chunks"] == 4
     config.export.imatrix = str(tmp_path / "other.imatrix")
     result = export_gguf(config)
-    assert result.imatrix["source"] == f"file {tmp_path / 'other.imatrix'}" and result.imatrix["chunks"] is None
     folder = config.run_dir / "gguf"
-    assert (folder / "given.imatrix").read_bytes() == (tmp_path / "other.imatrix").read_bytes()
-    assert _gguf_field(folder / "given-Q3_K_M.gguf", "quantize.imatrix.chunks_count") == 4
+    assert result.imatrix["source"] == f"file {tmp_path / 'other.imatrix'}" and result.imatrix["chunks"] is None
+    assert (folder / "bar.imatrix").read_bytes() == (tmp_path / "other.imatrix").read_bytes()
+    assert _gguf_field(folder / "bar-Q3_K_M.gguf", "quantize.imatrix.chunks_count") == 4
     assert [(r["type"], r["imatrix"]) for r in result.quality["rows"]] == [("F16", False), ("Q3_K_M", True)]
+    before = {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file()}
+
+    config.export.imatrix = "off"
+    config.export.quant_types = ["Q3_K_M", "Q2_K"]
+    config.export.max_mean_kl = {"Q3_K_M": 0.5, "Q2_K": 1e-6}
+    with pytest.raises(ArtifactError) as failure:
+        export_gguf(config)
+    message = str(failure.value)
+    entry = read_manifest(config.run_dir)["stages"]["export"]
+    q2k = next(r for r in entry["quality"]["rows"] if r["type"] == "Q2_K")
+    assert entry["status"] == "failed" and entry["error"] == message and entry["imatrix"] is None
+    assert f"bar-Q2_K.gguf (without an importance matrix): mean KL divergence from F16 is {q2k['mean_kl']:.4f}" in message
+    assert "above the bar export.max_mean_kl.Q2_K=1e-06" in message and "Q3_K_M" not in message.split("Not shipped")[0]
+    assert {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file()} == before  # nothing of the failed attempt
+    assert not list(config.run_dir.glob("gguf.tmp-*"))
 
 
 # ---- configuration (fast) -----------------------------------------------------------------------

@@ -319,10 +319,10 @@ def _heldout_corpus(config: RunConfig, tokenizer) -> tuple[CorpusText, int]:
 # ---- steps --------------------------------------------------------------------------------------
 
 
-def _timed(timings: dict[str, float], name: str, function, *args):
+def _timed(timings: dict[str, float], name: str, function, *args, **kwargs):
     started = time.perf_counter()
     try:
-        return function(*args)
+        return function(*args, **kwargs)
     finally:
         timings[name] = round(time.perf_counter() - started, 2)
 

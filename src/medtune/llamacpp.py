@@ -557,7 +557,8 @@ def perplexity_kl(
     Raises ToolError when the tool fails or its report cannot be read.
     """
     threads = n_threads or default_threads()
-    args = ["-m", model, "-c", ctx, "--chunks", chunks, "-t", threads, "-tb", threads, "--kl-divergence-base", base_logits]
+    # -lv 4: the loader's info lines too, which carry the file's bits per weight.
+    args = ["-m", model, "-c", ctx, "--chunks", chunks, "-t", threads, "-tb", threads, "--kl-divergence-base", base_logits, "-lv", 4]
     if write_base:
         args += ["-f", text_file]
     else:
