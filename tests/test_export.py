@@ -120,7 +120,8 @@ def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
     tokenizer = load_tokenizer(model_config)
     tokenizer.save_pretrained(base_dir)
     config = make_adapter_run(tmp_path, base_dir, name="smol", tokenizer=tokenizer, base="embedded:smollm2-135m-instruct",
-                              export={"quant_types": ["Q8_0"], "quality_ctx": 256, "imatrix": "off", "adapter_gguf": True})
+                              export={"quant_types": ["Q8_0"], "quality_ctx": 256, "quality_chunks": 4, "imatrix": "off",
+                                      "adapter_gguf": True})
     write_medical_splits(config, tokenizer)
     # A tiny adapter: the fine-tuned model must still be the chat model that knows when to stop.
     from safetensors.torch import load_file, save_file
