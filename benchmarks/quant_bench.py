@@ -10,7 +10,7 @@ agreement against the 16-bit file come from llama.cpp's llama-perplexity on the 
 (a) demo: the demo run (`medtune run configs/demo.yaml` first). SmolLM2-135M-Instruct, whose
     embedded base is a Q4_1 GGUF: every other grid rounds its weights a second time, and its hidden
     size (576) is not a multiple of 256, so K/IQ types fall back to other types on most tensors.
-(b) tiny_bf16_llama: made here from a LlamaConfig (hidden 256, intermediate 768, 4 layers, SmolLM2's
+(b) tiny_bf16_llama: made here from a LlamaConfig (hidden 256, intermediate 768, 6 layers, SmolLM2's
     tokenizer and chat template), pretrained from scratch in bf16-saved weights on PubMedQA abstracts
     (the PQA-L records outside the test split: contexts + long answers; nothing of the run's data),
     then a medtune run on the shipped ReasonMed-style sample (prepare, LoRA train, merge). A weak
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "quant_bench.json"
 TYPES = ["Q8_0", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_M", "Q2_K"]
 FIGURES = ("size_bytes", "bits_per_weight", "perplexity", "mean_kl", "p99_kl", "top1_agreement")
-TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 6, "num_attention_heads": 4,
               "num_key_value_heads": 2}
 
 
@@ -198,7 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-run", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--pubmedqa", type=Path, default=REPO.parent / "shared" / "data" / "pubmedqa")
-    parser.add_argument("--pretrain-steps", type=int, default=120)
+    parser.add_argument("--pretrain-steps", type=int, default=80)
     parser.add_argument("--only", choices=["demo", "tiny"], help="measure one model only")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()

@@ -24,7 +24,7 @@ class ImatrixInfo:
     """Which importance matrix the quants were made with."""
 
     file: str  # its name in gguf/
-    source: str  # "train split (N records)" or "file PATH"
+    source: str  # "the train split (N records)" or "file PATH"
     chunks: int | None
     ctx: int | None
     tokens: int | None  # calibration tokens (llama.cpp's count, BOS included)
@@ -76,6 +76,6 @@ def prepare_imatrix(config: RunConfig, f16_path: Path, folder: Path, tokenizer, 
         found = llamacpp.compute_imatrix(f16_path, text_file, out, ctx=ctx, chunks=export.imatrix_chunks, n_threads=threads)
     finally:
         text_file.unlink(missing_ok=True)
-    info = ImatrixInfo(out.name, f"train split ({corpus.records} records)", found["chunks"], ctx,
+    info = ImatrixInfo(out.name, f"the train split ({corpus.records} records)", found["chunks"], ctx,
                        min(tokens, (found["chunks"] or 0) * ctx) or tokens, found["seconds"])
     return info, None
