@@ -8,12 +8,17 @@
 #      tree at the exact commit it builds, so converter, quantizer and runtime always agree.
 #      Looked for in $MEDTUNE_LLAMA_SDIST, then the cache, then fetched with
 #      `pip download --no-deps --no-binary :all: llama-cpp-python==VERSION` (package index only).
-#   2. Extracts the converter (convert_hf_to_gguf.py, conversion/, gguf-py/) to
-#      $CACHE/llama.cpp-VERSION/ (medtune finds it there; LLAMA_CPP_DIR overrides with a checkout).
+#   2. Extracts the converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/,
+#      gguf-py/) to $CACHE/llama.cpp-VERSION/ (medtune finds them there; LLAMA_CPP_DIR overrides).
 #   3. Builds llama-cpp-python from that sdist into the active Python, once, and caches the wheel
 #      under $CACHE/wheels/ keyed by version + CMake flags + compiler; later runs reinstall it.
-#      The quantizer is llama.cpp's C API (llama_model_quantize) exposed by that same library,
-#      so no separate llama-quantize binary is built.
+#      Plain quantization goes through llama.cpp's C API (llama_model_quantize) in that library.
+#   4. Builds three of llama.cpp's own tools from the same tree with the same flags, once, cached
+#      under $CACHE/tools/llama.cpp-tools-VERSION-KEY/bin (KEY = the wheel's key):
+#      llama-imatrix (importance matrix on calibration text), llama-quantize (quantizing with it)
+#      and llama-perplexity (perplexity and KL divergence against the 16-bit file). Only these
+#      targets (and the static ggml/llama/common libraries they link) are compiled.
+#      MEDTUNE_LLAMA_TOOLS=0 skips this step (export then needs LLAMA_CPP_TOOLS_DIR).
 #
 # Why these build flags (x86-64):
 #   A default build uses GGML_NATIVE=ON (-march=native). On AMX-capable CPUs that turns on ggml's
@@ -34,7 +39,8 @@
 #
 # Environment: MEDTUNE_CACHE_DIR (default ~/.cache/medtune), MEDTUNE_LLAMA_SDIST (a local sdist),
 #   LLAMA_CPP_DIR (your llama.cpp checkout for the converter), CMAKE_ARGS, MEDTUNE_LLAMA_CPU,
-#   MEDTUNE_LLAMA_REBUILD=1 (ignore the cached wheel), PYTHON (default: python of the active venv).
+#   MEDTUNE_LLAMA_REBUILD=1 (ignore the cached wheel and tools), MEDTUNE_LLAMA_TOOLS=0 (skip step 4),
+#   PYTHON (default: python of the active venv).
 set -euo pipefail
 
 VERSION="0.3.36"   # keep in sync with LLAMA_CPP_PYTHON_VERSION in src/medtune/llamacpp.py
@@ -66,18 +72,20 @@ if [ ! -s "$SDIST" ]; then
 fi
 
 # ---- 2. the converter tree ------------------------------------------------------------------
-if [ ! -f "$TREE/.complete" ]; then
-  say "extracting the llama.cpp converter to $TREE"
+# The marker names what was extracted: a tree from an older script (no LoRA converter) is redone.
+TREE_LAYOUT="llama-cpp-python $VERSION: convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py"
+if [ "$(cat "$TREE/.complete" 2>/dev/null)" != "$TREE_LAYOUT" ]; then
+  say "extracting the llama.cpp converters to $TREE"
   tmp="$(mktemp -d "$CACHE/tree.XXXXXX")"
   top="llama_cpp_python-$VERSION/vendor/llama.cpp"
   tar -xzf "$SDIST" -C "$tmp" \
-    "$top/convert_hf_to_gguf.py" "$top/conversion" "$top/gguf-py" "$top/requirements" \
-    "$top/requirements.txt" "$top/LICENSE"
+    "$top/convert_hf_to_gguf.py" "$top/convert_lora_to_gguf.py" "$top/conversion" "$top/gguf-py" \
+    "$top/requirements" "$top/requirements.txt" "$top/LICENSE"
   rm -rf "$TREE"
   mv "$tmp/$top" "$TREE" && rm -rf "$tmp"
-  echo "llama-cpp-python $VERSION" > "$TREE/.complete"
+  echo "$TREE_LAYOUT" > "$TREE/.complete"
 fi
-# The converter puts its own gguf-py first on sys.path; its other imports must be in this Python.
+# The converters put their own gguf-py first on sys.path; their other imports must be in this Python.
 missing="$("$PY" - <<'EOF'
 import importlib.util
 need = {"numpy": "numpy", "torch": "torch", "sentencepiece": "sentencepiece",
@@ -161,6 +169,46 @@ shutil.copy(sys.argv[1], pathlib.Path(dist.locate_file("llama_cpp")) / "medtune_
 EOF
 fi
 
+# ---- 4. llama.cpp's tools: llama-imatrix, llama-quantize, llama-perplexity --------------------
+# Same tree, same CMake flags as the wheel (so the tools and the runtime agree on kernels and
+# numerics), static libraries so the binaries stand alone. Only the three targets are built.
+TOOLS="llama-imatrix llama-quantize llama-perplexity"
+TOOLS_RECIPE="tools-v1: $TOOLS; -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF"
+tools_dir="$CACHE/tools/llama.cpp-tools-$VERSION-$key"
+if [ "${MEDTUNE_LLAMA_TOOLS:-1}" = "0" ]; then
+  say "skipping llama.cpp's tools (MEDTUNE_LLAMA_TOOLS=0); export needs LLAMA_CPP_TOOLS_DIR then"
+elif [ "$(cat "$tools_dir/.complete" 2>/dev/null)" = "$TOOLS_RECIPE" ] && [ -z "${MEDTUNE_LLAMA_REBUILD:-}" ]; then
+  say "llama.cpp tools already built: $tools_dir/bin"
+else
+  command -v cmake >/dev/null 2>&1 || die "cmake is needed to build llama.cpp's tools (apt-get install cmake)"
+  say "building llama.cpp's $TOOLS (one time, a few minutes on 2 cores)"
+  mkdir -p "$CACHE/tools"
+  tmp="$(mktemp -d "$CACHE/tools/build.XXXXXX")"
+  start=$(date +%s)
+  tar -xzf "$SDIST" -C "$tmp" "llama_cpp_python-$VERSION/vendor/llama.cpp" --exclude='*/.git' \
+    --exclude="llama_cpp_python-$VERSION/vendor/llama.cpp/models" --exclude="llama_cpp_python-$VERSION/vendor/llama.cpp/docs"
+  src="$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp"
+  generator=()
+  command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+  # shellcheck disable=SC2086  # $cmake_args is a list of flags
+  { cmake -S "$src" -B "$tmp/build" "${generator[@]}" $cmake_args -DBUILD_SHARED_LIBS=OFF \
+      -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+    && cmake --build "$tmp/build" --config Release -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" --target $TOOLS; } \
+    > "$tmp/build.log" 2>&1 || { tail -40 "$tmp/build.log" >&2; die "building llama.cpp's tools failed; full log: $tmp/build.log"; }
+  rm -rf "$tools_dir"; mkdir -p "$tools_dir/bin"
+  for tool in $TOOLS; do cp "$tmp/build/bin/$tool" "$tools_dir/bin/"; done
+  mv "$tmp/build.log" "$tools_dir/" && rm -rf "$tmp"
+  printf '{"version": "%s", "key": "%s", "cmake_args": "%s", "compiler": "%s", "tools": "%s", "build_seconds": %s}\n' \
+    "$VERSION" "$key" "$cmake_args" "$cc_id" "$TOOLS" "$(( $(date +%s) - start ))" > "$tools_dir/build.json"
+  echo "$TOOLS_RECIPE" > "$tools_dir/.complete"
+  say "built llama.cpp's tools in $(( $(date +%s) - start )) s: $tools_dir/bin"
+fi
+if [ "${MEDTUNE_LLAMA_TOOLS:-1}" != "0" ]; then
+  "$tools_dir/bin/llama-quantize" --help > /dev/null 2>&1 || [ $? -eq 1 ] \
+    || die "$tools_dir/bin/llama-quantize does not run; rebuild with MEDTUNE_LLAMA_REBUILD=1"
+fi
+
 # ---- smoke check: the library loads and has no AMX kernels -----------------------------------
 "$PY" - <<'EOF' || die "the installed llama.cpp runtime does not load (see above)"
 import llama_cpp
@@ -170,4 +218,4 @@ if "AMX_INT8 = 1" in info:
 on = [f.split("=")[0].split(":")[-1].strip() for f in info.split("|") if f.strip().endswith("= 1")]
 print(f"[setup-llama-cpp] runtime ok: llama-cpp-python {llama_cpp.__version__}; CPU features in use: {' '.join(on) or 'none'}; AMX: off")
 EOF
-say "converter: $TREE/convert_hf_to_gguf.py"
+say "converters: $TREE/convert_hf_to_gguf.py, $TREE/convert_lora_to_gguf.py"

@@ -1,7 +1,8 @@
 """Export: tiny random Llamas (tied embeddings; llama3 rope scaling) with real tokenizers go through
-merge -> convert -> quantize -> load -> logit agreement; the embedded SmolLM2 (loaded by transformers
-from a GGUF) goes through the same path and must answer the seed question and stop; the Ollama
-Modelfile is derived from each chat template."""
+merge -> convert -> imatrix -> quantize -> load -> logit agreement -> quality table; the embedded
+SmolLM2 (loaded by transformers from a GGUF) goes through the same path, must answer the seed question
+and stop, and its LoRA adapter as GGUF on the dequantized base must match the merged file; the Ollama
+Modelfile is derived from each chat template. (Low-bit types, imatrix and bars: test_quant_quality.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import json
 
 import pytest
 from test_merge import make_adapter_run
+from test_quant_quality import SMALL, write_medical_splits
 
 from medtune import llamacpp
 from medtune.errors import ArtifactError
 
 needs_llama_cpp = pytest.mark.skipif(
-    not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file(),
-    reason=f"llama.cpp runtime/converter not installed: {llamacpp.SETUP_HINT} (CI does)",
+    not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file()
+    or not llamacpp.tools_available(),
+    reason=f"llama.cpp runtime/converter/tools not installed: {llamacpp.SETUP_HINT} (CI does)",
 )
 
 
@@ -26,13 +29,18 @@ def _read_fields(path, *keys):
     return {key: (reader.fields[key].contents() if key in reader.fields else None) for key in keys}
 
 
-def _export_tiny(tmp_path, base_dir, name):
+def _export_tiny(tmp_path, base_dir, name, *, full: bool):
+    from transformers import AutoTokenizer
+
     from medtune.export import export_gguf
     from medtune.merge import merge_adapter
 
     # Random tiny models have near-tied logits (16-bit rounding flips a few) and never say EOS.
-    export = {"quant_types": ["Q4_K_M", "Q8_0"], "min_f16_top1": 0.97, "answer_max_tokens": 16, "require_eos_stop": False}
+    # full: also the imatrix and the adapter GGUF (one variant is enough for those; CI time).
+    export = {**SMALL, "quant_types": ["Q4_K_M", "Q8_0"], "verify_prompts": 8, "adapter_gguf": full,
+              "imatrix": "auto" if full else "off"}
     config = make_adapter_run(tmp_path, base_dir, name=name, export=export)
+    write_medical_splits(config, AutoTokenizer.from_pretrained(str(base_dir)))
     merge_adapter(config)
     return config, export_gguf(config)
 
@@ -44,7 +52,7 @@ def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
     from medtune.artifacts import read_manifest
 
     base_dir = request.getfixturevalue("tiny_llama_dir" if variant == "tied" else "tiny_llama3_rope_dir")
-    config, result = _export_tiny(tmp_path, base_dir, f"tiny-{variant}")
+    config, result = _export_tiny(tmp_path, base_dir, f"tiny-{variant}", full=variant == "tied")
     folder = config.run_dir / "gguf"
     names = sorted(p.name for p in folder.glob("*.gguf"))
     assert names == sorted(f"tiny-{variant}-{t}.gguf" for t in ("F16", "Q4_K_M", "Q8_0"))
@@ -72,7 +80,24 @@ def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
     assert set(saved["quants"]) == {"Q4_K_M", "Q8_0"}
     entry = read_manifest(config.run_dir)["stages"]["export"]
     assert entry["status"] == "done" and entry["f16_top1_agreement"] == f16.top1_agreement
-    assert {"top1_agreement", "mean_kl", "size_bytes"} <= set(entry["quants"]["Q8_0"])
+    assert {"top1_agreement", "mean_kl", "size_bytes", "heldout_mean_kl", "heldout_p99_kl"} <= set(entry["quants"]["Q8_0"])
+    rows = [(r["type"], r["imatrix"], r["shipped"]) for r in result.quality["rows"]]
+    if variant != "tied":
+        assert rows == [("F16", False, True), ("Q4_K_M", False, True), ("Q8_0", False, True)]  # imatrix: off
+        assert result.adapter is None and not (folder / "adapter").exists()
+        return
+    assert (folder / f"tiny-{variant}.imatrix").is_file() and rows[1:3] == [("Q4_K_M", True, True), ("Q4_K_M", False, False)]
+
+    # The LoRA adapter as GGUF, on the base converted alongside it, matches the merged 16-bit file.
+    adapter = result.adapter
+    assert adapter["adapter_file"] == f"tiny-{variant}-lora-F16.gguf" and adapter["base_file"] == f"tiny-{variant}-base-F16.gguf"
+    assert adapter["top1_vs_merged"] >= 0.99 and saved["adapter_top1_vs_merged"] == adapter["top1_vs_merged"]
+    lora = folder / "adapter" / adapter["adapter_file"]
+    fields = _read_fields(lora, "general.type", "adapter.type", "adapter.lora.alpha")
+    assert fields == {"general.type": "adapter", "adapter.type": "lora", "adapter.lora.alpha": 16.0}
+    adapter_modelfile = (folder / "adapter" / "Modelfile").read_text()
+    assert f"FROM ./tiny-{variant}-base-F16.gguf\nADAPTER ./tiny-{variant}-lora-F16.gguf\n" in adapter_modelfile
+    assert f'PARAMETER stop "{eot}"' in adapter_modelfile
 
 
 @pytest.mark.slow
@@ -94,8 +119,10 @@ def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
     load_base_model(model_config, dtype=torch.float32).save_pretrained(base_dir)
     tokenizer = load_tokenizer(model_config)
     tokenizer.save_pretrained(base_dir)
-    config = make_adapter_run(tmp_path, base_dir, name="smol", export={"quant_types": ["Q8_0"]}, tokenizer=tokenizer,
-                              base="embedded:smollm2-135m-instruct")
+    config = make_adapter_run(tmp_path, base_dir, name="smol", tokenizer=tokenizer, base="embedded:smollm2-135m-instruct",
+                              export={"quant_types": ["Q8_0"], "quality_ctx": 256, "quality_chunks": 4, "imatrix": "off",
+                                      "adapter_gguf": True})
+    write_medical_splits(config, tokenizer)
     # A tiny adapter: the fine-tuned model must still be the chat model that knows when to stop.
     from safetensors.torch import load_file, save_file
 
@@ -112,6 +139,10 @@ def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
     assert result.metadata["license"] == "apache-2.0"
     # The embedded base is a Q4_1 GGUF, but Q8_0's grid is fine enough: no note about rounding twice.
     assert not any("rounded to Q4_1" in note for note in result.notes)
+    q8 = result.quality["rows"][1]
+    assert (q8["type"], q8["imatrix"]) == ("Q8_0", False) and q8["mean_kl"] <= 0.01  # the default bar, on real text
+    # The adapter GGUF on the dequantized Q4_1 base (converted to F16) is the merged model.
+    assert result.adapter["top1_vs_merged"] >= 0.99
 
 
 def test_gguf_weight_type_and_the_second_rounding_note(tmp_path):

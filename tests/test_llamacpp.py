@@ -26,6 +26,8 @@ def test_quant_type_names_come_from_llama_cpp():
     allowed = llamacpp.allowed_quant_types()
     assert "Q5_K_M" in allowed and "Q4_K" in allowed
     assert "IQ2_XS" not in allowed  # needs an importance matrix
+    assert "IQ2_XS" in llamacpp.allowed_quant_types(imatrix=True) and "F16" not in llamacpp.allowed_quant_types(imatrix=True)
+    assert llamacpp.normalize_quant_types(["iq2_xs", "IQ4_XS"], imatrix=True) == ["IQ2_XS", "IQ4_XS"]
 
 
 def test_normalize_quant_types_accepts_aliases_and_case():
@@ -62,8 +64,37 @@ def test_converter_from_llama_cpp_dir(tmp_path, monkeypatch):
 
 
 def test_descriptions_are_one_line():
-    for text in (llamacpp.runtime_description(), llamacpp.converter_description()):
+    for text in (llamacpp.runtime_description(), llamacpp.converter_description(), llamacpp.tools_description()):
         assert text and "\n" not in text
+
+
+def test_tools_from_llama_cpp_tools_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA_CPP_TOOLS_DIR", str(tmp_path))
+    with pytest.raises(ToolError, match="LLAMA_CPP_TOOLS_DIR=.* has no executable llama-perplexity"):
+        llamacpp.find_tool("llama-perplexity")
+    assert not llamacpp.tools_available()
+    script = tmp_path / "llama-perplexity"
+    script.write_text("#!/bin/sh\necho 'main: error: failed to open file'\nexit 3\n")
+    script.chmod(0o755)
+    assert llamacpp.find_tool("llama-perplexity") == script
+    with pytest.raises(ToolError, match=r"llama-perplexity failed \(exit 3\):\nmain: error: failed to open file"):
+        llamacpp.run_tool("llama-perplexity", ["-m", "x.gguf"])
+
+
+def test_a_perplexity_report_without_its_figures_is_an_error():
+    with pytest.raises(ToolError, match="no line matching"):
+        llamacpp.parse_perplexity_output("llama_model_load: error loading model\n", with_kl=True, ctx=512, model="m.gguf")
+
+
+@pytest.mark.skipif(not llamacpp.tools_available(), reason=f"llama.cpp tools not built: {llamacpp.SETUP_HINT} (CI does)")
+def test_the_pinned_tools_run():
+    for tool in llamacpp.TOOLS:
+        assert llamacpp.find_tool(tool).parent == llamacpp.tools_dir()
+    import subprocess
+
+    # llama-quantize prints its usage (and exits 1) for --help: the build is the one with imatrix support.
+    shown = subprocess.run([str(llamacpp.find_tool("llama-quantize")), "--help"], capture_output=True, text=True, timeout=30)
+    assert "--imatrix" in shown.stdout + shown.stderr
 
 
 @needs_runtime
@@ -80,6 +111,9 @@ def test_quantize_refuses_imatrix_types_and_missing_files(tmp_path):
         llamacpp.quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "IQ2_XS")
     with pytest.raises(ToolError, match="does not exist"):
         llamacpp.quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "Q8_0")
+    (tmp_path / "a.gguf").write_bytes(b"x")
+    with pytest.raises(ToolError, match="importance matrix .*missing.imatrix: the file does not exist"):
+        llamacpp.quantize_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "IQ2_XS", imatrix=tmp_path / "missing.imatrix")
 
 
 def _hf_logits(model_dir: Path, ids: list[int]):

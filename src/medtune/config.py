@@ -209,12 +209,52 @@ class MergeConfig(Section):
 
 
 class ExportConfig(Section):
-    """GGUF conversion and quantization through llama.cpp."""
+    """GGUF conversion and quantization through llama.cpp, and proof of each file's quality."""
 
     outtype: Literal["f16", "bf16"] = Field("f16", description="16-bit GGUF written by llama.cpp's converter.")
     quant_types: list[str] = Field(
         default_factory=lambda: ["Q4_K_M", "Q5_K_M", "Q8_0"],
-        description="llama.cpp quantization types to make from the 16-bit file.",
+        description="llama.cpp quantization types to make from the 16-bit file (low-bit types such as IQ4_XS, IQ3_M, "
+        "Q3_K_M, Q2_K gain most from an importance matrix; IQ1/IQ2/IQ3_XXS need one).",
+    )
+    imatrix: str = Field(
+        "auto",
+        description="Importance matrix the quants are made with: 'auto' computes one with llama.cpp's llama-imatrix on "
+        "the run's train split (runs/<name>/data/train; never the val split, which is the held-out corpus of the "
+        "quality table); 'off' quantizes without; or the path of an imatrix file (llama-imatrix's .gguf or .dat) made "
+        "for this model.",
+    )
+    imatrix_chunks: int = Field(
+        128, ge=2, description="At most this many chunks of imatrix_ctx tokens of calibration text for llama-imatrix."
+    )
+    imatrix_ctx: int = Field(512, ge=16, description="Tokens per llama-imatrix chunk (its default, 512).")
+    compare_without_imatrix: bool = Field(
+        True,
+        description="With an imatrix, also make every type without it (measured, not shipped) so the quality table "
+        "shows what the imatrix changed.",
+    )
+    quality_ctx: int = Field(
+        512, ge=16,
+        description="Tokens per llama-perplexity chunk on the val split; it scores the second half of each chunk.",
+    )
+    quality_chunks: int = Field(
+        32, ge=1,
+        description="At most this many chunks of the val split for the quality table (the 16-bit file's saved "
+        "log-probabilities take chunks x quality_ctx/2 x vocabulary x 2 bytes of scratch disk).",
+    )
+    max_mean_kl: dict[str, float] = Field(
+        default_factory=lambda: {"Q8_0": 0.01, "Q4_K_M": 0.1},
+        description="Bars, per quant type: the shipped file's mean KL divergence from the 16-bit file on the val split "
+        "(nats per token) must not exceed this, else the export fails with the figure. Types not made are ignored.",
+    )
+    adapter_gguf: bool = Field(
+        False,
+        description="Also write the LoRA adapter as a GGUF (llama.cpp's convert_lora_to_gguf.py) under gguf/adapter/: "
+        "<name>-lora-F16.gguf, the base model as <name>-base-F16.gguf, and a Modelfile with ADAPTER; checked by "
+        "loading base + adapter in llama.cpp against the merged 16-bit file.",
+    )
+    min_adapter_top1: float = Field(
+        0.99, ge=0, le=1, description="Required next-token agreement of base GGUF + adapter GGUF with the merged 16-bit GGUF."
     )
     verify_prompts: int = Field(8, ge=1, description="Validation prompts for logit agreement checks.")
     min_f16_top1: float = Field(0.99, ge=0, le=1, description="Required top-1 agreement of the 16-bit GGUF with the merged model.")
@@ -237,17 +277,54 @@ class ExportConfig(Section):
     def _known_quant_types(cls, value: list[str]) -> list[str]:
         from medtune.llamacpp import normalize_quant_types
 
-        try:  # names come from llama.cpp's own type list (the pinned runtime's enum)
-            return normalize_quant_types(value, outtype="none")
+        try:  # names come from llama.cpp's own type list (the pinned runtime's enum); imatrix is checked below
+            return normalize_quant_types(value, outtype="none", imatrix=True)
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("export.quant_types: ")) from None
 
+    @field_validator("max_mean_kl")
+    @classmethod
+    def _bars_name_types(cls, value: dict[str, float]) -> dict[str, float]:
+        from medtune.llamacpp import normalize_quant_types
+
+        bars = {}
+        for name, bar in value.items():
+            try:
+                (canonical,) = normalize_quant_types([name], outtype="none", imatrix=True)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("export.quant_types: ")) from None
+            if not bar > 0:
+                raise ValueError(f"the bar for {name} must be a positive KL divergence in nats (got {bar})")
+            bars[canonical] = float(bar)
+        return bars
+
+    @field_validator("imatrix")
+    @classmethod
+    def _imatrix_choice(cls, value: str) -> str:
+        value = str(value).strip()
+        if value.lower() in ("auto", "off"):
+            return value.lower()
+        if not Path(value).expanduser().is_file():
+            raise ValueError(f"{value!r} is neither auto, off, nor an existing imatrix file")
+        return value
+
+    @field_validator("imatrix", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False or value is None else value  # YAML 1.1 reads a bare off as false
+
     @model_validator(mode="after")
     def _quant_not_outtype(self) -> ExportConfig:
+        from medtune.llamacpp import NEEDS_IMATRIX
+
         if self.outtype.upper() in self.quant_types:
             raise ValueError(f"quant_types lists {self.outtype.upper()}, the 16-bit file export.outtype already writes")
         if self.modelfile_type and self.modelfile_type.upper() not in {*self.quant_types, self.outtype.upper()}:
             raise ValueError(f"modelfile_type {self.modelfile_type!r} is not made: use one of quant_types or {self.outtype.upper()}")
+        needing = [t for t in self.quant_types if t in NEEDS_IMATRIX]
+        if needing and self.imatrix == "off":
+            raise ValueError(f"quant_types {', '.join(needing)} need an importance matrix, and export.imatrix is off: "
+                             "set export.imatrix to auto (or an imatrix file) or drop them")
         return self
 
 

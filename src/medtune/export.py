@@ -7,14 +7,20 @@ its runtime loads each result. Checks, each aimed at a way exported chat models 
 - the runtime's own chat path (GGUF template + llama.cpp tokenizer) produces exactly the tokens
   transformers produces for the same conversation (no double BOS, no tokenizer drift);
 - 16-bit next-token predictions agree with the merged HF model (>= export.min_f16_top1);
-- each quant's top-1 agreement and mean KL divergence against the 16-bit file;
-- a greedy answer to the seed's test question with every file, which must end by EOS.
+- each quant's top-1 agreement and mean KL divergence against the 16-bit file on the chat prompts;
+- a greedy answer to the seed's test question with every file, which must end by EOS;
+- the quality table (`medtune.quality`): perplexity, mean and 99th-percentile KL and top-1 agreement
+  against the 16-bit file on the run's held-out val split, through llama.cpp's llama-perplexity,
+  for every quant made with the importance matrix (`medtune.imatrix`) and, for comparison, without;
+  a shipped file above its bar (`export.max_mean_kl`) fails the stage with the figure;
+- optionally the LoRA adapter as GGUF, checked on its base against the merged file (`medtune.lora_gguf`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +31,10 @@ from typing import Any
 from medtune.artifacts import atomic_dir, atomic_write_json, atomic_write_text
 from medtune.config import EMBEDDED_MODEL, RunConfig
 from medtune.errors import ArtifactError
+from medtune.imatrix import prepare_imatrix
+from medtune.lora_gguf import export_adapter_gguf
 from medtune.merge import encode_prompt, merged_dir, prompt_logits, verification_texts
+from medtune.quality import CorpusText, QualityMeter, QualityTable, check_bars, count_tokens, split_text
 
 SEED_TEST_QUESTION = (
     "A patient presents with severe headache and neck stiffness. What is the most likely diagnosis? "
@@ -68,6 +77,9 @@ class ExportResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    imatrix: dict[str, Any] | None = None  # ImatrixInfo.figures(), None: quantized without one
+    quality: dict[str, Any] | None = None  # QualityTable.figures()
+    adapter: dict[str, Any] | None = None  # AdapterGGUF.figures() when export.adapter_gguf
 
     @property
     def f16_top1_agreement(self) -> float:
@@ -77,10 +89,15 @@ class ExportResult:
         out = asdict(self)
         out["gguf_dir"] = str(self.gguf_dir)
         out["f16_top1_agreement"] = self.f16_top1_agreement
+        shipped = {row["type"]: row for row in (self.quality or {}).get("rows", []) if row["shipped"]}
         out["quants"] = {
-            f.type: {"top1_agreement": f.top1_agreement, "mean_kl": f.mean_kl, "size_bytes": f.size_bytes}
+            f.type: {"top1_agreement": f.top1_agreement, "mean_kl": f.mean_kl, "size_bytes": f.size_bytes,
+                     **({f"heldout_{k}": shipped[f.type][k] for k in ("perplexity", "mean_kl", "p99_kl", "top1_agreement")}
+                        if f.type in shipped else {})}
             for f in self.files[1:]
         }
+        if self.adapter:
+            out["adapter_top1_vs_merged"] = self.adapter["top1_vs_merged"]
         return out
 
 
@@ -121,9 +138,13 @@ def export_gguf(config: RunConfig) -> ExportResult:
     started = time.perf_counter()
     export = config.export
     out_type = export.outtype.upper()
-    quant_types = normalize_quant_types(export.quant_types, export.outtype)  # before any slow work
+    quant_types = normalize_quant_types(export.quant_types, export.outtype, imatrix=True)  # before any slow work
     llamacpp.load_runtime()
     llamacpp.find_converter()
+    for tool in llamacpp.TOOLS:  # llama-perplexity measures every file; -imatrix/-quantize make the imatrix quants
+        llamacpp.find_tool(tool)
+    if export.adapter_gguf:
+        llamacpp.find_lora_converter()
     source = merged_dir(config)
     missing = [name for name in MERGED_REQUIRED if not (source / name).is_file()]
     if not source.is_dir() or missing or not any(source.glob("*.safetensors")):
@@ -134,6 +155,7 @@ def export_gguf(config: RunConfig) -> ExportResult:
     threads = export.n_threads or llamacpp.default_threads()
     conversations, texts, prompt_source = verification_texts(config.run_dir, tokenizer, export.verify_prompts)
     prompts = [encode_prompt(tokenizer, text) for text in texts]
+    corpus, corpus_tokens = _heldout_corpus(config, tokenizer)  # fails early when it is too short
     seed_messages = ([{"role": "system", "content": config.data.system_prompt}] if config.data.system_prompt else []) + [
         {"role": "user", "content": SEED_TEST_QUESTION}
     ]
@@ -141,7 +163,9 @@ def export_gguf(config: RunConfig) -> ExportResult:
 
     timings: dict[str, float] = {}
     with progress() as bar, atomic_dir(gguf_dir(config)) as tmp, ThreadPoolExecutor(max_workers=1) as side:
-        steps = bar.add_task("export", total=2 + len(quant_types) + len(quant_types) + 1)
+        steps = bar.add_task("export", total=4 + 3 * len(quant_types) + 1 + int(export.adapter_gguf))
+        scratch = tmp / ".scratch"  # inside the temporary folder: gone with it if anything fails
+        scratch.mkdir()
         # Overlap: the converter is a subprocess and the quantizer is C code (both release the GIL),
         # so the transformers reference logits and the GGUFReader check run alongside them.
         reference = side.submit(_timed, timings, "reference_logits", _hf_top1, source, prompts, threads)
@@ -156,12 +180,53 @@ def export_gguf(config: RunConfig) -> ExportResult:
         # GGUFReader parses the whole vocabulary in Python (seconds per file): the 16-bit file is
         # read with it; every file's metadata is also checked as the runtime reads it (_answer).
         checked = side.submit(_timed, timings, "metadata_check", _check_metadata, config, f16_path, tokenizer, end_of_turn, eot_id)
+        bar.update(steps, description="importance matrix" if export.imatrix != "off" else "quantize")
+        imatrix, imatrix_note = _timed(timings, "imatrix", prepare_imatrix, config, f16_path, tmp, tokenizer, threads)
+        imatrix_path = tmp / imatrix.file if imatrix else None
+        if imatrix_note:
+            notes.append(imatrix_note)
+        needing = [t for t in quant_types if t in llamacpp.NEEDS_IMATRIX]
+        if needing and imatrix is None:
+            raise ArtifactError(f"{', '.join(needing)} need an importance matrix and there is none ({imatrix_note}); "
+                                "drop them from export.quant_types or give export.imatrix a file")
+        bar.advance(steps)
+
+        # The quality table: the 16-bit file first (its log-probabilities are the reference), then
+        # every quant as shipped and, with an imatrix, the same type without it (made, measured, deleted).
+        corpus_file = scratch / "heldout.txt"
+        corpus_file.write_text(corpus.text, encoding="utf-8")
+        meter = QualityMeter(f16_path, corpus_file, scratch, ctx=export.quality_ctx, chunks=export.quality_chunks, threads=threads)
+        bar.update(steps, description=f"perplexity of {out_type} on the val split")
+        quality_rows = [_timed(timings, f"quality_{out_type}", meter.reference, out_type)]
+        bar.advance(steps)
         for type_name in quant_types:
-            bar.update(steps, description=f"quantize {type_name}")
+            bar.update(steps, description=f"quantize {type_name}" + (" with the imatrix" if imatrix else ""))
             t0 = time.perf_counter()
-            path = llamacpp.quantize_gguf(f16_path, tmp / gguf_name(config, type_name), type_name, n_threads=os.cpu_count())
+            path = llamacpp.quantize_gguf(f16_path, tmp / gguf_name(config, type_name), type_name,
+                                          n_threads=os.cpu_count(), imatrix=imatrix_path)
             made[type_name] = (path, time.perf_counter() - t0)
             bar.advance(steps)
+            bar.update(steps, description=f"perplexity and KL of {type_name}")
+            quality_rows.append(_timed(timings, f"quality_{type_name}", meter.measure, path, type_name,
+                                       imatrix=imatrix is not None, shipped=True))
+            if imatrix is not None and export.compare_without_imatrix and type_name not in llamacpp.NEEDS_IMATRIX:
+                plain = llamacpp.quantize_gguf(f16_path, scratch / gguf_name(config, type_name), type_name, n_threads=os.cpu_count())
+                quality_rows.append(_timed(timings, f"quality_{type_name}_no_imatrix", meter.measure, plain, type_name,
+                                           imatrix=False, shipped=False))
+                plain.unlink()
+            bar.advance(steps)
+        quality = QualityTable(corpus.source, corpus.records, corpus_tokens, export.quality_ctx, meter.chunks_used,
+                               meter.positions, quality_rows)
+        failed = check_bars(quality, export.max_mean_kl, out_type)
+        if failed:
+            message = (
+                "; ".join(failed) + f". Not shipped: the export failed and the previous {gguf_dir(config)} was kept "
+                "(the whole table is in manifest.json under stages.export.quality). Raise the bar, drop the type, or use "
+                "a finer one" + ("; the base is a quantized GGUF, so lower-bit types round its weights twice (BENCHMARKS.md)"
+                                 if _quantized_base_note(config, quant_types) else "")
+            )
+            _record_failure(config, message, quality, imatrix)
+            raise ArtifactError(message)
         bar.update(steps, description="check metadata and chat prompt")
         metadata = checked.result()
         metadata.update(_check_chat_prompt(f16_path, tokenizer, conversations[0], threads))
@@ -189,7 +254,6 @@ def export_gguf(config: RunConfig) -> ExportResult:
                           round(top1, 4), None if kl is None else round(kl, 5), answer, n_tokens, stopped, round(seconds, 2))
             )
             bar.advance(steps)
-        del f16_logprobs
 
         _enforce(config, checks, metadata)
         base_note = _quantized_base_note(config, quant_types)
@@ -201,11 +265,23 @@ def export_gguf(config: RunConfig) -> ExportResult:
         modelfile, template_note = None, "not written (export.ollama_modelfile: false)"
         if export.ollama_modelfile:
             modelfile, template_note = _write_modelfile(config, tmp, tokenizer, end_of_turn, checks, metadata)
+        adapter = None
+        if export.adapter_gguf:
+            bar.update(steps, description="LoRA adapter as GGUF")
+            modelfile_args = ({"end_of_turn": end_of_turn, "runtime_adds_bos": bool(metadata.get("runtime_adds_bos")),
+                               "license_text": base_model_info(config)[2]} if export.ollama_modelfile else None)
+            adapter = _timed(timings, "adapter_gguf", export_adapter_gguf, config, tmp, source, tokenizer, f16_logprobs,
+                             prompts, threads, modelfile_args)
+            bar.advance(steps)
+        del f16_logprobs
+        shutil.rmtree(scratch)
         positions = sum(len(p) for p in prompts)
         result = ExportResult(
             gguf_dir=gguf_dir(config), outtype=out_type, files=checks, metadata=metadata, modelfile=modelfile,
             modelfile_template=template_note, prompts=len(prompts), positions=positions, prompt_source=prompt_source,
             n_threads=threads, seconds=0.0, timings=timings, notes=notes,
+            imatrix=imatrix.figures() if imatrix else None, quality=quality.figures(),
+            adapter=adapter.figures() if adapter else None,
         )
         atomic_write_json(tmp / "verification.json", result.figures())
         bar.update(steps, description="done")
@@ -214,13 +290,39 @@ def export_gguf(config: RunConfig) -> ExportResult:
     return result
 
 
+def _heldout_corpus(config: RunConfig, tokenizer) -> tuple[CorpusText, int]:
+    """The quality table's text: the run's val split (else medtune's shipped held-out sample), as
+    many records as export.quality_chunks chunks need; with its token count. Raises ArtifactError
+    when it is shorter than the two chunks llama-perplexity needs."""
+    from medtune.data.loading import builtin_path
+
+    export = config.export
+    ctx = export.quality_ctx
+    val = config.run_dir / "data" / "val"
+    if val.is_dir():
+        corpus = split_text(val, max_tokens=(export.quality_chunks + 1) * ctx)
+        corpus.source = f"the val split ({corpus.records} held-out records)"
+    else:
+        lines = builtin_path("builtin:reasonmed-heldout").read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        text = "\n\n".join(f"{r['instruction']}\n\n{r['output']}".strip() for r in records) + "\n"
+        corpus = CorpusText(text, len(records), f"medtune's held-out sample ({len(records)} records; the run has no val split)")
+    tokens = count_tokens(tokenizer, corpus.text)
+    if tokens < 2 * ctx:
+        raise ArtifactError(
+            f"the held-out text for the quality table ({corpus.source}) is {tokens} tokens, and llama-perplexity needs at "
+            f"least 2 x export.quality_ctx = {2 * ctx}: lower export.quality_ctx or raise data.val_size"
+        )
+    return corpus, tokens
+
+
 # ---- steps --------------------------------------------------------------------------------------
 
 
-def _timed(timings: dict[str, float], name: str, function, *args):
+def _timed(timings: dict[str, float], name: str, function, *args, **kwargs):
     started = time.perf_counter()
     try:
-        return function(*args)
+        return function(*args, **kwargs)
     finally:
         timings[name] = round(time.perf_counter() - started, 2)
 
@@ -496,6 +598,17 @@ def _write_modelfile(config: RunConfig, folder: Path, tokenizer, end_of_turn: st
     )
     atomic_write_text(folder / "Modelfile", modelfile.text)
     return "Modelfile", modelfile.template
+
+
+def _record_failure(config: RunConfig, message: str, quality: QualityTable, imatrix) -> None:
+    """Mark the export stage failed in the manifest, with the figures that failed it (gguf/ is untouched)."""
+    from medtune.artifacts import read_manifest, record_stage
+
+    entry = read_manifest(config.run_dir).get("stages", {}).get("export", {})
+    record_stage(config.run_dir, "export", {
+        **{k: v for k, v in entry.items() if k in ("fingerprint",)}, "status": "failed", "error": message,
+        "quality": quality.figures(), "imatrix": imatrix.figures() if imatrix else None,
+    })
 
 
 def _record(config: RunConfig, result: ExportResult) -> None:

@@ -4,9 +4,14 @@ One llama.cpp version serves every step so converter, quantizer and runtime agre
 the llama-cpp-python sdist (LLAMA_CPP_PYTHON_VERSION) vendors the full llama.cpp tree it builds.
 `scripts/setup-llama-cpp.sh` builds the runtime from that sdist with safe CPU flags (see the script
 for why: GCC 12 miscompiles ggml's AMX kernels) and extracts the converter
-(`convert_hf_to_gguf.py` + its `gguf-py`) into the cache. `LLAMA_CPP_DIR` points at your own
-llama.cpp checkout instead. The quantizer is llama.cpp's C API (`llama_model_quantize`) in the
-runtime library, so no separate binary is needed.
+(`convert_hf_to_gguf.py`, `convert_lora_to_gguf.py` + their `gguf-py`) into the cache, and builds
+three of llama.cpp's own tools from the same tree with the same flags: `llama-imatrix`,
+`llama-quantize` and `llama-perplexity`. `LLAMA_CPP_DIR` points at your own llama.cpp checkout for
+the converters, `LLAMA_CPP_TOOLS_DIR` at a folder holding your own build of the tools.
+Plain quantization is llama.cpp's C API (`llama_model_quantize`) in the runtime library; with an
+importance matrix it is the `llama-quantize` tool, which reads the imatrix file exactly as
+llama.cpp writes it (the C API takes the matrix as an in-memory array, and loading its GGUF
+format is the tool's job).
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ if TYPE_CHECKING:
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # keep in sync with VERSION in scripts/setup-llama-cpp.sh
 SETUP_HINT = "run `bash scripts/setup-llama-cpp.sh` with the project's virtualenv active"
 CONVERTER = "convert_hf_to_gguf.py"
+LORA_CONVERTER = "convert_lora_to_gguf.py"
+TOOLS = ("llama-imatrix", "llama-quantize", "llama-perplexity")
 
 # Types whose low-bit tensors llama.cpp refuses to make without an importance matrix
-# (llama-quant.cpp: tensor_requires_imatrix); medtune does not compute one.
+# (llama-quant.cpp: tensor_requires_imatrix); allowed only with export.imatrix on.
 NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"})
 # Short names llama-quantize accepts as aliases (tools/quantize/quantize.cpp).
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
@@ -120,6 +127,65 @@ def find_converter() -> Path:
     return script
 
 
+def find_lora_converter() -> Path:
+    """Path of convert_lora_to_gguf.py (next to convert_hf_to_gguf.py). Raises ToolError saying how to get it."""
+    folder = find_converter().parent
+    script = folder / LORA_CONVERTER
+    if not script.is_file():
+        raise ToolError(f"{folder} has no {LORA_CONVERTER} (a tree extracted by an older set-up script): {SETUP_HINT}")
+    return script
+
+
+def tools_dir() -> Path | None:
+    """Folder of llama-imatrix/-quantize/-perplexity: $LLAMA_CPP_TOOLS_DIR, else the set-up script's
+    build for the installed runtime (same key as its wheel), else None."""
+    user = os.environ.get("LLAMA_CPP_TOOLS_DIR")
+    if user:
+        return Path(user).expanduser()
+    key = (runtime_build_info() or {}).get("key")
+    if not key:
+        return None
+    return cache_dir() / "tools" / f"llama.cpp-tools-{LLAMA_CPP_PYTHON_VERSION}-{key}" / "bin"
+
+
+def find_tool(name: str) -> Path:
+    """Path of one of llama.cpp's tools (TOOLS). Raises ToolError saying how to build it."""
+    folder = tools_dir()
+    path = folder / name if folder else None
+    if path is None or not path.is_file() or not os.access(path, os.X_OK):
+        if os.environ.get("LLAMA_CPP_TOOLS_DIR"):
+            raise ToolError(f"LLAMA_CPP_TOOLS_DIR={folder} has no executable {name}; point it at a llama.cpp build's bin/ or unset it")
+        where = f" at {path}" if path else " (the runtime was not built by the set-up script)"
+        raise ToolError(f"llama.cpp's {name} not found{where}: {SETUP_HINT} (it builds {', '.join(TOOLS)})")
+    return path
+
+
+def tools_available() -> bool:
+    """True when all of TOOLS are found (used by tests to skip with a reason)."""
+    try:
+        for name in TOOLS:
+            find_tool(name)
+    except ToolError:
+        return False
+    return True
+
+
+def run_tool(name: str, args: Sequence[str | Path], *, timeout: float | None = None) -> str:
+    """Run one of llama.cpp's tools and return its combined output; ToolError with its last lines on failure."""
+    command = [str(find_tool(name)), *(str(a) for a in args)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"{name} timed out after {timeout} s") from exc
+    output = (done.stdout or "") + (done.stderr or "")
+    if done.returncode != 0:
+        lines = output.strip().splitlines()
+        errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+        tail = "\n".join((errors or lines)[-8:])
+        raise ToolError(f"{name} failed (exit {done.returncode}):\n{tail}")
+    return output
+
+
 def converter_description() -> str:
     """One line for `medtune info`: where the converter is, or how to install it."""
     try:
@@ -128,6 +194,16 @@ def converter_description() -> str:
         return f"not installed: {exc}" if "not installed" not in str(exc) else str(exc)
     source = "LLAMA_CPP_DIR" if os.environ.get("LLAMA_CPP_DIR") else f"pinned to llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}"
     return f"{script} ({source})"
+
+
+def tools_description() -> str:
+    """One line for `medtune info`: where llama.cpp's tools are, or how to build them."""
+    try:
+        found = [find_tool(name) for name in TOOLS]
+    except ToolError as exc:
+        return f"not installed: {exc}"
+    source = "LLAMA_CPP_TOOLS_DIR" if os.environ.get("LLAMA_CPP_TOOLS_DIR") else "built with the runtime's flags"
+    return f"{found[0].parent} ({', '.join(TOOLS)}; {source})"
 
 
 # ---- the runtime --------------------------------------------------------------------------------
@@ -208,18 +284,21 @@ def open_gguf(
     logits_all: bool = False,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
+    lora_path: str | Path | None = None,
     verbose: bool = False,
 ) -> llama_cpp.Llama:
     """Load a GGUF file in the pinned llama.cpp runtime.
 
     n_ctx: context length (tokens); logits_all: keep logits for every position (needed for
     scoring a whole sequence; costs n_ctx x vocab floats); n_threads: CPU threads (default:
-    default_threads()). Also sets n_batch = n_ctx so one eval() call scores a whole prompt.
+    default_threads()); lora_path: a GGUF LoRA adapter applied on load (scale 1). Also sets n_batch = n_ctx so one eval() call scores a whole prompt.
     Raises ToolError if the runtime is missing/unsafe or the file does not load.
     """
     path = Path(path)
     if not path.is_file():
         raise ToolError(f"GGUF file {path} does not exist")
+    if lora_path is not None and not Path(lora_path).is_file():
+        raise ToolError(f"GGUF adapter {lora_path} does not exist")
     llama_cpp = load_runtime()
     threads = n_threads or default_threads()
     log = io.StringIO()
@@ -234,6 +313,7 @@ def open_gguf(
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=n_gpu_layers,
+                lora_path=str(lora_path) if lora_path is not None else None,
                 verbose=verbose,
             )
     except (ValueError, RuntimeError) as exc:
@@ -284,22 +364,25 @@ _PINNED_FTYPES = {
 }  # fmt: skip
 
 
-def allowed_quant_types() -> list[str]:
-    """Type names accepted in export.quant_types (llama.cpp's list minus imatrix-only types)."""
-    return sorted(set(quant_type_names()) - NEEDS_IMATRIX) + sorted(ALIASES)
+def allowed_quant_types(imatrix: bool = False) -> list[str]:
+    """Type names accepted in export.quant_types (without an importance matrix: minus the types that need one)."""
+    names = set(quant_type_names()) - {"F32", "F16", "BF16"}
+    return sorted(names if imatrix else names - NEEDS_IMATRIX) + sorted(ALIASES)
 
 
-def normalize_quant_types(names: Sequence[str], outtype: str = "f16") -> list[str]:
+def normalize_quant_types(names: Sequence[str], outtype: str = "f16", *, imatrix: bool = False) -> list[str]:
     """Canonical upper-case type names, in order, without duplicates.
 
+    imatrix: whether an importance matrix will be used (then the types that need one are allowed).
     Raises ConfigError naming every unknown/unsupported name and the allowed ones.
     """
     known = quant_type_names()
     problems, result = [], []
     for raw in names:
         name = ALIASES.get(str(raw).strip().upper(), str(raw).strip().upper())
-        if name in NEEDS_IMATRIX:
-            problems.append(f"{raw!r} needs an importance matrix (imatrix), which medtune does not compute")
+        if name in NEEDS_IMATRIX and not imatrix:
+            problems.append(f"{raw!r} needs an importance matrix, and export.imatrix is off: set export.imatrix to auto "
+                            "(or an imatrix file) or drop it")
         elif name not in known:
             problems.append(f"{raw!r} is not a llama.cpp quantization type")
         elif name == outtype.upper():
@@ -308,7 +391,7 @@ def normalize_quant_types(names: Sequence[str], outtype: str = "f16") -> list[st
             result.append(name)
     if problems:
         raise ConfigError(
-            "export.quant_types: " + "; ".join(problems) + f". Allowed: {', '.join(allowed_quant_types())}"
+            "export.quant_types: " + "; ".join(problems) + f". Allowed: {', '.join(allowed_quant_types(imatrix))}"
         )
     return result
 
@@ -354,18 +437,35 @@ def convert_to_gguf(
     return out_path
 
 
-def quantize_gguf(src: str | Path, dst: str | Path, type_name: str, *, n_threads: int | None = None) -> Path:
-    """Quantize a 16-bit GGUF to `type_name` (e.g. Q4_K_M) with llama.cpp's llama_model_quantize.
+def quantize_gguf(
+    src: str | Path, dst: str | Path, type_name: str, *, n_threads: int | None = None, imatrix: str | Path | None = None
+) -> Path:
+    """Quantize a 16-bit GGUF to `type_name` (e.g. Q4_K_M) with llama.cpp's quantizer.
 
-    Always quantize from the 16-bit file (never re-quantize a quantized one). The output appears
-    atomically at dst. Raises ConfigError for unknown types, ToolError if llama.cpp fails.
+    imatrix: an importance matrix file (llama-imatrix's GGUF or legacy .dat format) to weight the
+    rounding errors with; then llama.cpp's `llama-quantize` tool does the work (it loads that file),
+    else the runtime's llama_model_quantize. Always quantize from the 16-bit file (never re-quantize
+    a quantized one). The output appears atomically at dst. Raises ConfigError for unknown types (or
+    one that needs an imatrix without one), ToolError if llama.cpp fails.
     """
     from medtune.artifacts import atomic_file
 
-    (name,) = normalize_quant_types([type_name], outtype="none")
+    (name,) = normalize_quant_types([type_name], outtype="none", imatrix=imatrix is not None)
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise ToolError(f"cannot quantize: {src} does not exist")
+    if imatrix is not None:
+        if not Path(imatrix).is_file():
+            raise ToolError(f"cannot quantize with importance matrix {imatrix}: the file does not exist")
+        threads = n_threads or os.cpu_count() or 1
+        with atomic_file(dst) as tmp:
+            try:
+                run_tool("llama-quantize", ["--imatrix", imatrix, src, tmp, name, threads])
+            except ToolError as exc:
+                raise ToolError(f"llama.cpp could not quantize {src.name} to {name} with {Path(imatrix).name}: {exc}") from exc
+            if not tmp.is_file():
+                raise ToolError(f"llama-quantize wrote no {name} file for {src.name}")
+        return dst
     llama_cpp = load_runtime()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quant_type_names()[name]
@@ -377,3 +477,117 @@ def quantize_gguf(src: str | Path, dst: str | Path, type_name: str, *, n_threads
             errors = [line for line in log.getvalue().splitlines() if "error" in line.lower() or "failed" in line.lower()]
             raise ToolError(f"llama.cpp could not quantize {src.name} to {name}: " + ("; ".join(errors[-3:]) or f"status {status}"))
     return dst
+
+
+def convert_lora_to_gguf(
+    adapter_dir: str | Path, base_config_dir: str | Path, out_path: str | Path, outtype: str = "f16", *, timeout: float | None = None
+) -> Path:
+    """Convert a PEFT LoRA adapter folder to a GGUF adapter with llama.cpp's convert_lora_to_gguf.py.
+
+    base_config_dir: a Hugging Face folder with the base model's config.json (the converter reads
+    only the architecture from it, not the weights). The output appears atomically at out_path.
+    Raises ToolError with the converter's last lines.
+    """
+    from medtune.artifacts import atomic_file
+
+    script = find_lora_converter()
+    if outtype not in ("f16", "bf16", "f32", "q8_0"):
+        raise ConfigError(f"LoRA converter output type {outtype!r} is not one of f16, bf16, f32, q8_0")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NO_LOCAL_GGUF", None)
+    with atomic_file(Path(out_path)) as tmp:
+        command = [sys.executable, str(script), str(adapter_dir), "--base", str(base_config_dir), "--outfile", str(tmp), "--outtype", outtype]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ToolError(f"llama.cpp's LoRA converter timed out after {timeout} s on {adapter_dir}") from exc
+        if done.returncode != 0 or not tmp.is_file():
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+            raise ToolError(f"llama.cpp's LoRA converter failed on {adapter_dir} (exit {done.returncode}):\n{tail}")
+    return Path(out_path)
+
+
+# ---- llama.cpp's measuring tools ----------------------------------------------------------------
+
+
+def compute_imatrix(
+    model: str | Path, text_file: str | Path, out_path: str | Path, *, ctx: int, chunks: int, n_threads: int | None = None
+) -> dict[str, Any]:
+    """An importance matrix for `model` on the calibration text, with llama.cpp's llama-imatrix.
+
+    Runs at most `chunks` chunks of `ctx` tokens (the tool needs at least two). Writes the GGUF
+    imatrix format atomically at out_path; returns {"chunks": chunks used, "seconds": wall time}.
+    Raises ToolError when the tool fails (its error lines in the message).
+    """
+    import time
+
+    from medtune.artifacts import atomic_file
+
+    started = time.perf_counter()
+    threads = n_threads or default_threads()
+    with atomic_file(Path(out_path)) as tmp:
+        # --no-ppl: the matrix needs only the activations, not the logits of every token.
+        output = run_tool("llama-imatrix", [
+            "-m", model, "-f", text_file, "-o", tmp, "--output-format", "gguf", "-c", ctx, "--chunks", chunks,
+            "-t", threads, "-tb", threads, "--no-ppl",
+        ])
+        if not tmp.is_file():
+            raise ToolError(f"llama-imatrix wrote no file for {Path(model).name}:\n" + "\n".join(output.splitlines()[-8:]))
+    found = re.search(r"computing over (\d+) chunks", output)
+    return {"chunks": int(found.group(1)) if found else None, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def perplexity_kl(
+    model: str | Path,
+    text_file: str | Path,
+    *,
+    ctx: int,
+    chunks: int,
+    base_logits: str | Path,
+    write_base: bool,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
+    """Perplexity of `model` on a text file, and KL divergence from a 16-bit reference, with
+    llama.cpp's llama-perplexity (it scores the second half of every chunk of `ctx` tokens).
+
+    write_base=True: `model` is the reference; its log-probabilities are saved to base_logits
+    (--kl-divergence-base) and only its perplexity is measured. write_base=False: base_logits is
+    read back and the result also has mean_kl, p99_kl (nats) and top1_agreement (llama.cpp's "same
+    top p", a fraction). Every result has perplexity, bits_per_weight, chunks and positions.
+    Raises ToolError when the tool fails or its report cannot be read.
+    """
+    threads = n_threads or default_threads()
+    # -lv 4: the loader's info lines too, which carry the file's bits per weight.
+    args = ["-m", model, "-c", ctx, "--chunks", chunks, "-t", threads, "-tb", threads, "--kl-divergence-base", base_logits, "-lv", 4]
+    if write_base:
+        args += ["-f", text_file]
+    else:
+        args += ["--kl-divergence"]
+    output = run_tool("llama-perplexity", args)
+    return parse_perplexity_output(output, with_kl=not write_base, ctx=ctx, model=Path(model).name)
+
+
+def parse_perplexity_output(output: str, *, with_kl: bool, ctx: int, model: str = "model") -> dict[str, Any]:
+    """The figures of a llama-perplexity report (see perplexity_kl). Raises ToolError if one is missing."""
+
+    def number(pattern: str) -> float:
+        found = re.search(pattern, output)
+        if not found:
+            tail = "\n".join(output.strip().splitlines()[-6:])
+            raise ToolError(f"llama-perplexity's report on {model} has no line matching {pattern!r}:\n{tail}")
+        return float(found.group(1))
+
+    chunks = int(number(r"(?:computing|calculating perplexity) over (\d+) chunks"))
+    result: dict[str, Any] = {
+        "bits_per_weight": number(r"file size\s*=\s*[\d.]+ [MG]iB \(([\d.]+) BPW\)"),
+        "chunks": chunks,
+        "positions": chunks * (ctx - 1 - ctx // 2),  # the tool scores tokens ctx/2+1 .. ctx-1 of every chunk
+    }
+    if with_kl:
+        result["perplexity"] = number(r"Mean PPL\(Q\)\s*:\s*([\d.]+)")
+        result["mean_kl"] = number(r"Mean\s+KLD:\s*(-?[\d.]+)")
+        result["p99_kl"] = number(r"99\.0%\s+KLD:\s*(-?[\d.]+)")
+        result["top1_agreement"] = number(r"Same top p:\s*([\d.]+)") / 100.0
+    else:
+        result["perplexity"] = number(r"Final estimate: PPL = ([\d.]+)")
+    return result

@@ -118,7 +118,7 @@ def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -
     lines = ["## Files", "", "| file | size | sha256 |", "|---|---|---|"]
     for stage in ("export", "merge", "train"):
         for record in manifest.get(stage, {}).get("outputs", []):
-            if record["path"].endswith((".gguf", ".safetensors", "Modelfile")):
+            if record["path"].endswith((".gguf", ".safetensors", "Modelfile", ".imatrix")):
                 lines.append(f"| `{record['path']}` | {record['size'] / 2**20:,.1f} MiB | `{record['sha256'][:16]}…` |")
     verification = manifest.get("export", {})
     table = verification.get("files")
@@ -126,18 +126,57 @@ def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -
         keys = ["type", "versus", "top1_agreement", "mean_kl", "bits_per_weight", "answer_tokens", "stopped_on_eos"]
         lines += [
             "",
-            f"GGUF verification (next-token agreement over {verification.get('positions', '?')} positions of "
-            f"{verification.get('prompts', '?')} validation prompts; each file answers the seed test question greedily):",
+            f"GGUF verification on chat prompts (next-token agreement over {verification.get('positions', '?')} positions "
+            f"of {verification.get('prompts', '?')} validation prompts; each file answers the seed test question greedily):",
             "",
             "| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
             "|" + "---|" * len(keys),
         ]
         for row in table:
             lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    lines += _quality_lines(verification)
+    adapter = verification.get("adapter")
+    if isinstance(adapter, dict):
+        lines += [
+            "",
+            f"LoRA adapter as GGUF: `gguf/{adapter['folder']}{adapter['adapter_file']}` "
+            f"({adapter['adapter_size_bytes'] / 2**20:,.1f} MiB) on `gguf/{adapter['folder']}{adapter['base_file']}`; "
+            f"loaded together in llama.cpp they agree with the merged 16-bit file on {adapter['top1_vs_merged']:.2%} of "
+            f"{adapter['positions']} next tokens (mean KL {adapter['mean_kl_vs_merged']:.2g})"
+            + (f"; `gguf/{adapter['modelfile']}` builds it in Ollama with ADAPTER." if adapter.get("modelfile") else "."),
+        ]
     notes = verification.get("notes") or []
     if notes:
         lines += ["", *(f"- Note: {note}" for note in notes)]
     return "\n".join(lines)
+
+
+def _quality_lines(verification: dict[str, Any]) -> list[str]:
+    """The quality table on held-out medical text (export's llama-perplexity runs), with and without imatrix."""
+    quality = verification.get("quality")
+    if not isinstance(quality, dict) or not quality.get("rows"):
+        return []
+    imatrix = verification.get("imatrix")
+    made = (f"with an importance matrix from {imatrix['source']}" + (f", {imatrix['chunks']} chunks of {imatrix['ctx']} tokens"
+            if imatrix.get("chunks") else "") if isinstance(imatrix, dict) else "without an importance matrix")
+    lines = [
+        "",
+        f"Quality on held-out medical text: {quality['corpus']}, {quality['tokens']:,} tokens, scored by llama.cpp's "
+        f"llama-perplexity on {quality['positions']:,} positions ({quality['chunks']} chunks of {quality['ctx']}). "
+        f"KL divergence is from the 16-bit file, in nats per token; the quants are shipped {made}; rows marked "
+        "\"not shipped\" were made without it only for comparison.",
+        "",
+        "| type | imatrix | size | bits/weight | perplexity | mean KL | 99th pct KL | top-1 agreement |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in quality["rows"]:
+        imatrix_cell = "—" if row["mean_kl"] is None else ("yes" if row["imatrix"] else "no") + ("" if row["shipped"] else " (not shipped)")
+        top1 = "—" if row["top1_agreement"] is None else f"{row['top1_agreement']:.2%}"
+        lines.append(
+            f"| {row['type']} | {imatrix_cell} | {row['size_bytes'] / 2**20:,.1f} MiB | {row['bits_per_weight']:.2f} | "
+            f"{row['perplexity']:.3f} | {_cell(row['mean_kl'])} | {_cell(row['p99_kl'])} | {top1} |"
+        )
+    return lines
 
 
 def _usage_section(config: RunConfig, run_dir: Path) -> str:

@@ -171,11 +171,14 @@ def build_modelfile(
     runtime_adds_bos: bool,
     license_text: str | None = None,
     others: list[str] | None = None,
+    adapter: str | None = None,
 ) -> Modelfile:
     """The Modelfile text for `gguf_name` (a file in the same folder) and the tokenizer's template.
 
     runtime_adds_bos: whether llama.cpp/Ollama prepend BOS themselves (GGUF add_bos_token), in which
-    case the template must not emit it too (double BOS).
+    case the template must not emit it too (double BOS). adapter: a GGUF LoRA adapter in the same
+    folder that Ollama applies to `gguf_name` (an ADAPTER line; the base must be the model it was
+    trained on).
     """
     stop = [end_of_turn]
     if tokenizer.eos_token and tokenizer.eos_token not in stop:
@@ -186,6 +189,8 @@ def build_modelfile(
     if others:
         lines.append(f"# Other files of this model (change FROM to use one): {', '.join(others)}")
     lines.append(f"FROM ./{gguf_name}")
+    if adapter:
+        lines.append(f"ADAPTER ./{adapter}")
     try:
         pieces = derive_pieces(tokenizer)
         check_pieces(tokenizer, pieces)

@@ -50,7 +50,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("prepare", "data", ("data", "model"), (), "medtune.data.prepare:prepare_data"),
     Stage("train", "adapter", ("model", "lora", "train"), ("prepare",), "medtune.train.trainer:train_adapter", CHECKPOINTS),
     Stage("merge", "merged", ("model", "merge"), ("train",), "medtune.merge:merge_adapter"),
-    Stage("export", "gguf", ("model", "export"), ("merge",), "medtune.export:export_gguf"),
+    # export reads data/ too: the train split calibrates the imatrix, the val split is the quality corpus.
+    Stage("export", "gguf", ("model", "export"), ("prepare", "merge"), "medtune.export:export_gguf"),
     Stage("eval", "eval", ("model", "eval"), ("prepare", "train", "merge", "export"), "medtune.eval.stage:evaluate",
           EVAL_PARTIAL),
 )
@@ -94,6 +95,8 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
 
         # Local data files are inputs too: editing one redoes prepare (hub data is identified by id).
         inputs["files"] = [record["sha256"] for record in source_digest(config.data)]
+    if stage.name == "export" and config.export.imatrix not in ("auto", "off"):
+        inputs["imatrix"] = sha256_file(Path(config.export.imatrix).expanduser())  # a given imatrix file is an input
     return fingerprint(
         {
             "stage": stage.name,

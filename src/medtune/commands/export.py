@@ -5,7 +5,10 @@ Q4_K_M, Q5_K_M, Q8_0; any type llama.cpp knows), all made from the 16-bit file w
 llama.cpp (set it up once with `bash scripts/setup-llama-cpp.sh`). Each file is loaded in the
 llama.cpp runtime: the 16-bit file must agree with the merged model's next-token predictions,
 quants report top-1 agreement and KL divergence against it, and every file answers the seed test
-question greedily and must stop by itself (EOS)."""
+question greedily and must stop by itself (EOS). The quants are made with an importance matrix from
+the run's train split (export.imatrix) and measured on its held-out val split with llama.cpp's
+llama-perplexity (perplexity, mean and p99 KL, top-1), with and without the imatrix; a quant
+above its bar (export.max_mean_kl) fails the stage."""
 
 from __future__ import annotations
 
@@ -40,6 +43,16 @@ def print_export_table(figures: dict) -> None:
         f"GGUF files in {figures['gguf_dir']} ({figures['prompts']} prompts, {figures['positions']} positions)",
         rows, ("type", "size", "bits/weight", "top-1 agreement", "mean KL vs 16-bit", "test answer"),
     )
+    quality = figures.get("quality")
+    if quality and quality.get("rows"):
+        print_summary(
+            f"quality on {quality['corpus']} ({quality['positions']} positions, llama-perplexity)",
+            [(r["type"], "-" if r["mean_kl"] is None else ("yes" if r["imatrix"] else "no") + ("" if r["shipped"] else " (not shipped)"),
+              f"{r['size_bytes'] / 2**20:.1f} MiB", f"{r['bits_per_weight']:.2f}", f"{r['perplexity']:.3f}",
+              "-" if r["mean_kl"] is None else f"{r['mean_kl']:.4f}", "-" if r["p99_kl"] is None else f"{r['p99_kl']:.3f}",
+              "-" if r["top1_agreement"] is None else f"{r['top1_agreement']:.2%}") for r in quality["rows"]],
+            ("type", "imatrix", "size", "bits/weight", "perplexity", "mean KL", "p99 KL", "top-1"),
+        )
     meta = figures["metadata"]
     print_summary(
         "metadata",
@@ -49,6 +62,8 @@ def print_export_table(figures: dict) -> None:
             ("chat template", "embedded, identical to the merged model's" if meta["chat_template_matches"] else "MISSING"),
             ("chat prompt via llama.cpp", f"same tokens as transformers, {meta['leading_bos']} leading BOS"),
             ("Ollama Modelfile", f"{figures['modelfile'] or '-'}: TEMPLATE {figures['modelfile_template']}"),
+            *([("LoRA adapter GGUF", f"{figures['adapter']['folder']}{figures['adapter']['adapter_file']}: top-1 "
+                f"{figures['adapter']['top1_vs_merged']:.2%} vs the merged file")] if figures.get("adapter") else []),
             ("seconds", figures["seconds"]),
         ],
     )

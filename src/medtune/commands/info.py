@@ -28,6 +28,7 @@ def command() -> None:
 
     rows.append(("llama.cpp runtime", llamacpp.runtime_description()))
     rows.append(("llama.cpp converter", llamacpp.converter_description()))
+    rows.append(("llama.cpp tools", llamacpp.tools_description()))
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
