@@ -102,7 +102,9 @@ def test_imatrix_on_the_train_split_and_every_low_bit_type_measured_with_and_wit
     assert not list(folder.glob(".scratch*")) and not (folder / ".calibration.txt").exists()
     for type_name in [*LOW_BIT, "IQ2_XS"]:
         path = folder / f"iq-{type_name}.gguf"
-        assert _gguf_field(path, "quantize.imatrix.file").endswith("iq.imatrix"), type_name
+        # Bare names, no temp folder: the same run exports byte-identical files (tests/test_run_e2e.py).
+        assert _gguf_field(path, "quantize.imatrix.file") == "iq.imatrix", type_name
+        assert _gguf_field(path, "quantize.imatrix.dataset") == ".calibration.txt", type_name
     assert sorted(p.name for p in folder.glob("*.gguf")) == sorted(f"iq-{t}.gguf" for t in ["F16", *LOW_BIT, "IQ2_XS"])
 
     # The table: the 16-bit reference, then each type with the imatrix (shipped) and without (not);

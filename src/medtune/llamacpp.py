@@ -170,11 +170,13 @@ def tools_available() -> bool:
     return True
 
 
-def run_tool(name: str, args: Sequence[str | Path], *, timeout: float | None = None) -> str:
-    """Run one of llama.cpp's tools and return its combined output; ToolError with its last lines on failure."""
+def run_tool(name: str, args: Sequence[str | Path], *, timeout: float | None = None, cwd: Path | None = None) -> str:
+    """Run one of llama.cpp's tools and return its combined output; ToolError with its last lines on failure.
+
+    cwd: the folder it runs in (relative paths in args are relative to it)."""
     command = [str(find_tool(name)), *(str(a) for a in args)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout, check=False, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"{name} timed out after {timeout} s") from exc
     output = (done.stdout or "") + (done.stderr or "")
@@ -458,9 +460,13 @@ def quantize_gguf(
         if not Path(imatrix).is_file():
             raise ToolError(f"cannot quantize with importance matrix {imatrix}: the file does not exist")
         threads = n_threads or os.cpu_count() or 1
+        imatrix = Path(imatrix).resolve()
         with atomic_file(dst) as tmp:
             try:
-                run_tool("llama-quantize", ["--imatrix", imatrix, src, tmp, name, threads])
+                # Run beside the imatrix and name it bare: llama-quantize records the path as given in the
+                # file (quantize.imatrix.file), and a temp folder's name would make every export differ.
+                run_tool("llama-quantize", ["--imatrix", imatrix.name, src.resolve(), Path(tmp).resolve(), name, threads],
+                         cwd=imatrix.parent)
             except ToolError as exc:
                 raise ToolError(f"llama.cpp could not quantize {src.name} to {name} with {Path(imatrix).name}: {exc}") from exc
             if not tmp.is_file():
@@ -525,12 +531,14 @@ def compute_imatrix(
 
     started = time.perf_counter()
     threads = n_threads or default_threads()
+    text_file = Path(text_file).resolve()
     with atomic_file(Path(out_path)) as tmp:
-        # --no-ppl: the matrix needs only the activations, not the logits of every token.
+        # --no-ppl: the matrix needs only the activations, not the logits of every token. Run beside the
+        # text and name it bare: the matrix records it (imatrix.datasets), and the quants copy it.
         output = run_tool("llama-imatrix", [
-            "-m", model, "-f", text_file, "-o", tmp, "--output-format", "gguf", "-c", ctx, "--chunks", chunks,
-            "-t", threads, "-tb", threads, "--no-ppl",
-        ])
+            "-m", Path(model).resolve(), "-f", text_file.name, "-o", Path(tmp).resolve(), "--output-format", "gguf",
+            "-c", ctx, "--chunks", chunks, "-t", threads, "-tb", threads, "--no-ppl",
+        ], cwd=text_file.parent)
         if not tmp.is_file():
             raise ToolError(f"llama-imatrix wrote no file for {Path(model).name}:\n" + "\n".join(output.splitlines()[-8:]))
     found = re.search(r"computing over (\d+) chunks", output)
