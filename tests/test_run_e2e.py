@@ -224,7 +224,8 @@ def test_the_demo_config_runs_short_on_the_embedded_model_and_flags_what_carries
     out = _run_to_end(
         repo / "configs" / "demo.yaml", tmp_path,
         "--set", f"output_dir={tmp_path / 'runs'}", "--set", "train.max_steps=3", "--set", "train.test_question=false",
-        "--set", "export.quant_types=[Q8_0]", "--set", "eval.max_new_tokens=24",
+        "--set", "export.quant_types=[Q8_0]", "--set", "eval.artifacts=[base, merged, 'gguf:Q8_0']",
+        "--set", "eval.max_new_tokens=24",
         "--set", "eval.benchmarks=[{name: medtune_sample, path: 'builtin:reasonmed-heldout', limit: 8}]",
     )
     run_dir = tmp_path / "runs" / "demo"
@@ -235,7 +236,7 @@ def test_the_demo_config_runs_short_on_the_embedded_model_and_flags_what_carries
     assert data["decontamination"]["benchmarks"]["medtune_sample"]["items"] == 64  # limit applies to eval only
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     rows = results["results"]
-    assert [r["artifact"] for r in rows] == ["base", "merged", "gguf:F16", "gguf:Q8_0"]
+    assert [r["artifact"] for r in rows] == ["base", "merged", "gguf:Q8_0"]
     assert all(r["mode"] == "cot" and r["n"] == 8 for r in rows)
     report = (run_dir / "eval" / "report.md").read_text()
     card = (run_dir / "MODEL_CARD.md").read_text()
