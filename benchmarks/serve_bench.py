@@ -6,7 +6,7 @@
 The server is the real command (`python -m medtune.cli serve TARGET --port 0`, llama.cpp's own
 server behind medtune's front), started once. Each round sends N requests at the same moment
 through the official `openai` client, one thread per request, streaming, each with a different
-question (medtune's 16 held-out sample questions, each round continuing the list where the last
+question (medtune's held-out sample questions, each round continuing the list where the last
 stopped, so llama.cpp's reuse of the previous prompt's KV cache never gives a round a repeated
 question), greedy, `max_tokens` fixed; the model may
 stop earlier at its end-of-turn token, so tokens are counted from what came back (the streamed

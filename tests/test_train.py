@@ -221,3 +221,43 @@ def test_extract_choice(text, choice):
     from medtune.train.probe import extract_choice
 
     assert extract_choice(text) == choice
+
+
+def test_logits_on_labelled_positions_only_give_the_same_loss_and_gradients(tiny_llama_dir, smollm2_tokenizer, tmp_path):
+    """The padded CPU path projects onto the vocabulary only where a label is: same loss, same LoRA
+    gradients as the full logits, over a padded batch with prompt and pad positions masked."""
+    from medtune.config import LoraConfig, ModelConfig
+    from medtune.modeling import load_base_model
+    from medtune.train.trainer import build_trainer, prepare_lora_model
+
+    examples = make_examples(smollm2_tokenizer, 4)
+    base = load_base_model(ModelConfig(base=str(tiny_llama_dir)))
+    with torch.no_grad():
+        base.get_input_embeddings().weight.mul_(30.0)  # peaked logits, so a wrong position would show
+    model = prepare_lora_model(base, LoraConfig(dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: give the adapter a nonzero path so both factors get gradients
+            torch.nn.init.normal_(param, std=0.02)
+    plan = plan_training(TrainConfig(), device_type="cpu")
+    trainer = build_trainer(model, examples, None, train=TrainConfig(batch_size=4, save_steps=1000), plan=plan, seed=0,
+                            output_dir=tmp_path / "ckpt", pad_token_id=smollm2_tokenizer.pad_token_id)
+    assert trainer.labels_only_logits
+    batch = trainer.data_collator([dict(e) for e in examples])
+    batch.pop("num_real_tokens", None)
+    labels = batch["labels"]
+    assert (labels == -100).float().mean() > 0.3 and (labels != -100).any()  # prompts and padding are masked
+    n_items = int((labels[..., 1:] != -100).sum())
+
+    def loss_and_grads(labels_only: bool):
+        trainer.labels_only_logits = labels_only
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(n_items))
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full_grads = loss_and_grads(False)
+    kept_loss, kept_grads = loss_and_grads(True)
+    assert kept_loss == pytest.approx(full_loss, rel=1e-5)
+    assert set(kept_grads) == set(full_grads) and len(full_grads) > 0
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(kept_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

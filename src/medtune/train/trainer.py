@@ -196,14 +196,30 @@ def _trainer_class():
     from transformers import Trainer
 
     class MedtuneTrainer(Trainer):
-        """transformers' Trainer plus a count of real (non-pad) tokens trained on.
+        """transformers' Trainer plus a count of real (non-pad) tokens trained on, and logits only
+        where there is a label.
 
         Collators add `num_real_tokens` to each batch; it is removed here before the forward and
         summed over processes at each log and checkpoint into `state.num_input_tokens_seen`, which
         checkpoints carry across a resume.
+
+        `labels_only_logits`: the model projects onto the vocabulary only the positions whose next
+        token is trained on (transformers' boolean `logits_to_keep`, the targets passed as
+        `shift_labels`), not the prompt's. Same loss and gradients; on the demo's chats three
+        positions in four are prompt, and the vocabulary projection and its softmax are a fifth of a
+        small model's compute.
         """
 
         _pending_tokens = 0
+        labels_only_logits = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.get("labels")
+            if self.labels_only_logits and labels is not None and not return_outputs:
+                targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
+                keep = targets != -100
+                inputs = {**inputs, "logits_to_keep": keep, "shift_labels": targets[keep]}
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
         def _prepare_inputs(self, inputs):
             count = inputs.pop("num_real_tokens", 0)
@@ -337,7 +353,18 @@ def build_trainer(
         raise ConfigError("train.distributed: fsdp, but accelerate did not set up FSDP (is accelerate >= 1.10 installed?)")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    # Padded batches only: Liger's fused loss already skips the full logits, and packed batches go
+    # through flash-attention kwargs this path is not checked with.
+    trainer.labels_only_logits = not plan.packing and not plan.liger and accepts_logits_to_keep(model)
     return trainer
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the (PEFT-wrapped) causal LM's forward takes `logits_to_keep` (transformers' LMs do)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def decoder_layer_classes(model) -> list[str]:
