@@ -154,6 +154,16 @@ def test_split_is_deterministic_and_follows_the_seed(tmp_path, tiny_llama_dir):
     assert val_questions("c", 2) != first
 
 
+def test_val_size_zero_keeps_every_record_for_training_and_no_val_split(tmp_path, tiny_llama_dir):
+    from medtune.train.trainer import load_prepared_splits
+
+    config = make_config(tmp_path, tiny_llama_dir, [SAMPLE_DATA], name="noval", val_size=0)
+    report = prepare_data(config).report
+    train, val = load_prepared_splits(config.run_dir)
+    assert report["val"] == 0 and val is None and len(train) == report["train"] == report["kept"]
+    assert not (config.run_dir / "data" / "val").exists()
+
+
 def test_unchanged_inputs_are_reused_and_changes_rebuild(tmp_path, tiny_llama_dir):
     data = tmp_path / "d.jsonl"
     lines = builtin_path(SAMPLE_DATA).read_text().splitlines()[:20]

@@ -261,12 +261,9 @@ def _tokenize_split_save(
         raise DataError(f"no usable records left out of {collected['records']}: dropped {tally.dropped}")
     train_rows, val_rows = split_indices(len(keep), data.val_size, config.seed)
     final = tokenized.remove_columns(["source", "full_length", "status", "label_tokens"])
-    splits = DatasetDict(
-        {
-            "train": final.select(keep[train_rows], keep_in_memory=True),
-            "val": final.select(keep[val_rows], keep_in_memory=True),
-        }
-    )
+    splits = DatasetDict({"train": final.select(keep[train_rows], keep_in_memory=True)})
+    if len(val_rows):  # data.val_size: 0 -> no val split (datasets cannot read back an empty one)
+        splits["val"] = final.select(keep[val_rows], keep_in_memory=True)
     shown = is_progress_bar_enabled()
     disable_progress_bars()  # one bar per shard of a big save is noise
     try:
@@ -353,7 +350,8 @@ def read_report(run_dir: Path, missing_ok: bool = False) -> dict[str, Any] | Non
 
 
 def load_prepared(run_dir: Path):
-    """The prepared splits as a `datasets.DatasetDict` with keys 'train' and 'val'.
+    """The prepared splits as a `datasets.DatasetDict` with keys 'train' and 'val' ('val' absent
+    with data.val_size: 0).
 
     Columns: input_ids, labels, length, messages (JSON string of the chat). Raises ArtifactError
     when the data stage has not completed in `run_dir`.
