@@ -66,4 +66,4 @@ def test_profile_summary_splits_a_lora_step(tiny_llama_dir):
     shares = {k: v for k, v in summary.items() if k.startswith("share_") and v is not None}
     assert summary["share_lora_matmul"] > 0 and summary["share_base_matmul"] > 0 and summary["share_optimizer"] > 0
     assert summary["share_attention"] > 0
-    assert 0 < sum(shares.values()) <= 1.0
+    assert 0 < sum(shares.values()) <= 1.0 + 6 * 5e-5  # six shares, each rounded to 4 decimals
