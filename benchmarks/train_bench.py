@@ -152,6 +152,19 @@ def global_max(value: float) -> float:
 # --------------------------------------------------------------------------- (a) the seed recipe
 
 
+
+def seed_rows(examples, pad: int) -> list[dict]:
+    """The seed recipe's rows: each example cut to SEED_MAX_LEN and padded with `pad`, labels = ids."""
+    rows = []
+    for tokens in examples:
+        cut = tokens[:SEED_MAX_LEN]
+        ids = np.full(SEED_MAX_LEN, pad, dtype=np.int64)
+        ids[: len(cut)] = cut
+        mask = np.zeros(SEED_MAX_LEN, dtype=np.int64)
+        mask[: len(cut)] = 1
+        rows.append({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(ids.copy())})
+    return rows
+
 def run_seed(args) -> dict:
     """The seed's script: fp16 weights, Trainer(fp16=True), Adafactor, pad/truncate 512, 4 x 4."""
     from peft import LoraConfig, get_peft_model
@@ -160,14 +173,7 @@ def run_seed(args) -> dict:
     config = model_config(args.tiny)
     examples = synthetic_examples(args.examples, config.vocab_size)
     pad = EOT_ID if not args.tiny else 0
-    rows, real = [], []
-    for tokens in examples:
-        cut = tokens[:SEED_MAX_LEN]
-        ids = np.full(SEED_MAX_LEN, pad, dtype=np.int64)
-        ids[: len(cut)] = cut
-        mask = np.zeros(SEED_MAX_LEN, dtype=np.int64)
-        mask[: len(cut)] = 1
-        rows.append({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(ids.copy())})
+    rows, real = seed_rows(examples, pad), []
     counter = {"real": 0}
 
     def collate(features):

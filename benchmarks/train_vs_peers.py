@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from train_bench import PEAK_FLOPS, count_params, make_timer  # noqa: E402
+from train_bench import PEAK_FLOPS, count_params, make_timer, seed_rows  # noqa: E402
 
 SEED = 0
 N_EXAMPLES = 2048  # as ../shared/bench; 1.08M tokens, more than every arm's budget
@@ -511,14 +511,7 @@ def run_seed(args, row: dict) -> dict:
     row["n_params"] = count_params(model)
     train, heldout = workload(args, model.config.vocab_size)
     pad = special_ids(args.tiny)[1]  # the seed pads with EOS
-    rows = []
-    for tokens in train:
-        cut = tokens[:SEED_MAX_LEN]
-        ids = np.full(SEED_MAX_LEN, pad, dtype=np.int64)
-        ids[: len(cut)] = cut
-        mask = np.zeros(SEED_MAX_LEN, dtype=np.int64)
-        mask[: len(cut)] = 1
-        rows.append({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(ids.copy())})
+    rows = seed_rows(train, pad)
     lora = lora_shape(args)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
                                              lora_dropout=lora["dropout"], target_modules=lora["target_modules"]))
