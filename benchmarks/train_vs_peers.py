@@ -721,40 +721,73 @@ def run(args) -> None:
         sys.exit(1)
 
 
+RATIO_PAIRS = (("{medtune}", "unsloth"), ("{medtune}", "trl"), ("{medtune}", "seed"),
+               ("medtune-all-r16", "unsloth-all-r16"), ("medtune", "medtune-liger-off"),
+               ("medtune", "medtune-host-syncs"), ("medtune-32k", "medtune"), ("medtune-dropout0", "unsloth-dropout0"))
+
+
+def calls_rows(paths: list[Path]) -> list[dict]:
+    """The rows of one or more device calls (one JSONL file each), each marked with its call number.
+
+    A row skipped for time in one call but measured in another is superseded and left out."""
+    rows = []
+    for call, path in enumerate(paths, 1):
+        rows += [{**json.loads(line), "call": call} for line in path.read_text().splitlines() if line.strip()]
+    measured = {r["tag"] for r in rows if "skipped" not in r and "error" not in r}
+    return [r for r in rows if not ("skipped" in r and r.get("tag") in measured)]
+
+
+def call_ratios(rows: list[dict]) -> tuple[dict, str]:
+    """Same-call ratios only (a ratio across two calls would fold in the machine's drift between them)."""
+    ratios = {}
+    medtune = "medtune"
+    for call in sorted({r["call"] for r in rows}):
+        by_tag = {r["tag"]: r for r in rows if r["call"] == call and "error" not in r and "skipped" not in r}
+        # If the defaults row failed (e.g. a Liger + compile problem), its liger-off twin stands in, named.
+        defaults = "medtune" if "medtune" in by_tag or "medtune-liger-off" not in by_tag else "medtune-liger-off"
+        if "unsloth" in by_tag or call == 1:
+            medtune = defaults
+        for ours, theirs in RATIO_PAIRS:
+            ours = ours.format(medtune=defaults)
+            if ours in by_tag and theirs in by_tag and ours != theirs:
+                a, b = by_tag[ours], by_tag[theirs]
+                loss_gap = None
+                if a.get("loss_at_equal_tokens") and b.get("loss_at_equal_tokens"):
+                    loss_gap = round(a["loss_at_equal_tokens"] / b["loss_at_equal_tokens"] - 1, 4)
+                ratios[f"{ours}/{theirs}"] = {
+                    "tokens_per_second_ratio": round(a["real_tokens_per_second"] / b["real_tokens_per_second"], 3),
+                    "heldout_loss_relative_gap": loss_gap, "call": call}
+    return ratios, medtune
+
+
 def table(args) -> None:
-    rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
-    header = f"{'row':34} {'shape':5} {'real tok/s':>11} {'MFU':>6} {'peak GiB':>9} {'held-out loss':>13} {'tokens':>10}"
+    rows = calls_rows(args.rows)
+    header = f"{'row':34} {'call':>4} {'shape':5} {'real tok/s':>11} {'MFU':>6} {'peak GiB':>9} {'held-out loss':>13} {'tokens':>10}"
     lines = [header, "-" * len(header)]
     profiles = [r for r in rows if "profile_of" in r]
+    for entry in profiles:
+        shares = [v for k, v in (entry.get("profile") or {}).items()
+                  if k.startswith("share_") and k not in ("share_gpu_idle", "share_data_loading_host") and v is not None]
+        if sum(shares) > 1.001:  # written by the summarizer before its fix (see summarize_profile)
+            entry["note"] = "shares sum to more than 100%: kernel time was divided by one step's wall time; superseded"
     rows = [r for r in rows if "profile_of" not in r]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"{r.get('tag', '?'):34} skipped: {r['skipped'][:70]}")
+            lines.append(f"{r.get('tag', '?'):34} {r['call']:>4} skipped: {r['skipped'][:70]}")
             continue
         if "error" in r:
-            lines.append(f"{r.get('tag', '?'):34} {r.get('shape', ''):5} FAILED: {r['error'][:70]}")
+            lines.append(f"{r.get('tag', '?'):34} {r['call']:>4} {r.get('shape', ''):5} FAILED: {r['error'][:70]}")
             continue
         loss = r.get("loss_at_equal_tokens")
-        lines.append(f"{r['tag']:34} {r['shape']:5} {r['real_tokens_per_second']:11,.0f} {100 * r['mfu']:5.1f}% "
+        lines.append(f"{r['tag']:34} {r['call']:>4} {r['shape']:5} {r['real_tokens_per_second']:11,.0f} {100 * r['mfu']:5.1f}% "
                      f"{r['peak_gib']:9.1f} {loss if loss is None else round(loss, 4)!s:>13} {r.get('real_tokens_trained', 0):10,}")
+    ratios, medtune = call_ratios(rows)
+    for name, pair in ratios.items():
+        gap = pair["heldout_loss_relative_gap"]
+        lines.append(f"{name} (call {pair['call']}): {pair['tokens_per_second_ratio']:.2f}x real tok/s"
+                     + ("" if gap is None else f", held-out loss {100 * gap:+.2f}%"))
+    # The latest call's row of a tag stands for it in the bars.
     by_tag = {r["tag"]: r for r in rows if "error" not in r and "skipped" not in r}
-    ratios = {}
-    # If the defaults row failed (e.g. a Liger + compile problem), its liger-off twin stands in, named.
-    medtune = "medtune" if "medtune" in by_tag else "medtune-liger-off"
-    for ours, theirs in ((medtune, "unsloth"), (medtune, "trl"), (medtune, "seed"),
-                         ("medtune-all-r16", "unsloth-all-r16"), ("medtune", "medtune-liger-off"),
-                         ("medtune", "medtune-host-syncs"), ("medtune-32k", "medtune"),
-                         ("medtune-dropout0", "unsloth-dropout0")):
-        if ours in by_tag and theirs in by_tag and ours != theirs:
-            a, b = by_tag[ours], by_tag[theirs]
-            ratio = a["real_tokens_per_second"] / b["real_tokens_per_second"]
-            loss_gap = None
-            if a.get("loss_at_equal_tokens") and b.get("loss_at_equal_tokens"):
-                loss_gap = a["loss_at_equal_tokens"] / b["loss_at_equal_tokens"] - 1
-            ratios[f"{ours}/{theirs}"] = {"tokens_per_second_ratio": round(ratio, 3),
-                                          "heldout_loss_relative_gap": None if loss_gap is None else round(loss_gap, 4)}
-            lines.append(f"{ours}/{theirs}: {ratio:.2f}x real tok/s"
-                         + ("" if loss_gap is None else f", held-out loss {100 * loss_gap:+.2f}%"))
     bars = []
     pair = ratios.get(f"{medtune}/unsloth")
     if pair:
@@ -765,7 +798,7 @@ def table(args) -> None:
     if medtune in by_tag:
         m = by_tag[medtune]
         bars.append(f"MFU >= 60% (>= 95k real tok/s) at the defaults: {100 * m['mfu']:.1f}%, "
-                    f"{m['real_tokens_per_second']:,.0f} tok/s ({'met' if m['mfu'] >= 0.6 else 'missed'})")
+                    f"{m['real_tokens_per_second']:,.0f} tok/s ({'met' if m['mfu'] >= 0.6 else 'missed'}; call {m['call']})")
     if "medtune-8b-qlora-gc" in by_tag:
         q = by_tag["medtune-8b-qlora-gc"]
         bars.append(f"QLoRA 8B <= 24 GiB: {q['peak_gib']:.1f} GiB ({'met' if q['peak_gib'] <= 24 else 'missed'}), "
@@ -779,12 +812,17 @@ def table(args) -> None:
         if not p:
             lines.append(f"profile of {entry['profile_of']}: {entry.get('error')}")
             continue
-        lines.append(f"profile of {entry['profile_of']}: step {p['step_wall_s']:.3f} s, {p['kernels']} kernels in a {p.get('window_s', 0):.3f} s window; share of GPU kernel time (idle: of the window):")
+        if entry.get("note"):
+            lines.append(f"profile of {entry['profile_of']} (call {entry['call']}): {entry['note']}")
+            continue
+        lines.append(f"profile of {entry['profile_of']} (call {entry['call']}): step {p['step_wall_s']:.3f} s, {p['kernels']} kernels in a {p.get('window_s', 0):.3f} s window; share of GPU kernel time (idle: of the window):")
         lines.append("  " + ", ".join(f"{k.removeprefix('share_')} {100 * v:.1f}%" for k, v in p.items()
                                       if k.startswith("share_") and v is not None))
     print("\n".join(lines))
     if args.results:
-        out = {"rows": rows, "profiles": profiles, "ratios": ratios, "bars": bars, "command": os.environ.get("PEERS_COMMAND"),
+        commands = list(dict.fromkeys(r.get("command") for r in rows if r.get("command")))
+        out = {"rows": rows, "profiles": profiles, "ratios": ratios, "bars": bars,
+               "command": commands[-1] if commands else os.environ.get("PEERS_COMMAND"), "calls": commands,
                "mfu_definition": "4 * N FLOPs per real token / 790e12 FLOP/s (H200 dense bf16 measured)"}
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
@@ -822,7 +860,7 @@ def main() -> None:
     arm.add_argument("--trl-attention", default="sdpa")
     arm.add_argument("--tiny", action="store_true")
     tab = sub.add_parser("table", help="print the table and ratios; write the results JSON")
-    tab.add_argument("rows")
+    tab.add_argument("rows", nargs="+", type=Path, help="one JSONL file per device call (ratios stay within a call)")
     tab.add_argument("--results", type=Path)
     args = parser.parse_args()
     if args.command == "make-base":

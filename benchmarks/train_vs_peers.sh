@@ -4,6 +4,9 @@
 #   bash benchmarks/stage_peers_carry.sh                        # here: builds .carry-peers/site
 #   OUT=/path LIMIT=555 bash benchmarks/train_vs_peers.sh         # on the GPU machine
 #   TINY=1 OUT=/tmp/x bash benchmarks/train_vs_peers.sh           # CPU plumbing check (tiny model; Unsloth rows fail)
+#   ARMS="medtune medtune-8b-lora-gc" ... bash benchmarks/train_vs_peers.sh   # only these arms, in this file's order
+# Rows of several calls: python benchmarks/train_vs_peers.py table call1.jsonl call2.jsonl --results R.json
+# (each file one call; ratios are taken within a call only).
 # Each arm runs in its own process under `timeout`, is skipped when the time left is short, and
 # appends its row to $OUT/train_vs_peers.jsonl as soon as it ends (a failed or cut arm leaves an
 # error row), so a later failure or the end of the slot never loses finished rows. The table and
@@ -29,6 +32,8 @@ EXTRA=()
 left() { echo $((LIMIT - SECONDS)); }
 arm() {  # arm TIMEOUT MIN TAG ARGS...: one row; skipped when less than MIN seconds are left
   local t=$1 min=$2 tag=$3; shift 3
+  # ARMS="tag ...": run only these arms (a later call for the rows an earlier one had no time for).
+  if [ -n "${ARMS:-}" ] && [[ " $ARMS " != *" $tag "* ]]; then return; fi
   local l; l=$(left)
   if [ "$l" -lt "$min" ]; then
     echo "--- skip $tag: $l s left (needs ~$min)"

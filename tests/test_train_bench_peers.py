@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -67,3 +68,23 @@ def test_profile_summary_splits_a_lora_step(tiny_llama_dir):
     assert summary["share_lora_matmul"] > 0 and summary["share_base_matmul"] > 0 and summary["share_optimizer"] > 0
     assert summary["share_attention"] > 0
     assert 0 < sum(shares.values()) <= 1.0 + 6 * 5e-5  # six shares, each rounded to 4 decimals
+
+
+def test_rows_of_two_calls_give_ratios_within_a_call_only(tmp_path):
+    bench = _bench()
+    row = lambda tag, tps, **kw: json.dumps({"tag": tag, "shape": "1b", "real_tokens_per_second": tps, "mfu": tps / 160_000,
+                                             "peak_gib": 20.0, "loss_at_equal_tokens": 12.0, "command": kw.get("command", "c1")})
+    first = tmp_path / "call1.jsonl"
+    first.write_text("\n".join([row("medtune", 80_000), row("unsloth", 40_000),
+                                json.dumps({"tag": "medtune-liger-off", "skipped": "-1 s left"}),
+                                json.dumps({"tag": "seed", "error": "timed out"})]) + "\n")
+    second = tmp_path / "call2.jsonl"
+    second.write_text("\n".join([row("medtune", 90_000, command="c2"), row("medtune-liger-off", 60_000, command="c2")]) + "\n")
+    rows = bench.calls_rows([first, second])
+    assert [(r["tag"], r["call"]) for r in rows] == [("medtune", 1), ("unsloth", 1), ("seed", 1), ("medtune", 2),
+                                                     ("medtune-liger-off", 2)]  # the skipped row is superseded
+    ratios, defaults = bench.call_ratios(rows)
+    assert defaults == "medtune"
+    assert ratios["medtune/unsloth"] == {"tokens_per_second_ratio": 2.0, "heldout_loss_relative_gap": 0.0, "call": 1}
+    assert ratios["medtune/medtune-liger-off"]["tokens_per_second_ratio"] == 1.5  # 90k / 60k, both from call 2
+    assert ratios["medtune/medtune-liger-off"]["call"] == 2
