@@ -3,22 +3,14 @@ second round that joins an earlier sweep's finished variants to the choice."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pubmedqa_reasoning.py"
 LABELS = ["yes", "no", "maybe"]
 
 
 def _sweep_module():
-    spec = importlib.util.spec_from_file_location("pubmedqa_reasoning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("pubmedqa_reasoning", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pubmedqa_reasoning")
 
 
 def _job(variant: str, fold: int, right_every: int) -> dict:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_vs_peers.py"
+from bench_scripts import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("train_vs_peers", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_vs_peers", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_vs_peers")
 
 
 def test_every_system_gets_the_same_examples():
