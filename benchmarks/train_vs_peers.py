@@ -754,7 +754,11 @@ def call_ratios(rows: list[dict]) -> tuple[dict, str]:
                 loss_gap = None
                 if a.get("loss_at_equal_tokens") and b.get("loss_at_equal_tokens"):
                     loss_gap = round(a["loss_at_equal_tokens"] / b["loss_at_equal_tokens"] - 1, 4)
-                ratios[f"{ours}/{theirs}"] = {
+                key = f"{ours}/{theirs}"
+                if key in ratios:  # the same pair in an earlier call keeps its figure, named by its call
+                    earlier = ratios.pop(key)
+                    ratios[f"{key} (call {earlier['call']})"] = earlier
+                ratios[key] = {
                     "tokens_per_second_ratio": round(a["real_tokens_per_second"] / b["real_tokens_per_second"], 3),
                     "heldout_loss_relative_gap": loss_gap, "call": call}
     return ratios, medtune
@@ -784,7 +788,7 @@ def table(args) -> None:
     ratios, medtune = call_ratios(rows)
     for name, pair in ratios.items():
         gap = pair["heldout_loss_relative_gap"]
-        lines.append(f"{name} (call {pair['call']}): {pair['tokens_per_second_ratio']:.2f}x real tok/s"
+        lines.append(f"{name.split(' (call')[0]} (call {pair['call']}): {pair['tokens_per_second_ratio']:.2f}x real tok/s"
                      + ("" if gap is None else f", held-out loss {100 * gap:+.2f}%"))
     # The latest call's row of a tag stands for it in the bars.
     by_tag = {r["tag"]: r for r in rows if "error" not in r and "skipped" not in r}

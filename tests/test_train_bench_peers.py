@@ -80,3 +80,10 @@ def test_rows_of_two_calls_give_ratios_within_a_call_only(tmp_path):
     assert ratios["medtune/unsloth"] == {"tokens_per_second_ratio": 2.0, "heldout_loss_relative_gap": 0.0, "call": 1}
     assert ratios["medtune/medtune-liger-off"]["tokens_per_second_ratio"] == 1.5  # 90k / 60k, both from call 2
     assert ratios["medtune/medtune-liger-off"]["call"] == 2
+
+    # The same pair measured again in a later call: the latest is the plain key, the earlier one is kept.
+    third = tmp_path / "call3.jsonl"
+    third.write_text("\n".join([row("medtune", 99_000, command="c3"), row("medtune-liger-off", 90_000, command="c3")]) + "\n")
+    ratios, _ = bench.call_ratios(bench.calls_rows([first, second, third]))
+    assert ratios["medtune/medtune-liger-off"]["call"] == 3 and ratios["medtune/medtune-liger-off"]["tokens_per_second_ratio"] == 1.1
+    assert ratios["medtune/medtune-liger-off (call 2)"]["tokens_per_second_ratio"] == 1.5

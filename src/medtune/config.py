@@ -162,7 +162,8 @@ class TrainConfig(Section):
         "(flash_attention_2 if torch lacks it and flash-attn is installed), else sdpa.",
     )
     liger_kernels: Literal["auto", "on", "off"] = Field(
-        "auto", description="Fused Liger kernels (norms, rotary, SwiGLU, chunked loss) on GPU; auto: when installed."
+        "auto", description="Fused Liger kernels (norms, rotary, SwiGLU, chunked loss) on GPU; auto: when installed. "
+        "Under torch.compile the norms are left to the compiler (Liger's RMSNorm defeats its mutation analysis).",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the model (auto: on for packed GPU training; compiling takes a minute or two)."

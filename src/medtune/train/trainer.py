@@ -66,6 +66,19 @@ class TrainPlan:
         }
 
 
+def liger_kernel_config(plan: TrainPlan) -> dict[str, bool]:
+    """Which of Liger's kernels to patch in (keyword arguments of its apply_liger_kernel_to_<model>).
+
+    Under torch.compile, Liger's RMSNorm Triton kernel fails Inductor's mutation analysis (it adds a
+    Python float offset with `.to`: "'float' object has no attribute 'to'"), so Inductor assumes every
+    input is mutated and copies them; Inductor fuses RMSNorm well itself (one H200, Llama-3.2-1B shape:
+    82.7k -> 85.6k real tok/s, peak 23.8 -> 23.0 GiB; BENCHMARKS.md, issue 14). Liger's SwiGLU kernel
+    fails the same way (`gate_multiplier.to`); leaving it to Inductor too is not measured yet. The fused
+    linear cross-entropy stays on in every case: it never materialises the vocabulary-sized logits (the
+    memory Liger saves)."""
+    return {"rms_norm": not plan.compile}
+
+
 @dataclass
 class TrainResult:
     """What the train stage made and measured."""
@@ -326,6 +339,7 @@ def build_trainer(
         data_seed=seed,
         use_cpu=plan.device_type == "cpu",
         use_liger_kernel=plan.liger,
+        **({"liger_kernel_config": liger_kernel_config(plan)} if plan.liger else {}),
         ddp_find_unused_parameters=False,
         # The NaN/Inf filter reads every micro-batch's loss on the host (a GPU sync per micro-batch)
         # and hides bad losses from the log; off, a NaN shows in the log as it is.
