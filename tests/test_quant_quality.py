@@ -215,6 +215,23 @@ def test_imatrix_setting_and_bars_are_checked(tmp_path):
     assert _export_config().max_mean_kl == {"Q8_0": 0.01, "Q4_K_M": 0.1}
 
 
+def test_auto_computes_no_imatrix_for_types_that_ignore_one(tmp_path):
+    from medtune.config import RunConfig
+    from medtune.imatrix import prepare_imatrix
+
+    config = RunConfig.model_validate({"name": "x", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]},
+                                       "export": {"quant_types": ["q8_0"]}})
+    # Nothing is read or run: no F16 file, no train split, no tokenizer are needed to decide.
+    info, note = prepare_imatrix(config, tmp_path / "missing-F16.gguf", tmp_path, None, 1)
+    assert info is None and "Q8_0 ignore one" in note
+    assert not list(tmp_path.iterdir())
+    # With a type the matrix changes, auto goes on to look for the train split (absent here: it says so).
+    config = RunConfig.model_validate({"name": "x", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]},
+                                       "export": {"quant_types": ["Q8_0", "Q4_K_M"]}})
+    info, note = prepare_imatrix(config, tmp_path / "missing-F16.gguf", tmp_path, None, 1)
+    assert info is None and note.startswith("no train split")
+
+
 def test_split_text_is_the_conversations_without_system_prompts(tmp_path):
     import datasets
 

@@ -39,11 +39,16 @@ def imatrix_name(config: RunConfig) -> str:
     return f"{config.name}.imatrix"
 
 
+# Types llama.cpp quantizes without looking at importance weights (8-bit rounding, plain floats).
+IGNORE_IMATRIX = frozenset({"Q8_0", "F16", "BF16", "F32"})
+
+
 def prepare_imatrix(config: RunConfig, f16_path: Path, folder: Path, tokenizer, threads: int) -> tuple[ImatrixInfo | None, str | None]:
     """The importance matrix for export.imatrix, written to folder/<name>.imatrix: (info, note).
 
     auto: computed with llama-imatrix on runs/<name>/data/train (at most export.imatrix_chunks
-    chunks); without a train split there is none, and the note says so. off: (None, None). A path:
+    chunks); without a train split, or when every quant type ignores one (Q8_0), there is none, and
+    the note says so. off: (None, None). A path:
     copied in. Raises ArtifactError when the train split is too short for one llama.cpp chunk
     pair, ToolError when llama-imatrix fails.
     """
@@ -53,6 +58,10 @@ def prepare_imatrix(config: RunConfig, f16_path: Path, folder: Path, tokenizer, 
     export = config.export
     if export.imatrix == "off":
         return None, None
+    if export.imatrix == "auto" and all(t.upper() in IGNORE_IMATRIX for t in export.quant_types):
+        # llama-quantize makes these the same with or without one: computing it is minutes for nothing.
+        return None, (f"no importance matrix: {', '.join(export.quant_types)} ignore one (export.imatrix: auto "
+                      "computes it only for the types it changes)")
     out = folder / imatrix_name(config)
     if export.imatrix != "auto":
         source = Path(export.imatrix).expanduser()
