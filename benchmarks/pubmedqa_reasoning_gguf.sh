@@ -21,8 +21,9 @@ run="$RUNS/pubmedqa-reasoning-smollm2"
 modes="[$(echo "$MODES" | sed 's/ /, /g')]"
 cot=(); [[ " $MODES " == *" cot "* ]] && cot=(--set "eval.cot_artifacts=[merged, \"gguf:Q8_0\"]")
 [ ${#cot[@]} -eq 0 ] && cot=(--set "eval.cot_artifacts=null")
+# eval.batch_size: the config's 128 is for a GPU; on a CPU, 8 pads less.
 sets=(--set "output_dir=$RUNS" --set "data.files=[\"pubmedqa-train:$PQ\"]"
-      --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]")
+      --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]" --set "eval.batch_size=${BATCH:-8}")
 rm -rf "$run" && mkdir -p "$run"
 tar -xzf "$FROM/run.tar.gz" -C "$run"
 mv "$run/eval" "$run/eval-gpu"
