@@ -226,6 +226,12 @@ def table(results: dict[str, Any]) -> str:
 
 def sweep(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.budget_seconds
+    variants = {name: VARIANTS[name] for name in (args.variants or VARIANTS)}
+    previous = None
+    if args.previous:  # a sweep's JSON, or the committed results file that holds one under "sweep"
+        loaded = json.loads(Path(args.previous).read_text())
+        previous = loaded.get("sweep", loaded)
+        collect([], variants, args.fold_limit or args.folds, previous)  # other folds: refused before any job runs
     work = Path(args.work).resolve()
     pubmedqa = Path(args.pubmedqa).resolve()
     pool = train_pool(pubmedqa)
@@ -234,11 +240,6 @@ def sweep(args: argparse.Namespace) -> None:
     base_model = args.base_model or save_base_model(work / "base-hf")
     runs = work / "runs"
     extra = dict(_parse_setting(text) for text in args.set or [])
-    variants = {name: VARIANTS[name] for name in (args.variants or VARIANTS)}
-    previous = None
-    if args.previous:  # a sweep's JSON, or the committed results file that holds one under "sweep"
-        loaded = json.loads(Path(args.previous).read_text())
-        previous = loaded.get("sweep", loaded)
 
     def jobs_for(name: str, variant: dict[str, Any] | None) -> list[dict[str, Any]]:
         artifact = "base" if variant is None else "adapter"

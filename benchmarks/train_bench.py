@@ -152,7 +152,6 @@ def global_max(value: float) -> float:
 # --------------------------------------------------------------------------- (a) the seed recipe
 
 
-
 def seed_rows(examples, pad: int) -> list[dict]:
     """The seed recipe's rows: each example cut to SEED_MAX_LEN and padded with `pad`, labels = ids."""
     rows = []
@@ -164,6 +163,7 @@ def seed_rows(examples, pad: int) -> list[dict]:
         mask[: len(cut)] = 1
         rows.append({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(ids.copy())})
     return rows
+
 
 def run_seed(args) -> dict:
     """The seed's script: fp16 weights, Trainer(fp16=True), Adafactor, pad/truncate 512, 4 x 4."""

@@ -39,10 +39,6 @@ def imatrix_name(config: RunConfig) -> str:
     return f"{config.name}.imatrix"
 
 
-# Types llama.cpp quantizes without looking at importance weights (8-bit rounding, plain floats).
-IGNORE_IMATRIX = frozenset({"Q8_0", "F16", "BF16", "F32"})
-
-
 def prepare_imatrix(config: RunConfig, f16_path: Path, folder: Path, tokenizer, threads: int) -> tuple[ImatrixInfo | None, str | None]:
     """The importance matrix for export.imatrix, written to folder/<name>.imatrix: (info, note).
 
@@ -58,7 +54,7 @@ def prepare_imatrix(config: RunConfig, f16_path: Path, folder: Path, tokenizer, 
     export = config.export
     if export.imatrix == "off":
         return None, None
-    if export.imatrix == "auto" and all(t.upper() in IGNORE_IMATRIX for t in export.quant_types):
+    if export.imatrix == "auto" and all(t in llamacpp.IGNORES_IMATRIX for t in export.quant_types):  # normalized names
         # llama-quantize makes these the same with or without one: computing it is minutes for nothing.
         return None, (f"no importance matrix: {', '.join(export.quant_types)} ignore one (export.imatrix: auto "
                       "computes it only for the types it changes)")

@@ -46,6 +46,9 @@ TOOLS = ("llama-imatrix", "llama-quantize", "llama-perplexity")
 # Types whose low-bit tensors llama.cpp refuses to make without an importance matrix
 # (llama-quant.cpp: tensor_requires_imatrix); allowed only with export.imatrix on.
 NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"})
+# Types llama.cpp quantizes without looking at importance weights (8-bit rounding, plain floats):
+# export.imatrix auto computes none when every requested type is one of these.
+IGNORES_IMATRIX = frozenset({"Q8_0", "F16", "BF16", "F32"})
 # Short names llama-quantize accepts as aliases (tools/quantize/quantize.cpp).
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
