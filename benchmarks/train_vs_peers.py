@@ -295,6 +295,12 @@ def run_medtune(args, row: dict) -> dict:
     lora = lora_shape(args)
     torch.manual_seed(SEED)
     model = prepare_lora_model(base, LoraConfig(**lora))
+    if args.no_input_cast:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
     train, heldout = workload(args, base.config.vocab_size)
     examples = [{"input_ids": t, "labels": t} for t in train]
     holder: dict = {}
@@ -308,6 +314,13 @@ def run_medtune(args, row: dict) -> dict:
         callbacks.insert(0, profiler)
     # on/off measurements of Trainer switches, e.g. logging_nan_inf_filter=true
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.trainer_arg)}
+    if args.inductor:
+        import torch._inductor.config as inductor_config
+
+        for key, value in (item.split("=", 1) for item in args.inductor):
+            if not hasattr(inductor_config, key):
+                raise SystemExit(f"--inductor {key}: torch._inductor.config has no such setting")
+            setattr(inductor_config, key, json.loads(value))
     trainer = build_trainer(model, examples, None, train=train_cfg, plan=plan, seed=SEED,
                             output_dir=Path(tempfile.mkdtemp(prefix="medtune-peers-")),
                             pad_token_id=special_ids(args.tiny)[2], callbacks=callbacks, trainer_arguments=overrides)
@@ -320,7 +333,8 @@ def run_medtune(args, row: dict) -> dict:
     row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2),
                real_tokens_trained=int(trainer.state.num_input_tokens_seen or 0) + trainer._pending_tokens,
                pack_fill=round(trainer.train_dataset.fill(train_cfg.max_tokens_per_batch), 4),
-               settings=dict(fields, lora=args.lora, dropout=lora["dropout"], trainer_args=args.trainer_arg))
+               settings=dict(fields, lora=args.lora, dropout=lora["dropout"], trainer_args=args.trainer_arg,
+                             **({"inductor": args.inductor} if args.inductor else {})))
     if profiler is not None:
         row["_profiler"] = profiler  # summarised after this row is safely written (see run)
     if not args.no_heldout:
@@ -606,6 +620,30 @@ def _category(event, rank: int) -> str:
     return "other_kernels"
 
 
+_KERNEL_FAMILIES = (  # GPU kernel name -> family, first match wins (names of cuBLAS, flash, Inductor, Liger)
+    ("attention", ("flash", "fmha", "attention")),  # before gemm: flash kernels' names carry cutlass types
+    ("gemm", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
+    ("inductor_triton", ()),  # by prefix: Inductor names its kernels triton_poi_/triton_red_/triton_per_...
+    ("liger_triton", ("rope", "swiglu", "rms_norm", "cross_entropy", "element_mul")),
+    ("copy_fill", ("memcpy", "memset", "copy_kernel", "fill_kernel")),
+    ("aten_elementwise", ("elementwise", "vectorized", "reduce_kernel", "unrolled")),
+)
+
+
+def _is_annotation(event) -> bool:
+    """A user range on the GPU timeline (torch.compile's "## Call CompiledFxGraph ... ##"): it spans
+    kernels that are counted on their own, so counting it too double-counts them."""
+    return bool(getattr(event, "is_user_annotation", False)) or event.name.startswith("## ")
+
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    for family, words in _KERNEL_FAMILIES:
+        if any(word in lowered for word in words) or (family == "inductor_triton" and lowered.startswith("triton_")):
+            return family
+    return "other"
+
+
 def summarize_profile(events, step_wall_s: float, lora_rank: int) -> dict:
     """Where the profiled window's GPU time goes, as shares of all kernel time (they sum to 1).
 
@@ -616,24 +654,31 @@ def summarize_profile(events, step_wall_s: float, lora_rank: int) -> dict:
     the window (first kernel start to last kernel end) with no kernel running; `data_loading_host`
     is host time in the data loader over that window. The 2026-12-03 H200 run divided kernel time
     by one step's wall time while the window held more than one step, so its shares summed to 175%;
-    hence shares of kernel time and the window measured from the events themselves.
+    hence shares of kernel time and the window measured from the events themselves. Its calls 2-4
+    also counted torch.compile's GPU ranges ("## Call CompiledFxGraph") as kernels, which put the
+    compiled graphs' time in twice (busy 1.3 s in a 0.78 s window); ranges are left out now.
+    `kernel_families`: the same kernel time split by kernel name (cuBLAS GEMMs, flash attention,
+    Inductor's and Liger's Triton kernels, copies, ATen elementwise): where "other kernels" goes.
     On CPU (no kernels) each op's self CPU time is used.
     """
     buckets = {"attention": 0.0, "base_matmul": 0.0, "lora_matmul": 0.0, "optimizer": 0.0, "other_kernels": 0.0}
     device_total, kernels, data_us = 0.0, 0, 0.0
     top: dict[str, float] = {}
     cpu_events = [e for e in events if "cpu" in str(getattr(e, "device_type", "")).lower()]
-    device_events = [e for e in events if "cuda" in str(getattr(e, "device_type", "")).lower()]
+    device_events = [e for e in events if "cuda" in str(getattr(e, "device_type", "")).lower() and not _is_annotation(e)]
+    families: dict[str, float] = {}
     for e in device_events:
         device_total += e.time_range.elapsed_us()
         kernels += 1
         top[e.name[:90]] = top.get(e.name[:90], 0.0) + e.time_range.elapsed_us()
+        family = kernel_family(e.name)
+        families[family] = families.get(family, 0.0) + e.time_range.elapsed_us()
     attributed = 0.0
     for e in cpu_events:
         name = e.name
         if "DataLoader" in name and "__next__" in name:
             data_us += e.time_range.elapsed_us()
-        own = sum(k.duration for k in getattr(e, "kernels", []) or [])
+        own = sum(k.duration for k in getattr(e, "kernels", []) or [] if not str(k.name).startswith("## "))
         if device_events:
             if own:
                 buckets[_category(e, lora_rank)] += own
@@ -657,6 +702,8 @@ def summarize_profile(events, step_wall_s: float, lora_rank: int) -> dict:
         **{f"share_{k}": v for k, v in shares.items()},
         "share_gpu_idle": round(max(window_us - busy, 0.0) / window_us, 4) if device_events and window_us else None,
         "share_data_loading_host": round(data_us / window_us, 4) if window_us else 0.0,
+        "kernel_families": {k: round(v / device_total, 4) for k, v in sorted(families.items(), key=lambda kv: -kv[1])}
+        if device_total else {},
         "top_kernels_ms": {k: round(v / 1e3, 2) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]},
     }
 
@@ -723,7 +770,11 @@ def run(args) -> None:
 
 RATIO_PAIRS = (("{medtune}", "unsloth"), ("{medtune}", "trl"), ("{medtune}", "seed"),
                ("medtune-all-r16", "unsloth-all-r16"), ("medtune", "medtune-liger-off"),
-               ("medtune", "medtune-host-syncs"), ("medtune-32k", "medtune"), ("medtune-dropout0", "unsloth-dropout0"))
+               ("medtune", "medtune-host-syncs"), ("medtune-32k", "medtune"), ("medtune-dropout0", "unsloth-dropout0"),
+               ("medtune-liger-swiglu-off", "medtune"), ("medtune-liger-flce-only", "medtune"),
+               ("medtune-flce-only-dropout0", "medtune"), ("medtune-coord-descent", "medtune"),
+               ("medtune-dropout0", "medtune"), ("medtune", "medtune-liger-previous"),
+               ("medtune-no-input-cast", "medtune"), ("medtune-32k-dropout0", "medtune"))
 
 
 def calls_rows(paths: list[Path]) -> list[dict]:
@@ -772,8 +823,12 @@ def table(args) -> None:
     for entry in profiles:
         shares = [v for k, v in (entry.get("profile") or {}).items()
                   if k.startswith("share_") and k not in ("share_gpu_idle", "share_data_loading_host") and v is not None]
+        profile = entry.get("profile") or {}
         if sum(shares) > 1.001:  # written by the summarizer before its fix (see summarize_profile)
             entry["note"] = "shares sum to more than 100%: kernel time was divided by one step's wall time; superseded"
+        elif profile.get("window_s") and profile.get("gpu_busy_s", 0) > 1.01 * profile["window_s"]:
+            entry["note"] = ("busy longer than its window: torch.compile's GPU ranges were counted as kernels "
+                             "(matmuls inside compiled graphs counted as other kernels too); superseded")
     rows = [r for r in rows if "profile_of" not in r]
     for r in rows:
         if "skipped" in r:
@@ -822,6 +877,11 @@ def table(args) -> None:
         lines.append(f"profile of {entry['profile_of']} (call {entry['call']}): step {p['step_wall_s']:.3f} s, {p['kernels']} kernels in a {p.get('window_s', 0):.3f} s window; share of GPU kernel time (idle: of the window):")
         lines.append("  " + ", ".join(f"{k.removeprefix('share_')} {100 * v:.1f}%" for k, v in p.items()
                                       if k.startswith("share_") and v is not None))
+        if p.get("kernel_families"):
+            lines.append("  by kernel name: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in p["kernel_families"].items()))
+            if "attention" not in p["kernel_families"] and p.get("share_attention"):
+                # written before flash kernels were told from GEMMs (their names carry cutlass types)
+                lines.append(f"  (gemm here holds the flash-attention kernels too: {100 * p['share_attention']:.1f}% attention)")
     print("\n".join(lines))
     if args.results:
         commands = list(dict.fromkeys(r.get("command") for r in rows if r.get("command")))
@@ -848,6 +908,10 @@ def main() -> None:
     arm.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="medtune TrainConfig field")
     arm.add_argument("--trainer-arg", action="append", default=[], metavar="NAME=JSON",
                      help="medtune: a TrainingArguments field over medtune's choice (on/off measurements)")
+    arm.add_argument("--inductor", action="append", default=[], metavar="NAME=JSON",
+                     help="medtune: a torch._inductor.config setting, e.g. coordinate_descent_tuning=true")
+    arm.add_argument("--no-input-cast", action="store_true",
+                     help="medtune: LoRA inputs stay bf16 under autocast (PEFT's cast_input_dtype_enabled off)")
     arm.add_argument("--tag", help="row name in the table")
     arm.add_argument("--out", type=Path, required=True)
     arm.add_argument("--examples", type=int, default=N_EXAMPLES)

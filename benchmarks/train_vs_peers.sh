@@ -64,6 +64,16 @@ arm 100 45 seed            --system seed    --base "$BASE"
 arm 90 45 medtune-liger-off    --system medtune --base "$BASE" --set liger_kernels=off --no-heldout
 arm 80 40 medtune-host-syncs   --system medtune --base "$BASE" --no-heldout \
   --trainer-arg 'accelerator_config={"non_blocking": false}' --trainer-arg logging_nan_inf_filter=true
+# Liger's kernels under torch.compile: medtune now keeps only the fused linear cross-entropy. Call 5
+# (2026-12-03) measured the steps there one at a time, with these --trainer-arg values before the
+# defaults took the last: liger_kernel_config={"rms_norm": false} (the previous defaults, the arm
+# below), {"rms_norm": false, "swiglu": false}, and {"rms_norm": false, "swiglu": false, "rope": false}.
+arm 90 45 medtune-liger-previous --system medtune --base "$BASE" --no-heldout --trainer-arg 'liger_kernel_config={"rms_norm": false}'
+# PEFT casts each LoRA input to the adapter's fp32 before its (autocast: bf16) matmul; under autocast
+# skipping that cast is the same arithmetic (Inductor rounds once to bf16 either way), minus a copy.
+arm 90 45 medtune-no-input-cast --system medtune --base "$BASE" --no-heldout --no-input-cast
+# Inductor's coordinate-descent tuning of its generated kernels (call 5: still compiling after 120 s).
+arm 120 60 medtune-coord-descent --system medtune --base "$BASE" --no-heldout --inductor coordinate_descent_tuning=true
 # Memory and bigger bases: 8B shape, random weights made in GPU memory, 8,192-token micro-batches.
 arm 100 45 medtune-8b-qlora-gc --system medtune --shape 8b --quantize nf4 --set gradient_checkpointing=true \
   --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
@@ -80,6 +90,9 @@ arm 90 50 medtune-3b-lora      --system medtune --shape 3b --warmup 2 --steps 4 
 # Unsloth's own fast LoRA path needs dropout 0: both systems without dropout.
 arm 150 80 unsloth-dropout0    --system unsloth --base "$BASE" --lora-dropout 0
 arm 90 45 medtune-dropout0     --system medtune --base "$BASE" --lora-dropout 0
+# Without dropout and with 32k-token micro-batches (the same tokens per step): what the speed options
+# reach together, at 2x the activation memory.
+arm 90 45 medtune-32k-dropout0 --system medtune --base "$BASE" --set max_tokens_per_batch=32768 --accumulation 2 --lora-dropout 0 --no-heldout
 echo "=== [$SECONDS s] table"
 "${PY[@]}" table "$R" --results "$OUT/train_vs_peers.json"
 echo "total $SECONDS s"

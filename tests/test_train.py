@@ -263,11 +263,11 @@ def test_logits_on_labelled_positions_only_give_the_same_loss_and_gradients(tiny
         torch.testing.assert_close(kept_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_liger_leaves_rms_norm_to_torch_compile():
+def test_liger_leaves_all_but_the_fused_loss_to_torch_compile():
     from medtune.train.trainer import TrainPlan, liger_kernel_config
 
     # The kernels Liger patches in depend on compiling only (precision plays no part: None here).
     compiled = TrainPlan("cuda", None, True, VARLEN, True, True)
     eager = TrainPlan("cuda", None, True, VARLEN, False, True)
-    assert liger_kernel_config(compiled) == {"rms_norm": False}
-    assert liger_kernel_config(eager) == {"rms_norm": True}
+    assert liger_kernel_config(compiled) == {"rms_norm": False, "swiglu": False, "rope": False}
+    assert liger_kernel_config(eager) == {"rms_norm": True, "swiglu": True, "rope": True}

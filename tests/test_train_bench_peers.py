@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -60,6 +61,39 @@ def test_profile_summary_splits_a_lora_step(tiny_llama_dir):
     assert summary["share_lora_matmul"] > 0 and summary["share_base_matmul"] > 0 and summary["share_optimizer"] > 0
     assert summary["share_attention"] > 0
     assert 0 < sum(shares.values()) <= 1.0 + 6 * 5e-5  # six shares, each rounded to 4 decimals
+
+
+def test_profile_summary_leaves_out_compiled_graph_ranges():
+    """torch.compile's GPU ranges span kernels that are counted on their own: counting both doubled the busy time."""
+    bench = _bench()
+
+    def span(start, end):
+        return SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start)
+
+    def cpu_op(name, kernels, shapes=()):
+        return SimpleNamespace(name=name, device_type="DeviceType.CPU", cpu_parent=None, input_shapes=list(shapes),
+                               kernels=[SimpleNamespace(name=k, duration=us) for k, us in kernels],
+                               time_range=span(0, 1), self_cpu_time_total=1)
+
+    def gpu(name, start, end):
+        return SimpleNamespace(name=name, device_type="DeviceType.CUDA", time_range=span(start, end))
+
+    graph = "## Call CompiledFxGraph f4k3 ##"
+    events = [
+        cpu_op("aten::mm", [("nvjet_sm90_tst_256x128_64x4", 60)], shapes=[[4096, 2048], [2048, 2048]]),
+        cpu_op(graph, [("triton_poi_fused_add_0", 30), (graph, 100)]),
+        cpu_op("aten::mm", [("nvjet_sm90_tst_64x8", 10)], shapes=[[4096, 2048], [2048, 8]]),
+        gpu("nvjet_sm90_tst_256x128_64x4", 0, 60), gpu("triton_poi_fused_add_0", 60, 90), gpu("nvjet_sm90_tst_64x8", 90, 100),
+        gpu(graph, 0, 100),
+    ]
+    summary = bench.summarize_profile(events, step_wall_s=0.0001, lora_rank=8)
+    assert summary["gpu_busy_s"] == 0.0001 and summary["window_s"] == 0.0001 and summary["share_gpu_idle"] == 0
+    assert (summary["share_base_matmul"], summary["share_lora_matmul"], summary["share_other_kernels"]) == (0.6, 0.1, 0.3)
+    assert summary["kernel_families"] == {"gemm": 0.7, "inductor_triton": 0.3}
+    assert graph not in summary["top_kernels_ms"]
+    assert bench.kernel_family("_triton_rope") == "liger_triton"
+    flash = "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64, cutlass::bfloat16_t>>"
+    assert bench.kernel_family(flash) == "attention"
 
 
 def test_rows_of_two_calls_give_ratios_within_a_call_only(tmp_path):

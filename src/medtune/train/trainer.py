@@ -69,14 +69,17 @@ class TrainPlan:
 def liger_kernel_config(plan: TrainPlan) -> dict[str, bool]:
     """Which of Liger's kernels to patch in (keyword arguments of its apply_liger_kernel_to_<model>).
 
-    Under torch.compile, Liger's RMSNorm Triton kernel fails Inductor's mutation analysis (it adds a
-    Python float offset with `.to`: "'float' object has no attribute 'to'"), so Inductor assumes every
-    input is mutated and copies them; Inductor fuses RMSNorm well itself (one H200, Llama-3.2-1B shape:
-    82.7k -> 85.6k real tok/s, peak 23.8 -> 23.0 GiB; BENCHMARKS.md, issue 14). Liger's SwiGLU kernel
-    fails the same way (`gate_multiplier.to`); leaving it to Inductor too is not measured yet. The fused
-    linear cross-entropy stays on in every case: it never materialises the vocabulary-sized logits (the
-    memory Liger saves)."""
-    return {"rms_norm": not plan.compile}
+    Under torch.compile only the fused linear cross-entropy: it never materialises the
+    vocabulary-sized logits (the memory Liger saves). Liger's RMSNorm and SwiGLU Triton kernels fail
+    Inductor's mutation analysis (they add Python floats with `.to`: "'float' object has no attribute
+    'to'"), so Inductor assumes every input is mutated and copies them, and its own fused norm,
+    SwiGLU and rotary kernels are faster than Liger's inside a compiled layer. One H200, Llama-3.2-1B
+    shape, one call (BENCHMARKS.md, issue 14): all of Liger 82.8k real tok/s; without RMSNorm (the
+    previous default) 82.8k -> without SwiGLU 84.6k -> without rotary (this) 86.6k, peak 23.0 GiB in
+    each; Liger off 84.6k at 34.2 GiB. Eager (no compile), every kernel Liger has for the model."""
+    if plan.compile:
+        return {"rms_norm": False, "swiglu": False, "rope": False}
+    return {"rms_norm": True, "swiglu": True, "rope": True}
 
 
 @dataclass
