@@ -74,9 +74,10 @@ def liger_kernel_config(plan: TrainPlan) -> dict[str, bool]:
     Inductor's mutation analysis (they add Python floats with `.to`: "'float' object has no attribute
     'to'"), so Inductor assumes every input is mutated and copies them, and its own fused norm,
     SwiGLU and rotary kernels are faster than Liger's inside a compiled layer. One H200, Llama-3.2-1B
-    shape, one call (BENCHMARKS.md, issue 14): all of Liger 82.8k real tok/s; without RMSNorm (the
-    previous default) 82.8k -> without SwiGLU 84.6k -> without rotary (this) 86.6k, peak 23.0 GiB in
-    each; Liger off 84.6k at 34.2 GiB. Eager (no compile), every kernel Liger has for the model."""
+    shape, real tok/s within one call (BENCHMARKS.md, issue 14): Liger without RMSNorm (the previous
+    default) 82.8k -> without SwiGLU too 84.6k -> without rotary too (this) 86.6k; in another call
+    86.4k -> 90.4k; peak 23.0 GiB in each; Liger off 84.6k-85.0k at 34.2 GiB. Eager (no compile):
+    every kernel Liger has for the model."""
     if plan.compile:
         return {"rms_norm": False, "swiglu": False, "rope": False}
     return {"rms_norm": True, "swiglu": True, "rope": True}
