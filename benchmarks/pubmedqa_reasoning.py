@@ -354,6 +354,32 @@ def save(path: str, results: dict[str, Any]) -> None:
     tmp.replace(target)
 
 
+GGUF_CHECK_FIELDS = ("artifact", "backend", "benchmark", "mode", "n", "accuracy", "ci95", "macro_f1", "recall",
+                     "predicted", "parse_failure_rate", "seconds")
+
+
+def gguf_check(run: Path, results_path: Path, machine: str) -> dict:
+    """Add the run's merged-vs-GGUF eval (benchmarks/pubmedqa_reasoning_gguf.sh) to the results file
+    as "gguf_check": the rows, the GGUF's paired comparisons and the export's quality table."""
+    evaluated = json.loads((run / "eval" / "results.json").read_text())
+    export = json.loads((run / "manifest.json").read_text()).get("stages", {}).get("export", {})
+    check = {"machine": machine, "what": "adapter from the GPU run merged here (fp32), exported by llama.cpp; merged and "
+             "Q8_0 scored here on the same 500 test items",
+             "rows": [{k: row.get(k) for k in GGUF_CHECK_FIELDS} for row in evaluated["results"]],
+             "paired": [c for c in evaluated.get("comparisons", []) if c["artifact"].startswith("gguf")],
+             "export": {k: export.get(k) for k in ("quality", "verification", "files") if k in export}}
+    results = json.loads(results_path.read_text())
+    results["gguf_check"] = check
+    save(str(results_path), results)
+    for row in check["rows"]:
+        print(f"{row['artifact']:<12}{row['mode']:<8}{100 * row['accuracy']:6.1f}%  macro-F1 {row['macro_f1']:.3f}  "
+              f"{row['predicted']}")
+    for c in check["paired"]:
+        print(f"{c['artifact']} vs {c['versus']} {c['mode']}: {100 * c['difference']:+.1f} (paired CI "
+              f"{100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f})")
+    return check
+
+
 def save_base_model(folder: Path) -> str:
     """The embedded GGUF dequantized once into a Hugging Face folder, so the 50 jobs skip the GGUF read."""
     if (folder / "config.json").is_file():
@@ -442,6 +468,10 @@ def main() -> None:
     r.add_argument("--run", required=True)
     r.add_argument("--machine", default="")
     r.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pubmedqa_reasoning.json"))
+    g = sub.add_parser("gguf-check", help="add a run's merged-vs-GGUF eval to the results file (pubmedqa_reasoning_gguf.sh)")
+    g.add_argument("run")
+    g.add_argument("results")
+    g.add_argument("--machine", default="")
     st = sub.add_parser("stages")  # internal: one job's stages in one process
     st.add_argument("config")
     st.add_argument("stages", nargs="+")
@@ -452,6 +482,8 @@ def main() -> None:
         choice(args)
     elif args.command == "record":
         record(args)
+    elif args.command == "gguf-check":
+        gguf_check(Path(args.run), Path(args.results), args.machine)
     else:
         stages_command(args.config, args.stages)
 

@@ -35,29 +35,4 @@ start=$(date +%s)
 "$PY" -m medtune.cli eval "$cfg" "${sets[@]}" --set "eval.artifacts=[merged, \"gguf:Q8_0\"]" \
   --set "eval.modes=$modes" "${cot[@]}"
 echo "merge + export + eval here: $(( $(date +%s) - start )) s"
-"$PY" - "$run" "$RESULTS" "$(nproc) CPU cores, $(uname -m)" <<'PYEOF'
-import json, sys
-from pathlib import Path
-
-run, results_path, machine = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-evaluated = json.loads((run / "eval" / "results.json").read_text())
-keep = ("artifact", "backend", "benchmark", "mode", "n", "accuracy", "ci95", "macro_f1", "recall", "predicted",
-        "parse_failure_rate", "seconds")
-manifest = json.loads((run / "manifest.json").read_text())
-export = manifest.get("stages", {}).get("export", {})
-check = {"machine": machine, "what": "adapter from the GPU run merged here (fp32), exported by llama.cpp; merged and "
-         "Q8_0 scored here on the same 500 test items",
-         "rows": [{k: row.get(k) for k in keep} for row in evaluated["results"]],
-         "paired": [c for c in evaluated.get("comparisons", []) if c["artifact"].startswith("gguf")],
-         "export": {k: export.get(k) for k in ("quality", "verification", "files") if k in export}}
-results = json.loads(results_path.read_text())
-results["gguf_check"] = check
-tmp = results_path.with_suffix(".tmp")
-tmp.write_text(json.dumps(results, indent=1))
-tmp.replace(results_path)
-for row in check["rows"]:
-    print(f"{row['artifact']:<12}{row['mode']:<8}{100 * row['accuracy']:6.1f}%  macro-F1 {row['macro_f1']:.3f}  {row['predicted']}")
-for c in check["paired"]:
-    print(f"{c['artifact']} vs {c['versus']} {c['mode']}: {100 * c['difference']:+.1f} (paired CI "
-          f"{100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f})")
-PYEOF
+"$PY" benchmarks/pubmedqa_reasoning.py gguf-check "$run" "$RESULTS" --machine "$(nproc) CPU cores, $(uname -m)"

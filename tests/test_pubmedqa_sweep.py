@@ -3,6 +3,8 @@ second round that joins an earlier sweep's finished variants to the choice."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from bench_scripts import load_benchmark
 
@@ -53,3 +55,23 @@ def test_an_earlier_sweep_over_other_folds_is_refused():
                           {"lr_1e-3": sweep.VARIANTS["lr_1e-3"]}, 2)
     with pytest.raises(SystemExit, match="folds=2"):
         sweep.collect([_job("base", k, 4) for k in range(3)], {}, 3, previous=first)
+
+
+def test_gguf_check_joins_the_results_file_whole(tmp_path):
+    sweep = _sweep_module()
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    row = {"artifact": "gguf:Q8_0", "backend": "llama.cpp", "benchmark": "pubmedqa", "mode": "loglik", "n": 500,
+           "accuracy": 0.658, "ci95": [0.614, 0.7], "macro_f1": 0.461, "recall": {}, "predicted": {"yes": 300},
+           "parse_failure_rate": 0.0, "seconds": 12.0, "predictions": ["dropped from the check"]}
+    paired = {"artifact": "gguf:Q8_0", "versus": "merged", "mode": "loglik", "difference": -0.004, "ci95": [-0.014, 0.006]}
+    (run / "eval" / "results.json").write_text(json.dumps({"results": [row], "comparisons": [paired]}))
+    (run / "manifest.json").write_text(json.dumps({"stages": {"export": {"quality": [{"type": "Q8_0"}], "other": 1}}}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"final": {"kept": True}}))
+    check = sweep.gguf_check(run, results, "2 CPU cores, x86_64")
+    written = json.loads(results.read_text())
+    assert written["final"] == {"kept": True} and written["gguf_check"] == check
+    assert "predictions" not in check["rows"][0] and check["rows"][0]["accuracy"] == 0.658
+    assert check["paired"] == [paired] and check["export"] == {"quality": [{"type": "Q8_0"}]}
+    assert not results.with_suffix(".tmp").exists()
