@@ -354,6 +354,15 @@ def save(path: str, results: dict[str, Any]) -> None:
     tmp.replace(target)
 
 
+def print_scores(rows: list[dict], paired: list[dict]) -> None:
+    for row in rows:
+        print(f"{row['artifact']:<12}{row['mode']:<8}{100 * row['accuracy']:6.1f}%  CI {100 * row['ci95'][0]:.1f}-"
+              f"{100 * row['ci95'][1]:.1f}  macro-F1 {row['macro_f1']:.3f}  answers {row['predicted']}")
+    for c in paired:
+        print(f"{c['artifact']} vs {c['versus']} {c['mode']}: {100 * c['difference']:+.1f} "
+              f"(paired CI {100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f})")
+
+
 GGUF_CHECK_FIELDS = ("artifact", "backend", "benchmark", "mode", "n", "accuracy", "ci95", "macro_f1", "recall",
                      "predicted", "parse_failure_rate", "seconds")
 
@@ -371,12 +380,7 @@ def gguf_check(run: Path, results_path: Path, machine: str) -> dict:
     results = json.loads(results_path.read_text())
     results["gguf_check"] = check
     save(str(results_path), results)
-    for row in check["rows"]:
-        print(f"{row['artifact']:<12}{row['mode']:<8}{100 * row['accuracy']:6.1f}%  macro-F1 {row['macro_f1']:.3f}  "
-              f"{row['predicted']}")
-    for c in check["paired"]:
-        print(f"{c['artifact']} vs {c['versus']} {c['mode']}: {100 * c['difference']:+.1f} (paired CI "
-              f"{100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f})")
+    print_scores(check["rows"], check["paired"])
     return check
 
 
@@ -434,12 +438,7 @@ def record(args: argparse.Namespace) -> None:
     out = {"sweep": sweep_results, "test": final, **({"machine": args.machine} if args.machine else {})}
     save(args.out, out)
     print(table(sweep_results))
-    for row in final["rows"]:
-        print(f"{row['artifact']:<12}{row['mode']:<8}{100 * row['accuracy']:6.1f}%  CI {100 * row['ci95'][0]:.1f}-"
-              f"{100 * row['ci95'][1]:.1f}  macro-F1 {row['macro_f1']:.3f}  answers {row['predicted']}")
-    for c in final["paired"]:
-        print(f"{c['artifact']} vs {c['versus']} {c['mode']}: {100 * c['difference']:+.1f} "
-              f"(paired CI {100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f})")
+    print_scores(final["rows"], final["paired"])
 
 
 def main() -> None:
