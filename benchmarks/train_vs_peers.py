@@ -256,6 +256,11 @@ class CountingCollator:
 # --------------------------------------------------------------------------- (a) medtune
 
 
+def json_settings(items: list[str]) -> dict:
+    """NAME=JSON options (--trainer-arg, --inductor) as a dict of parsed values."""
+    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def run_medtune(args, row: dict) -> dict:
     from medtune.config import LoraConfig, ModelConfig, TrainConfig
     from medtune.modeling import load_base_model, quantize_nf4_in_place
@@ -313,14 +318,14 @@ def run_medtune(args, row: dict) -> dict:
         profiler = StepProfiler(args.warmup, lora["r"])
         callbacks.insert(0, profiler)
     # on/off measurements of Trainer switches, e.g. logging_nan_inf_filter=true
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.trainer_arg)}
+    overrides = json_settings(args.trainer_arg)
     if args.inductor:
         import torch._inductor.config as inductor_config
 
-        for key, value in (item.split("=", 1) for item in args.inductor):
+        for key, value in json_settings(args.inductor).items():
             if not hasattr(inductor_config, key):
                 raise SystemExit(f"--inductor {key}: torch._inductor.config has no such setting")
-            setattr(inductor_config, key, json.loads(value))
+            setattr(inductor_config, key, value)
     trainer = build_trainer(model, examples, None, train=train_cfg, plan=plan, seed=SEED,
                             output_dir=Path(tempfile.mkdtemp(prefix="medtune-peers-")),
                             pad_token_id=special_ids(args.tiny)[2], callbacks=callbacks, trainer_arguments=overrides)
@@ -620,26 +625,26 @@ def _category(event, rank: int) -> str:
     return "other_kernels"
 
 
-_KERNEL_FAMILIES = (  # GPU kernel name -> family, first match wins (names of cuBLAS, flash, Inductor, Liger)
-    ("attention", ("flash", "fmha", "attention")),  # before gemm: flash kernels' names carry cutlass types
-    ("gemm", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
-    ("inductor_triton", ()),  # by prefix: Inductor names its kernels triton_poi_/triton_red_/triton_per_...
-    ("liger_triton", ("rope", "swiglu", "rms_norm", "cross_entropy", "element_mul")),
-    ("copy_fill", ("memcpy", "memset", "copy_kernel", "fill_kernel")),
-    ("aten_elementwise", ("elementwise", "vectorized", "reduce_kernel", "unrolled")),
+_KERNEL_FAMILIES = (  # (family, name starts with, name contains): first match wins
+    ("attention", (), ("flash", "fmha", "attention")),  # before gemm: flash kernels' names carry cutlass types
+    ("gemm", (), ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
+    ("inductor_triton", ("triton_",), ()),  # Inductor's triton_poi_/triton_red_/triton_per_... (Liger's: _triton_)
+    ("liger_triton", (), ("rope", "swiglu", "rms_norm", "cross_entropy", "element_mul")),
+    ("copy_fill", (), ("memcpy", "memset", "copy_kernel", "fill_kernel")),
+    ("aten_elementwise", (), ("elementwise", "vectorized", "reduce_kernel", "unrolled")),
 )
 
 
-def _is_annotation(event) -> bool:
+def _is_range(name: str) -> bool:
     """A user range on the GPU timeline (torch.compile's "## Call CompiledFxGraph ... ##"): it spans
     kernels that are counted on their own, so counting it too double-counts them."""
-    return bool(getattr(event, "is_user_annotation", False)) or event.name.startswith("## ")
+    return str(name).startswith("## ")
 
 
 def kernel_family(name: str) -> str:
     lowered = name.lower()
-    for family, words in _KERNEL_FAMILIES:
-        if any(word in lowered for word in words) or (family == "inductor_triton" and lowered.startswith("triton_")):
+    for family, prefixes, words in _KERNEL_FAMILIES:
+        if lowered.startswith(prefixes) or any(word in lowered for word in words):
             return family
     return "other"
 
@@ -665,7 +670,8 @@ def summarize_profile(events, step_wall_s: float, lora_rank: int) -> dict:
     device_total, kernels, data_us = 0.0, 0, 0.0
     top: dict[str, float] = {}
     cpu_events = [e for e in events if "cpu" in str(getattr(e, "device_type", "")).lower()]
-    device_events = [e for e in events if "cuda" in str(getattr(e, "device_type", "")).lower() and not _is_annotation(e)]
+    device_events = [e for e in events if "cuda" in str(getattr(e, "device_type", "")).lower()
+                     and not (getattr(e, "is_user_annotation", False) or _is_range(e.name))]
     families: dict[str, float] = {}
     for e in device_events:
         device_total += e.time_range.elapsed_us()
@@ -678,7 +684,7 @@ def summarize_profile(events, step_wall_s: float, lora_rank: int) -> dict:
         name = e.name
         if "DataLoader" in name and "__next__" in name:
             data_us += e.time_range.elapsed_us()
-        own = sum(k.duration for k in getattr(e, "kernels", []) or [] if not str(k.name).startswith("## "))
+        own = sum(k.duration for k in getattr(e, "kernels", []) or [] if not _is_range(k.name))
         if device_events:
             if own:
                 buckets[_category(e, lora_rank)] += own
@@ -821,9 +827,9 @@ def table(args) -> None:
     lines = [header, "-" * len(header)]
     profiles = [r for r in rows if "profile_of" in r]
     for entry in profiles:
-        shares = [v for k, v in (entry.get("profile") or {}).items()
-                  if k.startswith("share_") and k not in ("share_gpu_idle", "share_data_loading_host") and v is not None]
         profile = entry.get("profile") or {}
+        shares = [v for k, v in profile.items()
+                  if k.startswith("share_") and k not in ("share_gpu_idle", "share_data_loading_host") and v is not None]
         if sum(shares) > 1.001:  # written by the summarizer before its fix (see summarize_profile)
             entry["note"] = "shares sum to more than 100%: kernel time was divided by one step's wall time; superseded"
         elif profile.get("window_s") and profile.get("gpu_busy_s", 0) > 1.01 * profile["window_s"]:
