@@ -168,6 +168,12 @@ class TrainConfig(Section):
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the model (auto: on for packed GPU training; compiling takes a minute or two)."
     )
+    fused_projections: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run each layer's q/k/v projections (and gate/up when both carry LoRA) as one base GEMM and one "
+        "LoRA GEMM pair (Llama attention blocks); auto: on under torch.compile. The group's adapters share one "
+        "dropout mask.",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     quantize_base: Literal["none", "nf4"] = Field(
         "none",
@@ -192,7 +198,7 @@ class TrainConfig(Section):
     test_question: bool = Field(True, description="Answer the seed's test question with the adapter after training.")
     test_question_max_new_tokens: int = Field(256, ge=1, description="Generation budget for the test question (greedy).")
 
-    @field_validator("packing", "liger_kernels", "compile", mode="before")
+    @field_validator("packing", "liger_kernels", "compile", "fused_projections", mode="before")
     @classmethod
     def _yaml_switch(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare on/off/true/false as a bool.

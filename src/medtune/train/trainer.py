@@ -7,7 +7,8 @@ optimizer, scheduler, RNG, data position), and writes runs/<name>/adapter atomic
 training log, the loss curve and the adapter's answer to the seed's test question.
 
 On a GPU the defaults are bf16, packed padding-free micro-batches, torch's varlen flash attention,
-Liger's fused kernels when installed, and torch.compile; on CPU fp32 with padded batches.
+Liger's fused loss when installed, torch.compile, and each layer's q/k/v projections run as one
+GEMM group (`medtune.train.fused_projections`); on CPU fp32 with padded batches.
 `train.quantize_base: nf4` trains QLoRA (a bitsandbytes 4-bit base). Under `accelerate launch` /
 `torchrun` the Trainer runs data parallel (`train.distributed: ddp`) or shards the base with
 accelerate's FSDP plugin (`fsdp`); only the main process logs and writes outputs.
@@ -19,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from medtune.artifacts import atomic_dir, atomic_write_json
 from medtune.config import LoraConfig, RunConfig, TrainConfig, save_resolved_config
 from medtune.errors import ArtifactError, ConfigError, DataError
 from medtune.train.attention import VARLEN, resolve_attention
+from medtune.train.fused_projections import fuse_projections, unfuse_projections
 from medtune.train.precision import Precision, resolve_precision
 
 CHECKPOINTS = "checkpoints"
@@ -51,6 +54,7 @@ class TrainPlan:
     world_size: int = 1
     quantize_base: str = "none"
     fsdp: bool = False
+    fused_projections: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -60,6 +64,7 @@ class TrainPlan:
             "attention": "varlen (torch)" if self.attention == VARLEN else self.attention,
             "compile": self.compile,
             "liger_kernels": self.liger,
+            "fused_projections": self.fused_projections,
             "processes": self.world_size,
             "base_weights": "nf4 (QLoRA)" if self.quantize_base == "nf4" else self.precision.name,
             "distributed": ("fsdp" if self.fsdp else "ddp") if self.world_size > 1 else "none",
@@ -157,7 +162,15 @@ def plan_training(train: TrainConfig, device_type: str | None = None, world_size
     if train.liger_kernels == "on" and not liger_installed:
         raise ConfigError("train.liger_kernels: on, but liger-kernel is not installed (pip install liger-kernel)")
     liger = device_type == "cuda" and train.liger_kernels != "off" and liger_installed
-    return TrainPlan(device_type, precision, packing, attention, compile_on, liger, world_size, train.quantize_base, fsdp)
+    if train.fused_projections == "on" and fsdp:
+        raise ConfigError(
+            "train.fused_projections: on is not supported with train.distributed: fsdp (the fused forward is not "
+            "checked against FSDP's sharded parameters); use auto or off"
+        )
+    # auto: with compile, where the fused groups were measured (BENCHMARKS.md, issue 14).
+    fused = train.fused_projections == "on" or (train.fused_projections == "auto" and compile_on)
+    return TrainPlan(device_type, precision, packing, attention, compile_on, liger, world_size, train.quantize_base,
+                     fsdp, fused)
 
 
 def compile_regions(model) -> int:
@@ -177,13 +190,15 @@ def compile_regions(model) -> int:
 
 
 def uncompile_regions(model) -> None:
-    """Undo `compile_regions`: decoder layers run eagerly again (nn.Module.compile has no public undo)."""
+    """Undo `compile_regions`: decoder layers run eagerly again (nn.Module.compile has no public undo),
+    with transformers' own attention and MLP forwards (generation caches keys and values)."""
     for module in model.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if "_loss_function" in vars(inner):
         del inner._loss_function
+    unfuse_projections(model)
 
 
 def prepare_lora_model(model, lora: LoraConfig):
@@ -357,6 +372,10 @@ def build_trainer(
     # GPUs. Without one, transformers would wrap the model in DataParallel over every visible GPU.
     if args.device.type == "cuda" and args.n_gpu > 1:
         args._n_gpu = 1
+    if plan.fused_projections:
+        report = fuse_projections(model)
+        for skipped in report.skipped:
+            print(f"train.fused_projections: {skipped}; that block runs unfused", file=sys.stderr)
     if plan.compile:
         compile_regions(model)
     trainer = _trainer_class()(
