@@ -780,7 +780,9 @@ RATIO_PAIRS = (("{medtune}", "unsloth"), ("{medtune}", "trl"), ("{medtune}", "se
                ("medtune-liger-swiglu-off", "medtune"), ("medtune-liger-flce-only", "medtune"),
                ("medtune-flce-only-dropout0", "medtune"), ("medtune-coord-descent", "medtune"),
                ("medtune-dropout0", "medtune"), ("medtune", "medtune-liger-previous"),
-               ("medtune-no-input-cast", "medtune"), ("medtune-32k-dropout0", "medtune"))
+               ("medtune-no-input-cast", "medtune"), ("medtune-32k-dropout0", "medtune"),
+               ("medtune", "medtune-unfused"), ("medtune-dropout0", "medtune-unfused-dropout0"),
+               ("medtune-all-r16", "medtune-all-r16-unfused"), ("medtune-native-gqa", "medtune"))
 
 
 def calls_rows(paths: list[Path]) -> list[dict]:

@@ -72,6 +72,11 @@ arm 90 45 medtune-liger-previous --system medtune --base "$BASE" --no-heldout --
 # PEFT casts each LoRA input to the adapter's fp32 before its (autocast: bf16) matmul; under autocast
 # skipping that cast is the same arithmetic (Inductor rounds once to bf16 either way), minus a copy.
 arm 90 45 medtune-no-input-cast --system medtune --base "$BASE" --no-heldout --no-input-cast
+# q/k/v (and a LoRA gate/up pair) as one GEMM group (medtune.train.fused_projections, the default under
+# compile since session 8): off, the previous defaults; with dropout 0 too; and the all-linear adapter.
+arm 90 45 medtune-unfused          --system medtune --base "$BASE" --no-heldout --set fused_projections=off
+arm 90 45 medtune-unfused-dropout0 --system medtune --base "$BASE" --no-heldout --set fused_projections=off --lora-dropout 0
+arm 90 50 medtune-all-r16-unfused  --system medtune --base "$BASE" --no-heldout --lora all-r16 --set fused_projections=off
 # Inductor's coordinate-descent tuning of its generated kernels (call 5: still compiling after 120 s).
 arm 120 60 medtune-coord-descent --system medtune --base "$BASE" --no-heldout --inductor coordinate_descent_tuning=true
 # Memory and bigger bases: 8B shape, random weights made in GPU memory, 8,192-token micro-batches.
