@@ -306,6 +306,12 @@ def run_medtune(args, row: dict) -> dict:
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
                 module.cast_input_dtype_enabled = False
+    if args.fuse_frozen_mlp:  # ablation: the frozen gate/up pair as one GEMM as well
+        import functools
+
+        import medtune.train.trainer as trainer_module
+
+        trainer_module.fuse_projections = functools.partial(trainer_module.fuse_projections, frozen_mlp=True)
     train, heldout = workload(args, base.config.vocab_size)
     examples = [{"input_ids": t, "labels": t} for t in train]
     holder: dict = {}
@@ -339,7 +345,8 @@ def run_medtune(args, row: dict) -> dict:
                real_tokens_trained=int(trainer.state.num_input_tokens_seen or 0) + trainer._pending_tokens,
                pack_fill=round(trainer.train_dataset.fill(train_cfg.max_tokens_per_batch), 4),
                settings=dict(fields, lora=args.lora, dropout=lora["dropout"], trainer_args=args.trainer_arg,
-                             **({"inductor": args.inductor} if args.inductor else {})))
+                             **({"inductor": args.inductor} if args.inductor else {}),
+                             **({"fuse_frozen_mlp": True} if args.fuse_frozen_mlp else {})))
     if profiler is not None:
         row["_profiler"] = profiler  # summarised after this row is safely written (see run)
     if not args.no_heldout:
@@ -782,7 +789,9 @@ RATIO_PAIRS = (("{medtune}", "unsloth"), ("{medtune}", "trl"), ("{medtune}", "se
                ("medtune-dropout0", "medtune"), ("medtune", "medtune-liger-previous"),
                ("medtune-no-input-cast", "medtune"), ("medtune-32k-dropout0", "medtune"),
                ("medtune", "medtune-unfused"), ("medtune-dropout0", "medtune-unfused-dropout0"),
-               ("medtune-all-r16", "medtune-all-r16-unfused"), ("medtune-native-gqa", "medtune"))
+               ("medtune-all-r16", "medtune-all-r16-unfused"), ("medtune-native-gqa", "medtune"),
+               ("medtune-frozen-mlp", "medtune"), ("medtune-32k-frozen-mlp", "medtune-32k"),
+               ("medtune-pointwise-autotune", "medtune"), ("medtune-combo-kernels", "medtune"))
 
 
 def calls_rows(paths: list[Path]) -> list[dict]:
@@ -920,6 +929,8 @@ def main() -> None:
                      help="medtune: a torch._inductor.config setting, e.g. coordinate_descent_tuning=true")
     arm.add_argument("--no-input-cast", action="store_true",
                      help="medtune: LoRA inputs stay bf16 under autocast (PEFT's cast_input_dtype_enabled off)")
+    arm.add_argument("--fuse-frozen-mlp", action="store_true",
+                     help="medtune: fuse each frozen gate/up pair into one GEMM too (fuse_projections(frozen_mlp=True))")
     arm.add_argument("--tag", help="row name in the table")
     arm.add_argument("--out", type=Path, required=True)
     arm.add_argument("--examples", type=int, default=N_EXAMPLES)

@@ -77,8 +77,15 @@ arm 90 45 medtune-no-input-cast --system medtune --base "$BASE" --no-heldout --n
 arm 90 45 medtune-unfused          --system medtune --base "$BASE" --no-heldout --set fused_projections=off
 arm 90 45 medtune-unfused-dropout0 --system medtune --base "$BASE" --no-heldout --set fused_projections=off --lora-dropout 0
 arm 90 50 medtune-all-r16-unfused  --system medtune --base "$BASE" --no-heldout --lora all-r16 --set fused_projections=off
+# The frozen gate/up pair of each MLP as one GEMM too (session 9), at 16k and at 32k micro-batches.
+arm 90 45 medtune-frozen-mlp     --system medtune --base "$BASE" --no-heldout --fuse-frozen-mlp
+arm 90 45 medtune-32k-frozen-mlp --system medtune --base "$BASE" --no-heldout --fuse-frozen-mlp --set max_tokens_per_batch=32768 --accumulation 2
 # Inductor's coordinate-descent tuning of its generated kernels (call 5: still compiling after 120 s).
 arm 120 60 medtune-coord-descent --system medtune --base "$BASE" --no-heldout --inductor coordinate_descent_tuning=true
+# Inductor: autotuned block sizes for its generated (pointwise) kernels; horizontal fusion of
+# independent kernels into one launch (combo kernels). Session 9.
+arm 120 60 medtune-pointwise-autotune --system medtune --base "$BASE" --no-heldout --inductor max_autotune_pointwise=true
+arm 100 50 medtune-combo-kernels      --system medtune --base "$BASE" --no-heldout --inductor combo_kernels=true
 # Memory and bigger bases: 8B shape, random weights made in GPU memory, 8,192-token micro-batches.
 arm 100 45 medtune-8b-qlora-gc --system medtune --shape 8b --quantize nf4 --set gradient_checkpointing=true \
   --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout

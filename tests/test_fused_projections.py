@@ -47,14 +47,16 @@ def _loss_and_lora_grads(model, batch):
 
 
 @pytest.mark.parametrize(
-    ("targets", "attention", "mlp"),
+    ("targets", "attention", "mlp", "frozen_mlp"),
     [
-        (["q_proj", "k_proj", "v_proj", "o_proj"], 2, 0),  # the seed's adapter: the MLP stays frozen, unfused
-        (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 2, 2),  # all linear
-        (["q_proj", "v_proj"], 2, 0),  # PEFT's classic pair: k_proj is a plain Linear inside the group
+        (["q_proj", "k_proj", "v_proj", "o_proj"], 2, 0, False),  # the seed's adapter: the MLP stays frozen, unfused
+        (["q_proj", "k_proj", "v_proj", "o_proj"], 2, 2, True),  # ... or its frozen gate/up as one GEMM
+        (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 2, 2, False),  # all linear
+        (["q_proj", "v_proj"], 2, 0, False),  # PEFT's classic pair: k_proj is a plain Linear inside the group
+        (["q_proj", "v_proj", "up_proj"], 2, 0, True),  # a half-adapted gate/up pair is left alone
     ],
 )
-def test_fused_groups_give_peft_loss_and_gradients(targets, attention, mlp):
+def test_fused_groups_give_peft_loss_and_gradients(targets, attention, mlp, frozen_mlp):
     from medtune.train.attention import register_varlen_attention
 
     model = _tiny_lora_model(targets)
@@ -62,12 +64,12 @@ def test_fused_groups_give_peft_loss_and_gradients(targets, attention, mlp):
     batch = _packed_batch()
     loss, grads = _loss_and_lora_grads(model, batch)
 
-    report = fuse_projections(model)
+    report = fuse_projections(model, frozen_mlp=frozen_mlp)
     assert (report.attention_blocks, report.mlp_blocks, report.skipped) == (attention, mlp, ())
     # The fused path reads the members' weights and never calls the member modules themselves.
     calls = []
     for name, module in model.named_modules():
-        if name.endswith(("q_proj", "k_proj", "v_proj")):
+        if name.endswith(("q_proj", "k_proj", "v_proj") + (("gate_proj", "up_proj") if mlp else ())):
             module.register_forward_hook(lambda *_: calls.append(1))
     fused_loss, fused_grads = _loss_and_lora_grads(model, batch)
     assert calls == []

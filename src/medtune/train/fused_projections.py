@@ -173,10 +173,11 @@ def _group_problem(module: nn.Module, names: Sequence[str]) -> str | None:
     return None
 
 
-def fuse_projections(model: nn.Module) -> FusionReport:
+def fuse_projections(model: nn.Module, *, frozen_mlp: bool = False) -> FusionReport:
     """Give each Llama attention block a forward that runs q/k/v as one group, and each MLP whose
-    gate and up projections both carry LoRA one that runs them as one group (a frozen gate/up pair
-    gains nothing worth a per-step weight concatenation). Idempotent; returns what was fused."""
+    gate and up projections both carry LoRA one that runs them as one group; with `frozen_mlp`, a
+    gate/up pair without LoRA too (its weights concatenated at every step). Idempotent; returns
+    what was fused."""
     lora_linear = _lora_linear_class()
     attention_blocks = mlp_blocks = 0
     skipped: list[str] = []
@@ -186,7 +187,8 @@ def fuse_projections(model: nn.Module) -> FusionReport:
             members, make = ("q_proj", "k_proj", "v_proj"), _fused_attention_forward
         elif kind in MLP_CLASSES:
             members, make = ("gate_proj", "up_proj"), _fused_mlp_forward
-            if not all(type(getattr(module, m, None)) is lora_linear for m in members):
+            kinds = {type(getattr(module, m, None)) for m in members}
+            if kinds != {lora_linear} and not (frozen_mlp and kinds == {nn.Linear}):
                 continue
         else:
             continue
