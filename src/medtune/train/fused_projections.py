@@ -176,7 +176,8 @@ def _group_problem(module: nn.Module, names: Sequence[str]) -> str | None:
 def fuse_projections(model: nn.Module, *, frozen_mlp: bool = False) -> FusionReport:
     """Give each Llama attention block a forward that runs q/k/v as one group, and each MLP whose
     gate and up projections both carry LoRA one that runs them as one group; with `frozen_mlp`, a
-    gate/up pair without LoRA too (its weights concatenated at every step). Idempotent; returns
+    gate/up pair without LoRA too (its weights concatenated at every step: 0.98x and +1.1 GiB on
+    the 1B workload, BENCHMARKS.md issue 14, so the trainer leaves it off). Idempotent; returns
     what was fused."""
     lora_linear = _lora_linear_class()
     attention_blocks = mlp_blocks = 0
