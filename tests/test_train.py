@@ -145,21 +145,28 @@ def _adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_adapter_as_training_straight(tiny_llama_dir, smollm2_tokenizer, tmp_path):
-    """6 steps straight == 3 steps, interrupt, --resume, 3 more (optimizer, scheduler, RNG, data position)."""
+@pytest.mark.parametrize(
+    "train",
+    [{}, {"packing": "on", "max_tokens_per_batch": 512, "fused_projections": "on"}],  # CPU defaults; the GPU's path
+    ids=["padded", "packed-fused"],
+)
+def test_resume_gives_the_same_adapter_as_training_straight(tiny_llama_dir, smollm2_tokenizer, tmp_path, train):
+    """6 steps straight == 3 steps, interrupt, --resume, 3 more (optimizer, scheduler, RNG, data position).
+    Dropout is on (0.1), so the fused groups' shared dropout mask must resume with the RNG too."""
     from medtune.train.callbacks import StopAtStep, read_log
     from medtune.train.trainer import train_adapter
 
-    straight = _config(tmp_path, tiny_llama_dir, "straight")
+    straight = _config(tmp_path, tiny_llama_dir, "straight", **train)
     write_prepared(straight.run_dir, smollm2_tokenizer, n_train=20)
     train_adapter(straight)
 
-    resumed = _config(tmp_path, tiny_llama_dir, "resumed")
+    resumed = _config(tmp_path, tiny_llama_dir, "resumed", **train)
     write_prepared(resumed.run_dir, smollm2_tokenizer, n_train=20)
     train_adapter(resumed, callbacks=[StopAtStep(3)])
     assert latest_checkpoint(resumed.run_dir / "checkpoints").name == "checkpoint-3"
     result = train_adapter(resumed, resume=True)
     assert result.resumed_from_step == 3 and result.steps == 6
+    assert result.plan["fused_projections"] is bool(train)
 
     a, b = _adapter_tensors(straight.run_dir / "adapter"), _adapter_tensors(resumed.run_dir / "adapter")
     assert a.keys() == b.keys() and a
