@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Packed (varlen) causal attention kernels on one GPU: torch's FlashAttention-2 vs cuDNN, fwd+bwd.
+"""Packed (varlen) causal attention kernels on one GPU: FlashAttention-2 vs FlexAttention vs cuDNN, fwd+bwd.
 
 The micro-batches are the training workload's (benchmarks/train_vs_peers.py): examples of the
 lognormal length mix packed into 16,384-token rows, every example attending only to itself. For
