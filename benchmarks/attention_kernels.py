@@ -4,8 +4,9 @@
 The micro-batches are the training workload's (benchmarks/train_vs_peers.py): examples of the
 lognormal length mix packed into 16,384-token rows, every example attending only to itself. For
 each Llama head shape (1B: 32 q / 8 kv heads of 64; 3B: 24 / 8 of 128; 8B: 32 / 8 of 128) and each
-kernel it times forward + backward over the same micro-batches (CUDA events, after warm-up) and
-checks the output and the q/k/v gradients against an fp32 per-example SDPA reference, so no kernel
+kernel it times forward + backward over the same micro-batches (wall clock between CUDA syncs,
+after warm-up) and checks the output and the q/k/v gradients against an fp32 per-example SDPA
+reference (medtune's CPU fallback, `reference_varlen_attention`), so no kernel
 wins by computing something else.
 
   flash       torch.nn.attention.varlen.varlen_attn (FlashAttention-2 in torch; medtune's kernel)
@@ -35,6 +36,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from train_vs_peers import TOKENS_PER_MICRO_BATCH, lengths  # noqa: E402
 
+from medtune.train.attention import reference_varlen_attention  # noqa: E402
+
 HEAD_SHAPES = {"1b": (32, 8, 64), "3b": (24, 8, 128), "8b": (32, 8, 128)}
 
 
@@ -53,13 +56,19 @@ def packed_rows(n_rows: int, budget: int, seed: int) -> list[list[int]]:
     return rows
 
 
+def repeat_kv(q, k, v):
+    """k and v repeated to the query head count (GQA without kernel support)."""
+    group = q.shape[1] // k.shape[1]
+    if group == 1:
+        return k, v
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+
+
 def flash_kernel():
     from torch.nn.attention.varlen import varlen_attn
 
     def run(q, k, v, cu, max_len, scale):
-        if k.shape[1] != q.shape[1]:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        k, v = repeat_kv(q, k, v)
         return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, window_size=(-1, 0))
 
     return run
@@ -67,9 +76,8 @@ def flash_kernel():
 
 def cudnn_kernel(native_gqa: bool):
     def run(q, k, v, cu, max_len, scale):
-        if not native_gqa and k.shape[1] != q.shape[1]:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        if not native_gqa:
+            k, v = repeat_kv(q, k, v)
         out = torch.ops.aten._cudnn_attention_forward(
             q, k, v, None, cu, cu, max_len, max_len, True, 0.0, True, False, scale=scale
         )
@@ -104,19 +112,6 @@ def flex_kernel():
     return run
 
 
-def reference(q, k, v, cu, scale):
-    """fp32 causal SDPA per example: [T, H, D] -> [T, H, D]."""
-    group = q.shape[1] // k.shape[1]
-    bounds = cu.tolist()
-    outs = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        qs = q[start:end].transpose(0, 1)
-        ks = k[start:end].transpose(0, 1).repeat_interleave(group, dim=0)
-        vs = v[start:end].transpose(0, 1).repeat_interleave(group, dim=0)
-        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale).transpose(0, 1))
-    return torch.cat(outs)
-
-
 def batch_tensors(row: list[int], heads: int, kv_heads: int, dim: int, seed: int, device):
     gen = torch.Generator(device=device).manual_seed(seed)
     total = sum(row)
@@ -140,6 +135,17 @@ def attention_flops(row: list[int], heads: int, dim: int) -> float:
     return sum(3.5 * 4 * (n * n / 2) * dim * heads for n in row)
 
 
+def per_batch_ms(step, batches, iters: int) -> float:
+    """Mean ms of step(tensors) per micro-batch over iters passes, after the caller's warm-up."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        for tensors, _ref in batches:
+            step(*tensors)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (iters * len(batches)) * 1e3
+
+
 def measure(name, kernel, batches, scale, heads, dim, iters: int) -> dict:
     row = {"kernel": name}
     try:
@@ -149,28 +155,19 @@ def measure(name, kernel, batches, scale, heads, dim, iters: int) -> dict:
             for key, a, b in zip(errors, got, ref):
                 errors[key] = max(errors[key], float((a.float() - b).abs().max()))
         row["max_abs_error_vs_fp32"] = errors
-        for _ in range(3):  # warm-up (graph builds, autotuning)
-            for (q, k, v, grad, cu, max_len), _ref in batches:
-                fwd_bwd(kernel, q, k, v, grad, cu, max_len, scale)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(iters):
-            for (q, k, v, grad, cu, max_len), _ref in batches:
-                fwd_bwd(kernel, q, k, v, grad, cu, max_len, scale)
-        torch.cuda.synchronize()
-        elapsed = (time.perf_counter() - start) / (iters * len(batches))
+        def train_step(q, k, v, grad, cu, max_len):
+            fwd_bwd(kernel, q, k, v, grad, cu, max_len, scale)
+
         # forward only: inputs that need no grad (not no_grad(), which sends compiled flex back to eager)
-        for (q, k, v, grad, cu, max_len), _ref in batches:
+        def forward(q, k, v, grad, cu, max_len):
             kernel(q, k, v, cu, max_len, scale)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(iters):
-            for (q, k, v, grad, cu, max_len), _ref in batches:
-                kernel(q, k, v, cu, max_len, scale)
-        torch.cuda.synchronize()
-        row["forward_ms_per_micro_batch"] = round((time.perf_counter() - start) / (iters * len(batches)) * 1e3, 3)
+
+        per_batch_ms(train_step, batches, 3)  # warm-up (graph builds, autotuning)
+        train_ms = per_batch_ms(train_step, batches, iters)
+        per_batch_ms(forward, batches, 1)
+        row["forward_ms_per_micro_batch"] = round(per_batch_ms(forward, batches, iters), 3)
         flops = sum(attention_flops(b[0][-2].diff().tolist(), heads, dim) for b in batches) / len(batches)
-        row.update(ms_per_micro_batch=round(elapsed * 1e3, 3), tflops=round(flops / elapsed / 1e12, 1))
+        row.update(ms_per_micro_batch=round(train_ms, 3), tflops=round(flops / train_ms / 1e9, 1))
     except Exception as error:  # a kernel that cannot run here is a row, not a crash
         row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
     return row
@@ -212,9 +209,9 @@ def main() -> None:
         batches = []
         for i, row in enumerate(rows):
             tensors = batch_tensors(row, heads, kv_heads, dim, seed=i, device=device)
-            q, k, v, grad, cu, _ = tensors
+            q, k, v, grad, cu, max_len = tensors
             qf, kf, vf = (t.float().requires_grad_(True) for t in (q, k, v))
-            out = reference(qf, kf, vf, cu, scale)
+            out = reference_varlen_attention(qf, kf, vf, cu, max_len, scale)
             out.backward(grad.float())
             batches.append((tensors, (out.detach(), qf.grad, kf.grad, vf.grad)))
         base_ms = None
