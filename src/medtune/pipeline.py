@@ -1,4 +1,10 @@
-"""The pipeline: prepare -> train -> merge -> export -> eval, resumable and self-describing.
+"""The pipeline: prepare -> train -> [rl] -> merge -> export -> eval, resumable and self-describing.
+
+This module is the only caller of stage functions and the only writer of the run's manifest. A
+stage is a plain function `stage(config, run, *, resume=False) -> result` (resume only for stages
+with a scratch folder) that reads earlier stages' folders through `RunDir`, writes only its own
+folder, and returns a typed result whose `figures()` the pipeline records. No stage imports this
+module.
 
 Each stage's manifest entry holds a fingerprint of its inputs: the config sections it reads, the
 run-level fields, and the digests of the earlier stages' outputs. A rerun skips a stage whose
@@ -13,13 +19,12 @@ attempt had the same fingerprint.
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from medtune.artifacts import (
     describe_outputs,
@@ -30,33 +35,47 @@ from medtune.artifacts import (
     sha256_file,
 )
 from medtune.config import RunConfig, save_resolved_config
+from medtune.data.loading import source_digest
+from medtune.data.prepare import prepare_data
 from medtune.errors import ConfigError, MedtuneError
+from medtune.eval.stage import evaluate
+from medtune.export import export_gguf
+from medtune.merge import merge_adapter
+from medtune.model_card import write_model_card
+from medtune.report import write_html_report
+from medtune.rundir import RunDir
+from medtune.train.trainer import train_adapter
+
+
+class StageResult(Protocol):
+    """What every stage function returns: its key figures, recorded in the manifest."""
+
+    def figures(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    output: str  # folder under the run directory that the stage writes
+    run: Callable[..., StageResult]  # stage(config, run_dir, [resume=...])
     sections: tuple[str, ...]  # config sections it reads
     after: tuple[str, ...]  # earlier stages whose outputs it reads
-    target: str  # "module:function", called with the RunConfig (and resume= when it has scratch)
-    scratch: str | None = None  # folder where an interrupted attempt keeps progress a rerun may resume
+    needs_inputs: bool = True  # False: runs with whichever earlier outputs exist (eval's base model needs none)
+    enabled: Callable[[RunConfig], bool] = lambda config: True
 
-
-CHECKPOINTS = "checkpoints"  # train: Trainer checkpoints
-EVAL_PARTIAL = "eval-partial"  # eval: one file per finished artifact (all its benchmarks and modes)
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "data", ("data", "model"), (), "medtune.data.prepare:prepare_data"),
-    Stage("train", "adapter", ("model", "lora", "train"), ("prepare",), "medtune.train.trainer:train_adapter", CHECKPOINTS),
-    Stage("merge", "merged", ("model", "merge"), ("train",), "medtune.merge:merge_adapter"),
+    Stage("prepare", prepare_data, ("data", "model"), ()),
+    Stage("train", train_adapter, ("model", "lora", "train"), ("prepare",)),
+    Stage("merge", merge_adapter, ("model", "merge"), ("train",)),
     # export reads data/ too: the train split calibrates the imatrix, the val split is the quality corpus.
-    Stage("export", "gguf", ("model", "export"), ("prepare", "merge"), "medtune.export:export_gguf"),
-    Stage("eval", "eval", ("model", "eval"), ("prepare", "train", "merge", "export"), "medtune.eval.stage:evaluate",
-          EVAL_PARTIAL),
+    Stage("export", export_gguf, ("model", "export"), ("prepare", "merge")),
+    Stage("eval", evaluate, ("model", "eval"), ("prepare", "train", "merge", "export"), needs_inputs=False),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 RESUMING = {"train": "resuming from the last checkpoint", "eval": "resuming: keeping the finished benchmark results"}
+
+# Settings that change how fast a stage runs, never what it produces: editing them redoes nothing.
+SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads", "parallel_gguf"}}
 
 
 @dataclass
@@ -66,6 +85,7 @@ class StageOutcome:
     seconds: float
     reason: str
     figures: dict[str, Any] = field(default_factory=dict)
+    result: Any = None  # the stage's typed result, when it ran
 
 
 def stage_by_name(name: str) -> Stage:
@@ -75,8 +95,9 @@ def stage_by_name(name: str) -> Stage:
     raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
 
 
-# Settings that change how fast a stage runs, never what it produces: editing them redoes nothing.
-SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads", "parallel_gguf"}}
+def active_stages(config: RunConfig) -> tuple[Stage, ...]:
+    """The stages this config runs, in order (optional stages only when their section is set)."""
+    return tuple(stage for stage in STAGES if stage.enabled(config))
 
 
 def _result_fields(config: RunConfig, section: str) -> dict[str, Any]:
@@ -91,8 +112,6 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
         entry = manifest.get("stages", {}).get(dependency, {})
         inputs[dependency] = entry.get("outputs_digest")
     if stage.name == "prepare" and config.data.files:
-        from medtune.data.loading import source_digest
-
         # Local data files are inputs too: editing one redoes prepare (hub data is identified by id).
         inputs["files"] = [record["sha256"] for record in source_digest(config.data)]
     if stage.name == "export" and config.export.imatrix not in ("auto", "off"):
@@ -107,13 +126,13 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
     )
 
 
-def outputs_verify(run_dir: Path, entry: dict[str, Any]) -> tuple[bool, str]:
+def outputs_verify(run: RunDir, entry: dict[str, Any]) -> tuple[bool, str]:
     """Check that every file recorded for a stage still exists with its size and sha256."""
     outputs = entry.get("outputs") or []
     if not outputs:
         return False, "no outputs recorded"
     for record in outputs:
-        path = run_dir / record["path"]
+        path = run.root / record["path"]
         if not path.is_file():
             return False, f"{record['path']} is missing"
         if path.stat().st_size != record["size"]:
@@ -123,32 +142,35 @@ def outputs_verify(run_dir: Path, entry: dict[str, Any]) -> tuple[bool, str]:
     return True, "outputs verified"
 
 
-def _call(stage: Stage) -> Callable[..., Any]:
-    module_name, _, function_name = stage.target.partition(":")
-    return getattr(importlib.import_module(module_name), function_name)
+def is_current(config: RunConfig, name: str) -> tuple[bool, str]:
+    """Whether stage `name` finished with today's inputs and its outputs verify (why not, if not)."""
+    run = RunDir.of(config)
+    stage = stage_by_name(name)
+    manifest = read_manifest(run.root)
+    entry = manifest.get("stages", {}).get(name, {})
+    if entry.get("status") != "done":
+        return False, "not run yet" if not entry else f"last attempt: {entry.get('status')}"
+    if entry.get("fingerprint") != stage_fingerprint(config, stage, manifest):
+        return False, "inputs changed"
+    return outputs_verify(run, entry)
 
 
 def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOutcome:
-    """Run one stage unconditionally and record it (used by the single-stage commands too)."""
+    """Run one stage unconditionally and record it (the single-stage commands call this too)."""
     stage = stage_by_name(name)
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(config, run_dir / "config.yaml")
-    remove_stale_temporaries(run_dir)
-    _require_inputs(run_dir, stage)
-    manifest = read_manifest(run_dir)
-    current = stage_fingerprint(config, stage, manifest)
-    record_stage(run_dir, stage.name, {"status": "running", "fingerprint": current})
+    run = RunDir.of(config)
+    _open_run(config, run)
+    _require_inputs(run, stage)
+    current = stage_fingerprint(config, stage, read_manifest(run.root))
+    record_stage(run.root, stage.name, {"status": "running", "fingerprint": current})
     started = time.perf_counter()
-    kwargs = {"resume": resume} if stage.scratch else {}
-    result = _call(stage)(config, **kwargs)
+    kwargs = {"resume": resume} if run.scratch_folder(stage.name) else {}
+    result = stage.run(config, run, **kwargs)
     seconds = time.perf_counter() - started
-    outputs = describe_outputs([run_dir / stage.output], run_dir)
-    own = read_manifest(run_dir).get("stages", {}).get(stage.name, {})
-    figures = {k: v for k, v in own.items() if k not in {"status", "fingerprint", "outputs", "recorded_at"}}
-    figures.update(_figures_from_result(result))
+    outputs = describe_outputs([run.stage_folder(stage.name)], run.root)
+    figures = dict(result.figures())
     record_stage(
-        run_dir,
+        run.root,
         stage.name,
         {
             **figures,
@@ -161,54 +183,48 @@ def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOut
     )
     # Later stages were built from the old outputs: their fingerprints no longer match, so a
     # `medtune run` redoes them. Nothing to clean up here.
-    return StageOutcome(stage.name, "resumed" if resume else "ran", seconds, "", figures)
+    return StageOutcome(stage.name, "resumed" if resume else "ran", seconds, "", figures, result)
 
 
-def record_stage_result(config: RunConfig, name: str, figures: dict[str, Any]) -> None:
-    """A stage function's own manifest entry: its figures.
+def run_or_skip(config: RunConfig, name: str, *, force: bool = False, resume: bool = False) -> StageOutcome:
+    """One stage as `medtune <stage>` runs it: skipped when current (unless forced), else run."""
+    if not force and not resume:
+        current, _ = is_current(config, name)
+        if current:
+            entry = RunDir.of(config).stage_entry(name)
+            return StageOutcome(name, "skipped", 0.0, "unchanged, outputs verified", entry)
+    return run_stage(config, name, resume=resume)
 
-    Under `run_stage` (entry status "running") the figures join the entry that `run_stage`
-    completes. When the stage function is called directly, the entry is completed here the same
-    way (pipeline fingerprint, outputs with sha256), so a later `medtune run` can skip it.
-    """
-    stage = stage_by_name(name)
-    run_dir = config.run_dir
-    manifest = read_manifest(run_dir)
-    entry = manifest.get("stages", {}).get(name, {})
-    if entry.get("status") == "running":
-        record_stage(run_dir, name, {**entry, **figures})
+
+def _open_run(config: RunConfig, run: RunDir) -> list[Path]:
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(config, run.config_file)
+    return remove_stale_temporaries(run.root)
+
+
+def _require_inputs(run: RunDir, stage: Stage) -> None:
+    if not stage.needs_inputs:
         return
-    outputs = describe_outputs([run_dir / stage.output], run_dir)
-    record_stage(
-        run_dir,
-        name,
-        {
-            **figures,
-            "status": "done",
-            "fingerprint": stage_fingerprint(config, stage, manifest),
-            "outputs": outputs,
-            "outputs_digest": fingerprint(outputs),
-        },
-    )
-
-
-def _figures_from_result(result: Any) -> dict[str, Any]:
-    figures = getattr(result, "figures", None)
-    if callable(figures):
-        figures = figures()
-    return dict(figures) if isinstance(figures, dict) else {}
-
-
-def _require_inputs(run_dir: Path, stage: Stage) -> None:
-    if stage.name == "eval":
-        return  # eval measures whichever requested artifacts exist (the base model needs none)
-    manifest = read_manifest(run_dir).get("stages", {})
+    manifest = read_manifest(run.root).get("stages", {})
     for dependency in stage.after:
         if manifest.get(dependency, {}).get("status") != "done":
             raise MedtuneError(
-                f"stage '{stage.name}' needs the output of '{dependency}', which has not completed in {run_dir}; "
+                f"stage '{stage.name}' needs the output of '{dependency}', which has not completed in {run.root}; "
                 f"run `medtune {dependency}` (or `medtune run`) first"
             )
+
+
+def _resume_or_clear(run: RunDir, stage: Stage, entry: dict[str, Any], current: str, forcing: bool) -> bool:
+    """Whether an interrupted attempt of `stage` may be resumed; otherwise its scratch is removed."""
+    scratch = run.scratch_folder(stage.name)
+    if scratch is None:
+        return False
+    interrupted_same = entry.get("status") == "running" and entry.get("fingerprint") == current
+    if interrupted_same and not forcing and scratch.is_dir():
+        return True
+    if scratch.exists():
+        shutil.rmtree(scratch)  # progress of another recipe, data or artifact
+    return False
 
 
 def run_pipeline(
@@ -223,51 +239,42 @@ def run_pipeline(
     force: redo this stage and every stage after it. until: stop after this stage.
     Raises MedtuneError naming the failing stage; earlier good artifacts stay untouched.
     """
-    if force is not None:
-        stage_by_name(force)
-    if until is not None:
-        stage_by_name(until)
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(config, run_dir / "config.yaml")
-    removed = remove_stale_temporaries(run_dir)
+    for name in (force, until):
+        if name is not None:
+            stage_by_name(name)
+    run = RunDir.of(config)
+    removed = _open_run(config, run)
     if removed:
         on_event("run", f"removed {len(removed)} unfinished temporary artifact(s) from an interrupted run")
     outcomes: list[StageOutcome] = []
     forcing = False
-    for stage in STAGES:
+    for stage in active_stages(config):
         forcing = forcing or stage.name == force
-        manifest = read_manifest(run_dir)
-        entry = manifest.get("stages", {}).get(stage.name, {})
-        current = stage_fingerprint(config, stage, manifest)
-        if not forcing and entry.get("status") == "done" and entry.get("fingerprint") == current:
-            ok, why = outputs_verify(run_dir, entry)
-            if ok:
-                outcomes.append(StageOutcome(stage.name, "skipped", 0.0, "unchanged, outputs verified", entry))
-                on_event(stage.name, "skipped: inputs unchanged and outputs verified")
-                if stage.name == until:
-                    break
-                continue
-            on_event(stage.name, f"redoing: {why}")
-        resume = False
-        if stage.scratch:
-            scratch = run_dir / stage.scratch
-            interrupted_same = entry.get("status") == "running" and entry.get("fingerprint") == current
-            resume = interrupted_same and not forcing and scratch.is_dir()
-            if not resume and scratch.exists():
-                shutil.rmtree(scratch)  # progress of another recipe, data or artifact
-        on_event(stage.name, RESUMING.get(stage.name, "resuming") if resume else "running")
-        try:
-            outcome = run_stage(config, stage.name, resume=resume)
-        except MedtuneError as exc:
-            raise MedtuneError(f"stage '{stage.name}' failed: {exc}") from exc
+        outcome = _walk_stage(config, run, stage, forcing, on_event)
         outcomes.append(outcome)
         if stage.name == until:
             break
     if until is None:
-        from medtune.model_card import write_model_card
-        from medtune.report import write_html_report
-
-        write_model_card(config)
-        write_html_report(config.run_dir)
+        write_model_card(config, run)
+        write_html_report(run)
     return outcomes
+
+
+def _walk_stage(
+    config: RunConfig, run: RunDir, stage: Stage, forcing: bool, on_event: Callable[[str, str], None]
+) -> StageOutcome:
+    manifest = read_manifest(run.root)
+    entry = manifest.get("stages", {}).get(stage.name, {})
+    current = stage_fingerprint(config, stage, manifest)
+    if not forcing and entry.get("status") == "done" and entry.get("fingerprint") == current:
+        ok, why = outputs_verify(run, entry)
+        if ok:
+            on_event(stage.name, "skipped: inputs unchanged and outputs verified")
+            return StageOutcome(stage.name, "skipped", 0.0, "unchanged, outputs verified", entry)
+        on_event(stage.name, f"redoing: {why}")
+    resume = _resume_or_clear(run, stage, entry, current, forcing)
+    on_event(stage.name, RESUMING.get(stage.name, "resuming") if resume else "running")
+    try:
+        return run_stage(config, stage.name, resume=resume)
+    except MedtuneError as exc:
+        raise MedtuneError(f"stage '{stage.name}' failed: {exc}") from exc

@@ -1,0 +1,335 @@
+"""The run folder: its layout, and what any path a user hands medtune is.
+
+`RunDir` is the only place a sub-path of `runs/<name>/` is spelled. Stages write into the folders
+it names (through artifacts.atomic_*), readers of a finished run (chat, serve, report, the model
+card, push) find files through it, and `open_artifact` answers "what is this path?" once for
+every command that takes a model: a run directory, a merged model folder, an adapter folder, or
+a GGUF file (or a folder of them).
+
+    runs/<name>/
+      config.yaml  manifest.json  MODEL_CARD.md  report.html
+      data/        train/ val/ report.json                         (prepare)
+      checkpoints/                                                 (train: resumable progress)
+      adapter/     adapter + tokenizer, train_log.jsonl, loss_curve.png, test_answer.json (train)
+      rl-checkpoints/  rl-adapter/                                  (rl, when configured: same shape as train's)
+      merged/      safetensors + tokenizer + generation_config     (merge)
+      gguf/        <name>-<TYPE>.gguf, Modelfile, <name>.imatrix, adapter/<name>-lora-<TYPE>.gguf (export)
+      eval/        results.json report.md accuracy.png predictions/  (eval)
+      eval-partial/  one file per finished artifact                  (eval: resumable progress)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtune.errors import ArtifactError
+
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
+
+# Stage -> the folder it writes (and, for resumable stages, the folder its unfinished progress lives in).
+STAGE_FOLDERS = {
+    "prepare": "data", "train": "adapter", "rl": "rl-adapter", "merge": "merged", "export": "gguf", "eval": "eval",
+}
+SCRATCH_FOLDERS = {"train": "checkpoints", "rl": "rl-checkpoints", "eval": "eval-partial"}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of one run folder. Paths only: nothing here creates, reads or checks files,
+    except the small readers at the end (manifest, saved config) that several commands share."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, config: Any) -> RunDir:
+        """The run folder of a RunConfig (`<output_dir>/<name>`)."""
+        return cls(Path(config.output_dir) / config.name)
+
+    # ---- files at the top ----------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "MODEL_CARD.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    # ---- stage folders -------------------------------------------------------------------------
+    def stage_folder(self, stage: str) -> Path:
+        """The folder stage `stage` writes. Raises KeyError for an unknown stage."""
+        return self.root / STAGE_FOLDERS[stage]
+
+    def scratch_folder(self, stage: str) -> Path | None:
+        """Where an interrupted attempt of `stage` keeps progress that a rerun may resume (or None)."""
+        name = SCRATCH_FOLDERS.get(stage)
+        return self.root / name if name else None
+
+    @property
+    def data(self) -> Path:
+        return self.stage_folder("prepare")
+
+    def split(self, name: str) -> Path:
+        """A tokenized split written by prepare: 'train' or 'val'."""
+        return self.data / name
+
+    @property
+    def data_report(self) -> Path:
+        return self.data / "report.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / SCRATCH_FOLDERS["train"]
+
+    @property
+    def adapter(self) -> Path:
+        return self.stage_folder("train")
+
+    @property
+    def train_log(self) -> Path:
+        return self.adapter / "train_log.jsonl"
+
+    @property
+    def loss_curve(self) -> Path:
+        return self.adapter / "loss_curve.png"
+
+    @property
+    def test_answer(self) -> Path:
+        return self.adapter / "test_answer.json"
+
+    @property
+    def rl_adapter(self) -> Path:
+        """The adapter after the RL stage (SFT adapter + RL), when the config has an `rl` section."""
+        return self.stage_folder("rl")
+
+    @property
+    def rl_checkpoints(self) -> Path:
+        return self.root / SCRATCH_FOLDERS["rl"]
+
+    @property
+    def merged(self) -> Path:
+        return self.stage_folder("merge")
+
+    @property
+    def gguf(self) -> Path:
+        return self.stage_folder("export")
+
+    def gguf_file(self, type_name: str) -> Path:
+        """The model file of one GGUF type: gguf/<name>-<TYPE>.gguf."""
+        return self.gguf / f"{self.name}-{type_name.upper()}.gguf"
+
+    def gguf_files(self) -> list[Path]:
+        """The model files in gguf/ (not the LoRA adapter GGUF, which lives in gguf/adapter/)."""
+        return sorted(self.gguf.glob("*.gguf")) if self.gguf.is_dir() else []
+
+    @property
+    def modelfile(self) -> Path:
+        return self.gguf / MODELFILE
+
+    @property
+    def imatrix(self) -> Path:
+        # Not *.gguf (although it is GGUF inside): gguf/*.gguf are the model files.
+        return self.gguf / f"{self.name}.imatrix"
+
+    @property
+    def adapter_gguf_folder(self) -> Path:
+        return self.gguf / "adapter"
+
+    def adapter_gguf_file(self, type_name: str) -> Path:
+        return self.adapter_gguf_folder / f"{self.name}-lora-{type_name.upper()}.gguf"
+
+    @property
+    def eval(self) -> Path:
+        return self.stage_folder("eval")
+
+    @property
+    def eval_partial(self) -> Path:
+        return self.root / SCRATCH_FOLDERS["eval"]
+
+    @property
+    def eval_results(self) -> Path:
+        return self.eval / "results.json"
+
+    @property
+    def eval_report(self) -> Path:
+        return self.eval / "report.md"
+
+    @property
+    def accuracy_plot(self) -> Path:
+        return self.eval / "accuracy.png"
+
+    @property
+    def predictions(self) -> Path:
+        return self.eval / "predictions"
+
+    def predictions_file(self, artifact: str, benchmark: str, mode: str, folder: Path | None = None) -> Path:
+        """One artifact x benchmark x mode's per-item answers (under eval/predictions/, or `folder`)."""
+        return (folder or self.predictions) / predictions_name(artifact, benchmark, mode)
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the run folder, as the manifest and the card write it (posix)."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    # ---- small shared readers ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The run's name: config.yaml's `name`, else the folder's name."""
+        name = self.saved_config().get("name")
+        return str(name) if name else self.root.name
+
+    def exists(self) -> bool:
+        return is_run_dir(self.root)
+
+    def saved_config(self) -> dict[str, Any]:
+        """The resolved config the run saved (a plain dict; {} when missing or unreadable)."""
+        try:
+            raw = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_file.is_file():
+            return {"stages": {}}
+        return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+
+    def stage_entry(self, stage: str) -> dict[str, Any]:
+        return self.manifest().get("stages", {}).get(stage, {})
+
+    def system_prompt(self) -> str | None:
+        data = self.saved_config().get("data")
+        prompt = data.get("system_prompt") if isinstance(data, dict) else None
+        return str(prompt) if prompt else None
+
+    def quant_name(self, gguf_file: Path) -> str:
+        """The label of a GGUF file of this run: `demo-Q4_K_M.gguf` -> `Q4_K_M`."""
+        return quant_name(gguf_file, self.name)
+
+
+MODELFILE = "Modelfile"
+
+
+def predictions_name(artifact: str, benchmark: str, mode: str) -> str:
+    return f"{artifact.replace(':', '-')}__{benchmark}__{mode}.json"
+
+
+def quant_name(gguf_file: Path, run_name: str | None) -> str:
+    """A GGUF file's label: its stem without the run-name prefix (`demo-Q4_K_M.gguf` -> `Q4_K_M`)."""
+    stem = Path(gguf_file).stem
+    if run_name and stem.startswith(f"{run_name}-"):
+        return stem[len(run_name) + 1 :]
+    return stem
+
+
+def stem_has_type(stem: str, wanted: str) -> bool:
+    """Whether a GGUF file name (without .gguf) is of quant type `wanted`, e.g. demo-Q8_0 and 'q8_0'."""
+    stem, wanted = stem.lower(), wanted.lower()
+    return stem.endswith(wanted) or f"-{wanted}" in stem
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder medtune wrote as a run: it has a manifest, or a saved config beside a gguf/ folder."""
+    path = Path(path)
+    layout = RunDir(path)
+    return layout.manifest_file.is_file() or (layout.config_file.is_file() and layout.gguf.exists())
+
+
+def is_gguf_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def require_gguf(path: Path) -> None:
+    """Raise ArtifactError unless `path` starts with the GGUF magic (a truncated download, an HTML
+    error page or a renamed file does not)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        size = path.stat().st_size
+        raise ArtifactError(
+            f"{path} is not a GGUF file: it starts with {head!r}, not the GGUF magic bytes {GGUF_MAGIC!r} "
+            f"({size:,} bytes; an unfinished download or a renamed file?); re-download or re-export it "
+            "(`medtune export CONFIG`)"
+        )
+
+
+ARTIFACT_KINDS = ("run", "merged", "adapter", "gguf")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a path handed to medtune is.
+
+    kind: 'run' (a run folder), 'merged' (a Hugging Face model folder: config.json), 'adapter' (a
+    PEFT adapter folder: adapter_config.json) or 'gguf' (a GGUF file, or a folder of them: then
+    `gguf_files` lists them). `run` is the run the artifact belongs to, when it sits in one.
+    """
+
+    kind: str
+    path: Path
+    run: RunDir | None = None
+    gguf_files: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def title(self) -> str:
+        return self.run.name if self.run else self.path.name
+
+    def label(self, gguf_file: Path | None = None) -> str:
+        """A short name for the artifact (or one of its GGUF files): the quant name inside a run."""
+        if gguf_file is not None:
+            return quant_name(gguf_file, self.run.name if self.run else None)
+        return self.title
+
+
+def open_artifact(path: str | Path) -> Artifact:
+    """Tell what `path` is. Raises ArtifactError for a path that does not exist, a `.gguf` file that
+    is not GGUF, or a folder that holds no model, each naming what medtune accepts."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        hint = "; a run's GGUF files are in runs/<name>/gguf/" if path.suffix == ".gguf" else ""
+        raise ArtifactError(
+            f"{path} does not exist{hint}; give a run directory (runs/<name>), a .gguf file, "
+            "a merged model folder or an adapter folder"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ArtifactError(f"{path} is not a .gguf file; give a GGUF file, a run directory, a merged or an adapter folder")
+        require_gguf(path)
+        return Artifact("gguf", path, _run_above(path, levels=2, folder_role="gguf"), (path,))
+    if is_run_dir(path):
+        return Artifact("run", path, RunDir(path))
+    if (path / "adapter_config.json").is_file():
+        return Artifact("adapter", path, _run_above(path, levels=1, folder_role="adapter"))
+    if (path / "config.json").is_file():
+        return Artifact("merged", path, _run_above(path, levels=1, folder_role="merged"))
+    files = tuple(sorted(path.glob("*.gguf")))
+    if files:
+        return Artifact("gguf", path, _run_above(path, levels=1, folder_role="gguf"), files)
+    raise ArtifactError(f"{path}: not a .gguf file, a run directory, a merged model folder (config.json) or an adapter folder (adapter_config.json)")
+
+
+def _run_above(path: Path, *, levels: int, folder_role: str) -> RunDir | None:
+    """The run that holds `path` as its `folder_role` folder (or a file in it), if any."""
+    candidate = path.resolve().parents[levels - 1] if levels else path.resolve()
+    run = RunDir(candidate)
+    expected = {"gguf": run.gguf, "adapter": run.adapter, "merged": run.merged}[folder_role]
+    holder = path.resolve().parent if path.is_file() else path.resolve()
+    if holder == expected.resolve() and is_run_dir(candidate):
+        return run
+    return None
