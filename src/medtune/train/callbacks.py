@@ -1,4 +1,5 @@
-"""Training telemetry: a JSONL log line per logging step and evaluation, a progress bar, the loss plot.
+"""Training telemetry: a JSONL log line per logging step and evaluation, a progress bar (the loss
+plot is drawn by medtune.plots).
 
 Every callback acts on the main process only, so `accelerate launch` / `torchrun` runs write one
 log and draw one bar.
@@ -15,7 +16,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from medtune.artifacts import atomic_file
 
 
 def peak_memory_gib() -> float:
@@ -145,28 +145,3 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def plot_loss_curve(records: list[dict[str, Any]], destination: Path, title: str = "training loss") -> None:
-    """Train loss per logging step and validation loss per evaluation, as a PNG (atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.4)
-    if val:
-        ax.plot(*zip(*val), label="val loss", color="tab:orange", marker="o", linewidth=1.4)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (assistant tokens)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_file(Path(destination)) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

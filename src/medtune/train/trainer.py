@@ -505,7 +505,8 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
     """
     from medtune.modeling import load_base_model
     from medtune.tokenizer import load_tokenizer
-    from medtune.train.callbacks import JsonlLogger, RichProgress, plot_loss_curve, read_log
+    from medtune.plots import plot_loss_curve
+    from medtune.train.callbacks import JsonlLogger, RichProgress, read_log
     from medtune.train.probe import answer_test_question
 
     started = time.perf_counter()
