@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medtune.config import SAMPLE_DATA, BenchmarkSpec, DataConfig, DecontaminationConfig, EvalConfig, ModelConfig, RunConfig
-from medtune.data import prepare_data
+from medtune.data.prepare import prepare_data
 from medtune.data.decontaminate import Decontaminator, normalise_words
 from medtune.data.loading import builtin_path
 from medtune.errors import ConfigError

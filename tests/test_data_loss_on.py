@@ -8,7 +8,7 @@ import json
 import pytest
 from test_data_prepare import make_config
 
-from medtune.data import load_prepared, prepare_data
+from medtune.data.prepare import load_prepared, prepare_data
 from medtune.data.rendering import IGNORE_INDEX, ChatRenderer
 from medtune.tokenizer import fix_pad_token
 

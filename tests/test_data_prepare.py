@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from medtune.config import SAMPLE_DATA, DataConfig, ModelConfig, RunConfig
-from medtune.data import load_prepared, prepare_data
+from medtune.data.prepare import load_prepared, prepare_data
 from medtune.data.loading import builtin_path
 from medtune.data.validation import REASONS
 from medtune.errors import DataError

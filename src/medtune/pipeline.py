@@ -44,7 +44,7 @@ from medtune.merge import merge_adapter
 from medtune.model_card import write_model_card
 from medtune.report import write_html_report
 from medtune.rundir import RunDir
-from medtune.train.trainer import train_adapter
+from medtune.train.trainer import checkpoint_step, train_adapter
 
 
 class StageResult(Protocol):
@@ -61,18 +61,27 @@ class Stage:
     after: tuple[str, ...]  # earlier stages whose outputs it reads
     needs_inputs: bool = True  # False: runs with whichever earlier outputs exist (eval's base model needs none)
     enabled: Callable[[RunConfig], bool] = lambda config: True
+    resume_note: Callable[[RunDir], str] = lambda run: "resuming"  # what a resumed attempt continues from
+
+
+def _training_resume_note(step_of: Callable[[RunDir], int | None]) -> Callable[[RunDir], str]:
+    def note(run: RunDir) -> str:
+        step = step_of(run)
+        return f"resuming from step {step}" if step else "no checkpoint yet, starting over"
+
+    return note
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare_data, ("data", "model"), ()),
-    Stage("train", train_adapter, ("model", "lora", "train"), ("prepare",)),
+    Stage("train", train_adapter, ("model", "lora", "train"), ("prepare",), resume_note=_training_resume_note(checkpoint_step)),
     Stage("merge", merge_adapter, ("model", "merge"), ("train",)),
     # export reads data/ too: the train split calibrates the imatrix, the val split is the quality corpus.
     Stage("export", export_gguf, ("model", "export"), ("prepare", "merge")),
-    Stage("eval", evaluate, ("model", "eval"), ("prepare", "train", "merge", "export"), needs_inputs=False),
+    Stage("eval", evaluate, ("model", "eval"), ("prepare", "train", "merge", "export"), needs_inputs=False,
+          resume_note=lambda run: "resuming: keeping the finished benchmark results"),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
-RESUMING = {"train": "resuming from the last checkpoint", "eval": "resuming: keeping the finished benchmark results"}
 
 # Settings that change how fast a stage runs, never what it produces: editing them redoes nothing.
 SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads", "parallel_gguf"}}
@@ -273,7 +282,7 @@ def _walk_stage(
             return StageOutcome(stage.name, "skipped", 0.0, "unchanged, outputs verified", entry)
         on_event(stage.name, f"redoing: {why}")
     resume = _resume_or_clear(run, stage, entry, current, forcing)
-    on_event(stage.name, RESUMING.get(stage.name, "resuming") if resume else "running")
+    on_event(stage.name, stage.resume_note(run) if resume else "running")
     try:
         return run_stage(config, stage.name, resume=resume)
     except MedtuneError as exc:

@@ -13,24 +13,23 @@ above its bar (export.max_mean_kl) fails the stage."""
 from __future__ import annotations
 
 from medtune.commands.common import ConfigArg, SetOption, load_run_config
-
-NAME = "export"
+from medtune.rundir import RunDir
+from medtune.ui import console, print_summary
 
 
 def command(config: ConfigArg, overrides: SetOption = None) -> None:
+    # The pipeline imports every stage (torch, transformers, llama.cpp): loaded when the command
+    # runs, so that `medtune --help` answers at once.
     from medtune.pipeline import run_stage
-    from medtune.ui import console
 
     run_config = load_run_config(config, overrides)
-    console.print(f"[bold]medtune export[/bold] {config} -> {run_config.run_dir / 'gguf'}")
+    console.print(f"[bold]medtune export[/bold] {config} -> {RunDir.of(run_config).gguf}")
     figures = run_stage(run_config, "export").figures
     print_export_table(figures)
 
 
 def print_export_table(figures: dict) -> None:
     """The per-file verification table and a short metadata summary."""
-    from medtune.ui import console, print_summary
-
     rows = []
     for item in figures["files"]:
         kl = "-" if item["mean_kl"] is None else f"{item['mean_kl']:.3g}"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-NAME = "info"
+from medtune import llamacpp
+from medtune.embedded import find_smollm2_gguf
+from medtune.ui import print_summary
 
 
 def _version(dist: str) -> str:
@@ -16,16 +18,11 @@ def _version(dist: str) -> str:
 
 
 def command() -> None:
-    import torch
-
-    from medtune.embedded import find_smollm2_gguf
-    from medtune.ui import print_summary
+    import torch  # heavy: only when the command runs, so that `medtune --help` answers at once
 
     rows = [("python", platform.python_version()), ("medtune", _version("medtune"))]
     for dist in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "gguf", "llama-cpp-python", "liger-kernel"):
         rows.append((dist, _version(dist)))
-    from medtune import llamacpp
-
     rows.append(("llama.cpp runtime", llamacpp.runtime_description()))
     rows.append(("llama.cpp converter", llamacpp.converter_description()))
     rows.append(("llama.cpp tools", llamacpp.tools_description()))

@@ -8,16 +8,17 @@ merge.max_abs_diff, else the stage fails and the previous merged/ folder is kept
 from __future__ import annotations
 
 from medtune.commands.common import ConfigArg, SetOption, load_run_config
-
-NAME = "merge"
+from medtune.rundir import RunDir
+from medtune.ui import console, print_summary
 
 
 def command(config: ConfigArg, overrides: SetOption = None) -> None:
+    # The pipeline imports every stage (torch, transformers, peft): loaded when the command runs,
+    # so that `medtune --help` answers at once.
     from medtune.pipeline import run_stage
-    from medtune.ui import console, print_summary
 
     run_config = load_run_config(config, overrides)
-    console.print(f"[bold]medtune merge[/bold] {config} -> {run_config.run_dir / 'merged'}")
+    console.print(f"[bold]medtune merge[/bold] {config} -> {RunDir.of(run_config).merged}")
     figures = run_stage(run_config, "merge").figures
     rows = [
         ("merged model", figures["merged_dir"]),

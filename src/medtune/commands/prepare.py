@@ -14,9 +14,12 @@ from typing import Annotated
 
 import typer
 
-from medtune.commands.common import ConfigArg, SetOption, load_run_config
+from rich.markup import escape
 
-NAME = "prepare"
+from medtune.commands.common import ConfigArg, SetOption, load_run_config
+from medtune.data.prepare import read_report
+from medtune.rundir import RunDir
+from medtune.ui import console, print_summary
 
 
 def command(
@@ -24,28 +27,22 @@ def command(
     overrides: SetOption = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the inputs are unchanged.")] = False,
 ) -> None:
-    from medtune.data.prepare import prepare_data
-    from medtune.pipeline import run_stage
-    from medtune.ui import console
+    # The pipeline imports every stage (torch, transformers): loaded when the command runs, so that
+    # `medtune --help` answers at once.
+    from medtune.pipeline import run_or_skip
 
     run_config = load_run_config(config, overrides)
-    console.print(f"[bold]medtune prepare[/bold] {config} -> {run_config.run_dir / 'data'}")
-    if force:
-        prepare_data(run_config, force=True)  # rebuilds; run_stage below then finds it current
-    outcome = run_stage(run_config, "prepare")
-    if outcome.figures.get("reused") and not force:
+    run = RunDir.of(run_config)
+    console.print(f"[bold]medtune prepare[/bold] {config} -> {run.data}")
+    outcome = run_or_skip(run_config, "prepare", force=force)
+    if outcome.action == "skipped":
         console.print("inputs unchanged since the last prepare: reusing the existing data (--force rebuilds)")
-    print_report(run_config.run_dir)
+    print_report(run)
 
 
-def print_report(run_dir) -> None:
+def print_report(run: RunDir) -> None:
     """Summary tables of a run's data report: kept/dropped by reason (with examples) and token lengths."""
-    from rich.markup import escape
-
-    from medtune.data.prepare import read_report
-    from medtune.ui import console, print_summary
-
-    report = read_report(run_dir)
+    report = read_report(run)
     rows = [("records read", report["records_read"]), ("kept", report["kept"])]
     rows += [("  train / val", f"{report['train']} / {report['val']}")]
     for reason, count in report["dropped"].items():

@@ -1,4 +1,4 @@
-"""Run the whole pipeline (prepare, train, merge, export, eval) and write MODEL_CARD.md.
+"""Run the whole pipeline (prepare, train, [rl], merge, export, eval) and write MODEL_CARD.md and report.html.
 
 Stages whose inputs are unchanged and whose outputs verify are skipped; an interrupted run
 continues where it stopped (training from its last checkpoint)."""
@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from medtune.commands.common import ConfigArg, SetOption, load_run_config
-
-NAME = "run"
+from medtune.rundir import RunDir
+from medtune.ui import console, print_summary
 
 
 def command(
@@ -19,18 +19,21 @@ def command(
     overrides: SetOption = None,
     force: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Redo this stage and every stage after it (prepare, train, merge, export, eval)."),
+        typer.Option(help="Redo this stage and every stage after it (prepare, train, rl, merge, export, eval)."),
     ] = None,
     until: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Stop after this stage."),
     ] = None,
 ) -> None:
+    # The pipeline imports every stage (torch, transformers, peft, trl): loaded when a command runs,
+    # so that `medtune --help` answers at once.
+    from medtune.eval.rows import print_eval_summary
     from medtune.pipeline import run_pipeline
-    from medtune.ui import console, print_summary
 
     run_config = load_run_config(config, overrides)
-    console.print(f"[bold]medtune run[/bold] {config} -> {run_config.run_dir}")
+    run = RunDir.of(run_config)
+    console.print(f"[bold]medtune run[/bold] {config} -> {run.root}")
 
     def show(stage: str, message: str) -> None:
         console.print(f"[cyan]{stage:>8}[/cyan]  {message}")
@@ -38,16 +41,10 @@ def command(
     outcomes = run_pipeline(run_config, force=force, until=until, on_event=show)
     rows = [(o.name, o.action, f"{o.seconds:.1f}") for o in outcomes]
     print_summary(f"run {run_config.name}", rows, ("stage", "action", "seconds"))
-    results = run_config.run_dir / "eval" / "results.json"
-    if any(o.name == "eval" for o in outcomes) and results.is_file():
-        import json
-
-        from medtune.eval.stage import SUMMARY_COLUMNS, summary_rows
-
-        print_summary("eval", list(summary_rows(json.loads(results.read_text())["results"])), SUMMARY_COLUMNS)
-    card = run_config.run_dir / "MODEL_CARD.md"
-    if card.is_file():
-        console.print(f"model card: {card}")
-    page = run_config.run_dir / "report.html"
-    if until is None and page.is_file():
-        console.print(f"report: {page}")
+    evaluated = next((o.result for o in outcomes if o.name == "eval" and o.result is not None), None)
+    if evaluated is not None:
+        print_eval_summary(evaluated)
+    if run.model_card.is_file():
+        console.print(f"model card: {run.model_card}")
+    if until is None and run.report_html.is_file():
+        console.print(f"report: {run.report_html}")

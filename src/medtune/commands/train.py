@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from medtune.commands.common import ConfigArg, SetOption, load_run_config
-
-NAME = "train"
+from medtune.rundir import RunDir
+from medtune.ui import console, print_summary
 
 
 def command(
@@ -22,19 +22,19 @@ def command(
     overrides: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")] = False,
 ) -> None:
-    from medtune.ui import console, print_summary
+    # The pipeline and the trainer import torch, transformers and peft: loaded when the command runs,
+    # so that `medtune --help` answers at once.
+    from medtune.pipeline import run_stage
+    from medtune.train.trainer import train_adapter
 
     run_config = load_run_config(config, overrides)
+    run = RunDir.of(run_config)
     main_process = int(os.environ.get("RANK", "0")) == 0
     if not main_process:
         # Other data-parallel processes train but leave the manifest and outputs to the main one.
-        from medtune.train.trainer import train_adapter
-
-        train_adapter(run_config, resume=resume)
+        train_adapter(run_config, run, resume=resume)
         return
-    from medtune.pipeline import run_stage
-
-    console.print(f"[bold]medtune train[/bold] {config} -> {run_config.run_dir / 'adapter'}")
+    console.print(f"[bold]medtune train[/bold] {config} -> {run.adapter}")
     figures = run_stage(run_config, "train", resume=resume).figures
     print_summary("train", summary_rows(figures), ("", ""))
 

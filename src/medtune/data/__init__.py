@@ -2,9 +2,7 @@
 
 Modules: `loading` (files and hub), `formats` (one normaliser per record format), `validation`
 (checks and drop reasons), `rendering` (chat template + labels), `prepare` (the stage),
-`decontaminate` (dropping training questions that match evaluation items).
+`decontaminate` (dropping training questions that match evaluation items), `sources` (records
+derived from benchmark files). Import from the module itself (`medtune.data.prepare`): this
+package imports nothing, so importing one part never loads the others.
 """
-
-from medtune.data.prepare import PrepareResult, load_prepared, prepare_data, read_report
-
-__all__ = ["PrepareResult", "load_prepared", "prepare_data", "read_report"]

@@ -25,6 +25,7 @@ import numpy as np
 
 from medtune.config import RunConfig
 from medtune.errors import ConfigError
+from medtune.tasks import expand, load_items
 
 # Shorter questions ("What is anemia?") are too generic to call a match on their own.
 MIN_QUESTION_WORDS = 5
@@ -94,7 +95,6 @@ class Decontaminator:
 
         Raises ConfigError for unknown benchmark names, DataError when a benchmark cannot be loaded.
         """
-        from medtune.tasks import expand, load_items
 
         settings = config.data.decontaminate
         eval_paths = {spec.name: spec.path for spec in config.eval.benchmarks if spec.path}

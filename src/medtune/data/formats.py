@@ -8,6 +8,7 @@ Normalisers check presence and types of the fields they read and raise `RecordPr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ class RecordFormat:
     keys: tuple[str, ...]  # top-level keys that identify the format
     normalise: Callable[[dict[str, Any]], Messages]
     example: str  # shown in errors and docs
+    # (record, index of a normalised message, "content" | "role") -> the record's own field for it,
+    # so a problem found after normalising names the field the user wrote.
+    field_of: Callable[[dict[str, Any], int, str], str] = lambda record, index, part: f"messages[{index}].{part}"
 
 
 def _field(record: dict[str, Any], key: str, types: type | tuple[type, ...], *, required: bool = True) -> Any:
@@ -118,19 +122,39 @@ def normalise_prompt_completion(record: dict[str, Any]) -> Messages:
     return head + tail
 
 
+def _reasonmed_field(record: dict[str, Any], index: int, part: str) -> str:
+    if index == 0:
+        return "instruction" if not (record.get("input") or "").strip() else "instruction/input"
+    return "output"
+
+
+def _turn_field(key: str, role_key: str, text_key: str) -> Callable[[dict[str, Any], int, str], str]:
+    return lambda record, index, part: f"{key}[{index}].{text_key if part == 'content' else role_key}"
+
+
+def _prompt_completion_field(record: dict[str, Any], index: int, part: str) -> str:
+    prompt = record.get("prompt")
+    prompt_turns = 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, list) else 0
+    key, turn = ("prompt", index) if index < prompt_turns else ("completion", index - prompt_turns)
+    return key if isinstance(record.get(key), str) else f"{key}[{turn}].{part}"
+
+
 FORMATS: dict[str, RecordFormat] = {
     fmt.name: fmt
     for fmt in (
         RecordFormat("reasonmed", ("instruction", "output"), normalise_reasonmed,
-                     '{"instruction": "...", "input": "A. ... B. ...", "output": "... The answer is B."}'),
+                     '{"instruction": "...", "input": "A. ... B. ...", "output": "... The answer is B."}',
+                     _reasonmed_field),
         RecordFormat("conversations", ("conversations",), normalise_conversations,
-                     '{"conversations": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'),
+                     '{"conversations": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}',
+                     _turn_field("conversations", "role", "content")),
         RecordFormat("sharegpt", ("conversations",), normalise_sharegpt,
-                     '{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}'),
+                     '{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}',
+                     _turn_field("conversations", "from", "value")),
         RecordFormat("messages", ("messages",), normalise_messages,
                      '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'),
         RecordFormat("prompt_completion", ("prompt", "completion"), normalise_prompt_completion,
-                     '{"prompt": "...", "completion": "..."}'),
+                     '{"prompt": "...", "completion": "..."}', _prompt_completion_field),
     )
 }
 
@@ -193,6 +217,22 @@ class FileFormats:
                 f"record ({first}); put each format in its own file, or convert this record",
             ) from None
 
+    def source_field(self, source: str, record: dict[str, Any], field: str | None, system_added: bool) -> str | None:
+        """The record's own field for a problem found on its normalised messages (`messages[i].content`),
+        e.g. ReasonMed's `output` for an empty reply. Other fields come back unchanged."""
+        found = re.fullmatch(r"messages\[(\d+)\]\.(content|role)", field or "")
+        if not found or source not in self.chosen:
+            return field
+        index = int(found.group(1)) - system_added
+        if index < 0:
+            return "data.system_prompt"
+        return FORMATS[self.chosen[source][0]].field_of(record, index, found.group(2))
+
     def formats(self) -> dict[str, str]:
         """source -> format name, as recorded in the data report."""
         return {source: name for source, (name, _) in self.chosen.items()}
+
+
+def looks_like(record: Any) -> str | None:
+    """The format a raw record's keys suggest (for error messages), or None."""
+    return detect_format(record) if isinstance(record, dict) else None

@@ -8,8 +8,8 @@ Writes `runs/<name>/data/` atomically:
   report.json         records read, kept, dropped by reason with file:line examples, truncated,
                       token-length stats, and the fingerprint of everything that shaped the data
 
-A rerun with an unchanged fingerprint (source contents, data settings, chat template,
-tokenizer, seed) reuses the folder.
+Whether a rerun reuses the folder is the pipeline's decision (medtune.pipeline owns the only
+fingerprint); the report records what shaped the data for provenance.
 """
 
 from __future__ import annotations
@@ -19,16 +19,28 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    Value,
+    disable_progress_bars,
+    enable_progress_bars,
+    is_progress_bar_enabled,
+    load_from_disk,
+)
+from datasets.arrow_writer import ArrowWriter
 
 from medtune.artifacts import atomic_dir, atomic_write_json, fingerprint
 from medtune.config import RunConfig
 from medtune.data import formats, loading
-from medtune.data.decontaminate import question_text
+from medtune.data.decontaminate import Decontaminator, question_text
 from medtune.data.rendering import NO_FINAL_ANSWER, TOO_LONG, TRUNCATED, ChatRenderer, tokenize_table
 from medtune.data.validation import (
     REASONS,
@@ -40,9 +52,10 @@ from medtune.data.validation import (
     with_system_prompt,
 )
 from medtune.errors import ArtifactError, DataError
+from medtune.rundir import RunDir
+from medtune.tokenizer import load_tokenizer
+from medtune.ui import progress
 
-DATA_DIR = "data"
-REPORT = "report.json"
 SPLITS = ("train", "val")
 COLUMNS = ("input_ids", "labels", "length", "messages")
 # Bump when the output for the same inputs changes (labelling rules, columns, split method).
@@ -59,7 +72,6 @@ class PrepareResult:
 
     data_dir: Path
     report: dict[str, Any]
-    reused: bool = False
     seconds: float = 0.0
 
     def figures(self) -> dict[str, Any]:
@@ -73,94 +85,87 @@ class PrepareResult:
             "truncated": report["truncated"],
             "tokens_p50": report["token_lengths"]["p50"],
             "tokens_max": report["token_lengths"]["max"],
-            "reused": self.reused,
+            "seconds": round(self.seconds, 2),
         }
 
 
-def prepare_data(config: RunConfig, force: bool = False) -> PrepareResult:
-    """Build the tokenized train/val data of a run from `config.data` with the base model's tokenizer.
+def prepare_data(config: RunConfig, run: RunDir) -> PrepareResult:
+    """Build the tokenized train/val data of a run from `config.data` with the base model's tokenizer,
+    into `run.data` (atomically: the previous data stays until the new folder is complete).
 
-    Returns a PrepareResult. Raises DataError (missing files, a bad record under invalid=error,
-    nothing left to train on), ModelError (tokenizer or chat template unusable).
+    Whether it needs redoing is the pipeline's call (its fingerprint covers the data and model
+    sections and the local files' contents); this function always builds. Returns a PrepareResult.
+    Raises DataError (missing files, a bad record under invalid=error, nothing left to train on),
+    ModelError (tokenizer or chat template unusable).
     """
-    from medtune.tokenizer import load_tokenizer
-
     started = time.perf_counter()
-    data = config.data
-    run_dir = config.run_dir
-    data_dir = run_dir / DATA_DIR
     tokenizer = load_tokenizer(config.model)
     renderer = ChatRenderer.from_tokenizer(tokenizer)
-    hub_dataset = loading.load_hub_dataset(data) if data.dataset else None
-    sources = loading.source_digest(data, hub_dataset)
+    hub_dataset = loading.load_hub_dataset(config.data) if config.data.dataset else None
+    sources = loading.source_digest(config.data, hub_dataset)
     decontaminator = _decontaminator(config)
+    timings = {"load_tokenizer_and_hash": round(time.perf_counter() - started, 2)}
+    with atomic_dir(run.data) as tmp:
+        report = _build(config, renderer, hub_dataset, decontaminator, tmp, timings)
+        report.update(
+            fingerprint=_provenance(config, renderer, tokenizer, sources, decontaminator),
+            sources=sources,
+            chat_template_eot=renderer.eot_token,
+            pad_token=tokenizer.pad_token,
+            seconds=round(time.perf_counter() - started, 2),
+            timings=timings,
+        )
+        atomic_write_json(tmp / run.data_report.name, report)
+    return PrepareResult(run.data, report, seconds=time.perf_counter() - started)
+
+
+def _build(config: RunConfig, renderer: ChatRenderer, hub_dataset, decontaminator, folder: Path,
+           timings: dict[str, float]) -> dict[str, Any]:
+    """Read, validate, render, tokenize and split into `folder`; the report of what was kept and dropped."""
+    work = folder / ".work"
+    work.mkdir()
+    mark = time.perf_counter()
+    collected = _collect(config, renderer, hub_dataset, work / "records.arrow", decontaminator)
+    timings["read_validate"] = round(time.perf_counter() - mark, 2)
+    report = _tokenize_split_save(config, renderer, collected, work, folder, timings)
+    shutil.rmtree(work)
+    report["formats"] = collected["formats"]
+    if decontaminator is not None:
+        summary = decontaminator.summary()
+        summary["dropped"] = {name: report["dropped"].get(f"contaminated:{name}", 0) for name in summary["benchmarks"]}
+        report["decontamination"] = summary
+    return report
+
+
+def _provenance(config: RunConfig, renderer: ChatRenderer, tokenizer, sources, decontaminator) -> str:
+    """A hash of what shaped the data, recorded beside it for provenance: source digests, data
+    settings, the chat template and the tokenizer."""
     inputs = {
         "version": PREPARE_VERSION,
         "sources": sources,
-        "data": data.model_dump(mode="json", exclude={"num_proc"}),
+        "data": config.data.model_dump(mode="json", exclude={"num_proc"}),
         "decontamination": decontaminator.digest() if decontaminator else None,
         "seed": config.seed,
         "chat_template": renderer.chat_template,
         "tokenizer": hashlib.sha256(renderer.backend.to_str().encode()).hexdigest(),
         "pad_token": tokenizer.pad_token,
     }
-    digest = fingerprint(inputs)
-    if not force:
-        previous = read_report(run_dir, missing_ok=True)
-        if previous and previous.get("fingerprint") == digest and all((data_dir / s).is_dir() for s in SPLITS):
-            return PrepareResult(data_dir, previous, reused=True, seconds=time.perf_counter() - started)
-
-    with atomic_dir(data_dir) as tmp:
-        work = tmp / ".work"
-        work.mkdir()
-        timings = {"load_tokenizer_and_hash": round(time.perf_counter() - started, 2)}
-        mark = time.perf_counter()
-        collected = _collect(config, renderer, hub_dataset, work / "records.arrow", decontaminator)
-        timings["read_validate"] = round(time.perf_counter() - mark, 2)
-        report = _tokenize_split_save(config, renderer, collected, work, tmp, timings)
-        shutil.rmtree(work)
-        if decontaminator is not None:
-            summary = decontaminator.summary()
-            summary["dropped"] = {name: report["dropped"].get(f"contaminated:{name}", 0) for name in summary["benchmarks"]}
-            report["decontamination"] = summary
-        report.update(
-            fingerprint=digest,
-            sources=sources,
-            formats=collected["formats"],
-            chat_template_eot=renderer.eot_token,
-            pad_token=tokenizer.pad_token,
-            seconds=round(time.perf_counter() - started, 2),
-            timings=timings,
-        )
-        atomic_write_json(tmp / REPORT, report)
-    result = PrepareResult(data_dir, report, reused=False, seconds=time.perf_counter() - started)
-    from medtune.pipeline import record_stage_result
-
-    record_stage_result(config, "prepare", {"seconds": round(result.seconds, 2), **result.figures()})
-    return result
+    return fingerprint(inputs)
 
 
-def _decontaminator(config: RunConfig):
-    if not config.data.decontaminate.enabled:
-        return None
-    from medtune.data.decontaminate import Decontaminator
-
-    return Decontaminator.from_config(config)
+def _decontaminator(config: RunConfig) -> Decontaminator | None:
+    return Decontaminator.from_config(config) if config.data.decontaminate.enabled else None
 
 
 def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path, decontaminator) -> dict[str, Any]:
     """Stream every record through normalise -> validate -> dedupe -> decontaminate; write the kept ones
     (normalised chat as JSON + location) to an Arrow file. Returns counts, the tally and formats used."""
-    from datasets import Features, Value
-    from datasets.arrow_writer import ArrowWriter
-
-    from medtune.ui import progress
-
     data = config.data
     control = control_token_pattern(renderer.control_tokens)
     tally = Tally()
     file_formats = formats.FileFormats(data.format)
     seen: dict[bytes, str] = {}
+    looks: Counter[str] = Counter()  # the format each rejected record's keys suggest, for the "nothing left" message
     records = kept = 0
     raw_records = (
         loading.iter_hub_records(data, hub_dataset) if hub_dataset is not None else loading.iter_records(data)
@@ -190,11 +195,9 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
             if records % 2000 == 0:
                 bar.update(task, completed=records)
             try:
-                if raw.problem is not None:
-                    raise raw.problem
-                messages = file_formats.normalise(raw.record, raw.source, raw.location)
-                messages = check_messages(with_system_prompt(messages, data.system_prompt), control)
+                messages = _checked_messages(raw, file_formats, data.system_prompt, control)
             except RecordProblem as problem:
+                looks[formats.looks_like(raw.record) or "unknown"] += 1
                 reject(problem, raw.location, data.invalid, tally)
                 continue
             text = json.dumps(messages, ensure_ascii=False)
@@ -214,18 +217,56 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
         bar.update(task, completed=records, total=records)
     if records == 0:
         raise DataError("the data source holds no records (empty files?)")
-    return {"records": records, "kept": kept, "tally": tally, "formats": file_formats.formats(), "path": path}
+    return {"records": records, "kept": kept, "tally": tally, "formats": file_formats.formats(), "path": path,
+            "looks_like": dict(looks)}
+
+
+def _checked_messages(raw, file_formats: formats.FileFormats, system_prompt: str | None, control) -> list[dict[str, str]]:
+    """One raw record -> validated chat messages. Raises RecordProblem naming the record's own field."""
+    if raw.problem is not None:
+        raise raw.problem
+    normalised = file_formats.normalise(raw.record, raw.source, raw.location)
+    prompted = with_system_prompt(normalised, system_prompt)
+    try:
+        return check_messages(prompted, control)
+    except RecordProblem as problem:
+        system_added = len(prompted) - len(normalised)
+        problem.field = file_formats.source_field(raw.source, raw.record, problem.field, bool(system_added))
+        raise
+
+
+def nothing_left_message(collected: dict[str, Any], configured_format: str) -> str:
+    """Why no record survived, and when every record failed the same way, which format the records
+    look like and the setting that reads them."""
+    tally: Tally = collected["tally"]
+    message = f"no usable records left out of {collected['records']}: dropped {tally.dropped}"
+    if len(tally.dropped) != 1:
+        return message
+    reason = next(iter(tally.dropped))
+    example = (tally.examples.get(reason) or [""])[0]
+    message = (
+        f"no usable records left out of {collected['records']}: every record was dropped as {reason}"
+        f"{f' (e.g. {example})' if example else ''}"
+    )
+    looks = {name: n for name, n in collected.get("looks_like", {}).items() if name != "unknown"}
+    likely = max(looks, key=looks.get) if looks else None
+    if likely and likely != configured_format:
+        message += (
+            f". The records look like the '{likely}' format ({formats.FORMATS[likely].example}), but data.format "
+            f"is '{configured_format}': set data.format: {likely} (or auto)"
+        )
+    elif reason == "unknown_format":
+        message += f". Set data.format to the records' format: one of {', '.join(formats.FORMATS)}"
+    return message
 
 
 def _tokenize_split_save(
     config: RunConfig, renderer: ChatRenderer, collected: dict[str, Any], work: Path, out: Path, timings: dict[str, float]
 ) -> dict[str, Any]:
-    from datasets import Dataset, DatasetDict, disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
-
     data = config.data
     tally: Tally = collected["tally"]
     if collected["kept"] == 0:
-        raise DataError(f"no usable records left out of {collected['records']}: dropped {tally.dropped}")
+        raise DataError(nothing_left_message(collected, data.format))
     mark = time.perf_counter()
     records = Dataset.from_file(str(collected["path"]))
     num_proc = data.num_proc or _available_cores()
@@ -339,9 +380,9 @@ def length_stats(lengths: np.ndarray) -> dict[str, float | int]:
     }
 
 
-def read_report(run_dir: Path, missing_ok: bool = False) -> dict[str, Any] | None:
+def read_report(run: RunDir, missing_ok: bool = False) -> dict[str, Any] | None:
     """The data stage's report.json of a run. Raises ArtifactError when missing (unless missing_ok)."""
-    path = Path(run_dir) / DATA_DIR / REPORT
+    path = run.data_report
     if not path.is_file():
         if missing_ok:
             return None
@@ -349,16 +390,14 @@ def read_report(run_dir: Path, missing_ok: bool = False) -> dict[str, Any] | Non
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_prepared(run_dir: Path):
+def load_prepared(run: RunDir):
     """The prepared splits as a `datasets.DatasetDict` with keys 'train' and 'val' ('val' absent
     with data.val_size: 0).
 
     Columns: input_ids, labels, length, messages (JSON string of the chat). Raises ArtifactError
-    when the data stage has not completed in `run_dir`.
+    when the data stage has not completed in `run`.
     """
-    from datasets import load_from_disk
-
-    data_dir = Path(run_dir) / DATA_DIR
-    if not (data_dir / "dataset_dict.json").is_file() or not (data_dir / REPORT).is_file():
+    data_dir = run.data
+    if not (data_dir / "dataset_dict.json").is_file() or not run.data_report.is_file():
         raise ArtifactError(f"{data_dir} holds no prepared data: run `medtune prepare CONFIG` first")
     return load_from_disk(str(data_dir))

@@ -14,13 +14,10 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from medtune.artifacts import atomic_write_text, sha256_file
 from medtune.errors import DataError
-
-if TYPE_CHECKING:
-    from medtune.tasks import Item
+from medtune.tasks import YES_NO_MAYBE, Item, user_message
 
 PUBMEDQA_FILES = ("ori_pqal.json", "test_ground_truth.json")
 # Bump when a converter writes something different for the same inputs (the cache is keyed on it).
@@ -35,8 +32,6 @@ def cache_dir() -> Path:
 def _pubmedqa_train_pool(folder: Path, source: str) -> tuple[list[tuple[str, Item, str]], str]:
     """The PQA-L records outside the standard test split as (pmid, Item, LONG_ANSWER), and a digest
     of the two release files. Raises DataError when a file is missing or a record is malformed."""
-    from medtune.tasks import YES_NO_MAYBE, Item
-
     folder = Path(folder)
     if folder.is_file():
         folder = folder.parent
@@ -87,7 +82,6 @@ def pubmedqa_train(folder: Path) -> Path:
     LONG_ANSWER, as the reasoning, then "The answer is X.") and a direct one ("The answer is X.").
     Raises DataError when the files are missing or malformed.
     """
-    from medtune.tasks import user_message
 
     pool, digest = _pubmedqa_train_pool(folder, "pubmedqa-train")
     lines = []
@@ -108,7 +102,6 @@ def pubmedqa_reasoning(folder: Path) -> Path:
     as ReasonMed's records are, so a model trained on it reasons, then answers, in cot mode.
     Read with `data.format: reasonmed` (or auto). Raises DataError for missing or malformed files.
     """
-    from medtune.tasks import user_message
 
     pool, digest = _pubmedqa_train_pool(folder, "pubmedqa-reasoning")
     lines = [

@@ -93,6 +93,7 @@ def check_messages(messages: Messages, control_tokens: re.Pattern[str] | None = 
     Raises RecordProblem.
     """
     cleaned: Messages = []
+    origin: list[int] = []  # index in `messages` of each cleaned message, so problems name the record's own turn
     for index, message in enumerate(messages):
         role, content = message["role"], message["content"].strip()
         if role not in ROLES:
@@ -100,12 +101,13 @@ def check_messages(messages: Messages, control_tokens: re.Pattern[str] | None = 
         if role == "system" and not content:
             continue
         cleaned.append({"role": role, "content": content})
+        origin.append(index)
     roles = [m["role"] for m in cleaned]
     body = roles[1:] if roles and roles[0] == "system" else roles
     expected = ["user", "assistant"] * (len(body) // 2 + 1)
     if not body or body != expected[: len(body)] or body[-1] != "assistant":
         raise RecordProblem("bad_order", f"roles {roles}", "messages")
-    for index, message in enumerate(cleaned):
+    for message, index in zip(cleaned, origin):
         if not message["content"]:
             reason = "empty_reply" if message["role"] == "assistant" else "empty_prompt"
             raise RecordProblem(reason, f"{message['role']} message is empty", f"messages[{index}].content")
