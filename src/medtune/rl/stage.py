@@ -1,0 +1,300 @@
+"""The rl stage: GRPO with verifiable rewards, continuing the SFT LoRA adapter.
+
+`rl_stage(config, run, resume=False)` reads the SFT adapter (run.adapter) and prompts with gold
+answers (`rl.prompts`, else `data.files`; see medtune.rl.prompts), holds out `rl.val_size` of them,
+and trains the adapter further with TRL's GRPOTrainer (generation through transformers, no vLLM):
+for each prompt `rl.num_generations` sampled replies are scored by medtune's own answer extraction
+(medtune.rl.rewards) and the adapter is moved towards the replies that beat their group's mean,
+with a KL term (`rl.beta`) towards the SFT adapter. Checkpoints go to run.rl_checkpoints (adapter,
+optimizer, scheduler, RNG, data position) and `resume=True` continues from the newest. The mean
+reward on the held-out prompts is measured greedily before and after (paired bootstrap CI).
+Output, atomically: run.rl_adapter (adapter + tokenizer + rl_log.jsonl + reward_curve.png +
+rl_summary.json).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtune.artifacts import atomic_dir, atomic_write_json
+from medtune.config import RLConfig, RunConfig, save_resolved_config
+from medtune.errors import ArtifactError
+from medtune.eval.scoring import stop_token_ids
+from medtune.eval.stats import paired_difference
+from medtune.modeling import load_base_model
+from medtune.rl.curves import plot_rl_curves
+from medtune.rl.prompts import RLPrompt, class_weights, load_prompts, split_prompts
+from medtune.rl.log import RLLogger
+from medtune.rl.rewards import correctness_reward, format_reward, reward_functions
+from medtune.rundir import RunDir
+from medtune.tokenizer import load_tokenizer
+from medtune.train.callbacks import read_log
+from medtune.train.precision import resolve_precision
+from medtune.train.trainer import latest_checkpoint
+
+LOG_NAME = "rl_log.jsonl"
+CURVE_NAME = "reward_curve.png"
+SUMMARY_NAME = "rl_summary.json"
+
+
+@dataclass
+class ValReward:
+    """Greedy replies to the held-out prompts: per-prompt correctness and format rewards."""
+
+    correct: list[float]
+    formatted: list[float]
+
+    @property
+    def mean_correct(self) -> float:
+        return round(sum(self.correct) / len(self.correct), 4) if self.correct else 0.0
+
+
+@dataclass
+class RLResult:
+    """What the rl stage made and measured."""
+
+    adapter_dir: Path
+    steps: int
+    seconds: float
+    train_prompts: int
+    val_prompts: int
+    skipped: dict[str, int]
+    dropped_no_spread: int
+    val_before: float | None
+    val_after: float | None
+    val_difference: dict[str, Any] | None
+    peak_memory_gib: float | None
+    resumed_from_step: int | None
+    last_log: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "rl_steps": self.steps,
+            "rl_seconds": round(self.seconds, 2),
+            "rl_train_prompts": self.train_prompts,
+            "rl_val_prompts": self.val_prompts,
+            "rl_skipped": dict(self.skipped),
+            "rl_dropped_no_spread": self.dropped_no_spread,
+            "rl_val_reward_before": self.val_before,
+            "rl_val_reward_after": self.val_after,
+            "rl_val_reward_difference": self.val_difference,
+            "rl_peak_memory_gib": self.peak_memory_gib,
+            "resumed_from_step": self.resumed_from_step,
+            **{f"rl_last_{k.replace('/', '_')}": v for k, v in self.last_log.items() if k != "step"},
+        }
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def rl_stage(config: RunConfig, run: RunDir, *, resume: bool = False, callbacks: list | None = None) -> RLResult:
+    """Continue run.adapter with GRPO and write run.rl_adapter.
+
+    resume: continue from the newest checkpoint in run.rl_checkpoints (fresh when there is none).
+    callbacks: extra transformers TrainerCallbacks (tests stop at a step with one).
+    Raises ArtifactError (no SFT adapter), DataError (no prompt with a gold answer), ConfigError.
+    """
+    started = time.perf_counter()
+    rl = _require_rl(config)
+    train_prompts, val_prompts, skipped = rl_prompts(config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer, model = load_sft_policy(config, run, device)
+    val_before = measure_val_reward(model, tokenizer, val_prompts, rl.max_completion_length)
+    kept = drop_without_spread(model, tokenizer, train_prompts, rl) if rl.drop_solved else train_prompts
+    checkpoint = latest_checkpoint(run.rl_checkpoints) if resume else None
+    if checkpoint is None and run.rl_checkpoints.exists():
+        shutil.rmtree(run.rl_checkpoints)  # a fresh start must not pick up another attempt's progress
+    trainer = build_grpo_trainer(model, tokenizer, kept, config, run, device, callbacks)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    val_after = measure_val_reward(model, tokenizer, val_prompts, rl.max_completion_length)
+    result = RLResult(
+        adapter_dir=run.rl_adapter,
+        steps=trainer.state.global_step,
+        seconds=time.perf_counter() - started,
+        train_prompts=len(kept),
+        val_prompts=len(val_prompts),
+        skipped=dict(skipped),
+        dropped_no_spread=len(train_prompts) - len(kept),
+        val_before=val_before.mean_correct if val_prompts else None,
+        val_after=val_after.mean_correct if val_prompts else None,
+        val_difference=paired_difference(val_after.correct, val_before.correct, seed=config.seed) if val_prompts else None,
+        peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        resumed_from_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None,
+        last_log=_last_metrics(read_log(run.rl_checkpoints / LOG_NAME)),
+    )
+    write_rl_adapter(config, run, model, tokenizer, result)
+    return result
+
+
+def _require_rl(config: RunConfig) -> RLConfig:
+    if config.rl is None:
+        raise ArtifactError("the rl stage needs an `rl` section in the config (see configs/pubmedqa-rl-smollm2.yaml)")
+    return config.rl
+
+
+def rl_prompts(config: RunConfig) -> tuple[list[RLPrompt], list[RLPrompt], dict[str, int]]:
+    """(train, held-out val, skipped-by-reason) prompts of the run, with the config's seed and limit."""
+    rl = _require_rl(config)
+    found = load_prompts(rl.prompts or list(config.data.files))
+    train, val = split_prompts(found.prompts, rl.val_size, config.seed)
+    if rl.limit is not None and len(train) > rl.limit:
+        train = [train[i] for i in sorted(random.Random(config.seed).sample(range(len(train)), rl.limit))]
+    return train, val, dict(found.skipped)
+
+
+def load_sft_policy(config: RunConfig, run: RunDir, device: str):
+    """(tokenizer, PEFT model): the base with the SFT adapter loaded trainable, on `device`."""
+    from peft import PeftModel  # heavy optional dependency: only when the stage runs
+
+    if not (run.adapter / "adapter_config.json").is_file():
+        raise ArtifactError(f"{run.adapter}: no SFT adapter; run `medtune train CONFIG` first")
+    precision = resolve_precision(config.train.precision, device)
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.padding_side = "left"  # generation appends to the right of every prompt
+    base = load_base_model(config.model, dtype=precision.model_dtype, attn_implementation="sdpa")
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, str(run.adapter), is_trainable=True)
+    return tokenizer, model.to(device)
+
+
+# --------------------------------------------------------------------------- held-out reward
+
+
+@torch.no_grad()
+def greedy_replies(model, tokenizer, prompts: list[RLPrompt], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy replies to `prompts` through the chat template (what eval's cot mode sends)."""
+    model.eval()
+    device = next(model.parameters()).device
+    replies: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.user}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts[start:start + batch_size]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return replies
+
+
+def measure_val_reward(model, tokenizer, prompts: list[RLPrompt], max_new_tokens: int) -> ValReward:
+    """Correctness and format rewards of the greedy reply to each held-out prompt."""
+    if not prompts:
+        return ValReward([], [])
+    replies = greedy_replies(model, tokenizer, prompts, max_new_tokens)
+    return ValReward([correctness_reward(r, p.gold, p.options) for r, p in zip(replies, prompts)],
+                     [format_reward(r, p.options) for r, p in zip(replies, prompts)])
+
+
+@torch.no_grad()
+def drop_without_spread(model, tokenizer, prompts: list[RLPrompt], rl: RLConfig) -> list[RLPrompt]:
+    """The prompts on which `rl.num_generations` sampled replies are neither all right nor all wrong
+    (a group without reward spread has zero advantage: GRPO learns nothing from it)."""
+    model.eval()
+    device = next(model.parameters()).device
+    kept = []
+    for start in range(0, len(prompts), 16):
+        chunk = prompts[start:start + 16]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.user}], tokenize=False,
+                                               add_generation_prompt=True) for p in chunk]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(**batch, max_new_tokens=rl.max_completion_length, do_sample=True, temperature=rl.temperature,
+                             num_return_sequences=rl.num_generations, eos_token_id=stop_token_ids(tokenizer),
+                             pad_token_id=tokenizer.pad_token_id)
+        replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, prompt in enumerate(chunk):
+            group = replies[i * rl.num_generations:(i + 1) * rl.num_generations]
+            right = sum(correctness_reward(r, prompt.gold, prompt.options) for r in group)
+            if 0 < right < len(group):
+                kept.append(prompt)
+    return kept or prompts  # nothing with spread: train on all rather than on nothing
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def grpo_arguments(config: RunConfig, run: RunDir, device: str, n_prompts: int) -> dict[str, Any]:
+    """GRPOConfig fields from the `rl` section (one optimizer step = rl.prompts_per_step prompts x
+    rl.num_generations replies, generated in one batch unless rl.generation_batch_size says otherwise)."""
+    rl = _require_rl(config)
+    precision = resolve_precision(config.train.precision, device)
+    completions = rl.prompts_per_step * rl.num_generations
+    steps = rl.max_steps or max(1, int(rl.epochs * n_prompts / rl.prompts_per_step + 0.999))
+    return dict(
+        output_dir=str(run.rl_checkpoints),
+        per_device_train_batch_size=completions,
+        gradient_accumulation_steps=1,
+        num_generations=rl.num_generations,
+        generation_batch_size=rl.generation_batch_size or completions,
+        max_completion_length=rl.max_completion_length,
+        temperature=rl.temperature,
+        learning_rate=rl.learning_rate,
+        lr_scheduler_type="constant",
+        beta=rl.beta,
+        max_steps=steps,
+        logging_steps=rl.logging_steps,
+        save_strategy="steps",
+        save_steps=rl.save_steps,
+        save_total_limit=rl.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=device == "cpu",
+        gradient_checkpointing=False,  # a small policy fits; checkpointing would double the backward
+        **precision.trainer_flags(),
+        remove_unused_columns=False,
+        log_completions=False,
+    )
+
+
+def build_grpo_trainer(model, tokenizer, prompts: list[RLPrompt], config: RunConfig, run: RunDir, device: str,
+                       callbacks: list | None = None):
+    """TRL's GRPOTrainer on `prompts` with medtune's rewards, logging into run.rl_checkpoints."""
+    from datasets import Dataset  # heavy optional dependencies: only when the stage runs
+    from trl import GRPOConfig, GRPOTrainer
+
+    rl = _require_rl(config)
+    weights = class_weights(prompts) if rl.balance_classes else {}
+    rows = [p.row(weights.get(p.gold, 1.0)) for p in prompts]
+    functions, reward_weights = reward_functions(format_weight=rl.format_weight, length_weight=rl.length_weight,
+                                                 max_completion_length=rl.max_completion_length)
+    args = GRPOConfig(**grpo_arguments(config, run, device, len(rows)), reward_weights=reward_weights)
+    model.train()
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=functions,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[RLLogger(run.rl_checkpoints / LOG_NAME), *(callbacks or [])],
+    )
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_rl_adapter(config: RunConfig, run: RunDir, model, tokenizer, result: RLResult) -> None:
+    """run.rl_adapter, atomically: the trained adapter (not GRPO's frozen reference copy), tokenizer,
+    resolved config, log, reward curves and summary."""
+    records = read_log(run.rl_checkpoints / LOG_NAME)
+    tokenizer.padding_side = "right"  # as the SFT adapter's tokenizer was saved
+    with atomic_dir(run.rl_adapter) as out:
+        model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
+        tokenizer.save_pretrained(out)
+        save_resolved_config(config, out / "config.yaml")
+        (out / LOG_NAME).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        plot_rl_curves(records, out / CURVE_NAME, title=f"{config.name}: GRPO")
+        atomic_write_json(out / SUMMARY_NAME, {**result.figures(), "adapter_dir": str(result.adapter_dir)})
+
+
+def _last_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("step", "reward", "reward_std", "frac_reward_zero_std", "kl", "rewards/correct/mean")
+    return {k: records[-1][k] for k in keys if records and k in records[-1]}
