@@ -1,0 +1,1 @@
+"""Chat templates shipped with medtune (`model.chat_template: builtin:NAME`)."""
