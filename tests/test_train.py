@@ -13,7 +13,8 @@ from medtune.config import RunConfig, TrainConfig
 from medtune.errors import ConfigError
 from medtune.train.attention import VARLEN
 from medtune.train.precision import resolve_precision
-from medtune.train.trainer import latest_checkpoint, plan_training
+from medtune.rundir import RunDir
+from medtune.train.trainer import checkpoint_step, latest_checkpoint, plan_training, resume_message
 from train_fixtures import make_examples, write_prepared
 
 
@@ -39,11 +40,24 @@ def test_yaml_switches_accept_booleans():
 
 
 def test_latest_checkpoint_skips_incomplete(tmp_path):
-    (tmp_path / "checkpoint-4").mkdir()
-    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-8").mkdir()  # interrupted while saving: no trainer_state.json yet
-    assert latest_checkpoint(tmp_path).name == "checkpoint-4"
+    run = RunDir(tmp_path)
+    assert checkpoint_step(run) is None and resume_message(None) == "no checkpoint yet, starting over"
+    (run.checkpoints / "checkpoint-4").mkdir(parents=True)
+    (run.checkpoints / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (run.checkpoints / "checkpoint-8").mkdir()  # interrupted while saving: no trainer_state.json yet
+    assert latest_checkpoint(run.checkpoints).name == "checkpoint-4"
     assert latest_checkpoint(tmp_path / "missing") is None
+    assert checkpoint_step(run) == 4 and resume_message(4) == "resuming from step 4"
+
+
+def test_fa4_is_chosen_only_where_it_runs():
+    """auto never picks FlashAttention-4 on CPU; asking for it there names the GPUs it needs."""
+    plan = plan_training(TrainConfig(packing="on"), device_type="cpu")
+    assert plan.describe()["attention"] == "varlen (torch)"
+    with pytest.raises(ConfigError, match="fa4"):
+        plan_training(TrainConfig(packing="on", attention="fa4"), device_type="cpu")
+    with pytest.raises(ConfigError, match="packed batches"):
+        plan_training(TrainConfig(packing="off", attention="fa4"), device_type="cpu")
 
 
 def _eot_only_labels(example, eot_id):
@@ -158,21 +172,23 @@ def test_resume_gives_the_same_adapter_as_training_straight(tiny_llama_dir, smol
 
     straight = _config(tmp_path, tiny_llama_dir, "straight", **train)
     write_prepared(straight.run_dir, smollm2_tokenizer, n_train=20)
-    train_adapter(straight)
+    train_adapter(straight, RunDir.of(straight))
 
     resumed = _config(tmp_path, tiny_llama_dir, "resumed", **train)
+    run = RunDir.of(resumed)
     write_prepared(resumed.run_dir, smollm2_tokenizer, n_train=20)
-    train_adapter(resumed, callbacks=[StopAtStep(3)])
-    assert latest_checkpoint(resumed.run_dir / "checkpoints").name == "checkpoint-3"
-    result = train_adapter(resumed, resume=True)
+    assert checkpoint_step(run) is None
+    train_adapter(resumed, run, callbacks=[StopAtStep(3)])
+    assert checkpoint_step(run) == 3 and latest_checkpoint(run.checkpoints).name == "checkpoint-3"
+    result = train_adapter(resumed, run, resume=True)
     assert result.resumed_from_step == 3 and result.steps == 6
     assert result.plan["fused_projections"] is bool(train)
 
-    a, b = _adapter_tensors(straight.run_dir / "adapter"), _adapter_tensors(resumed.run_dir / "adapter")
+    a, b = _adapter_tensors(RunDir.of(straight).adapter), _adapter_tensors(run.adapter)
     assert a.keys() == b.keys() and a
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    steps = [r["step"] for r in read_log(resumed.run_dir / "adapter" / "train_log.jsonl") if "loss" in r]
+    steps = [r["step"] for r in read_log(run.train_log) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]  # the interrupted run's records are kept, none duplicated
 
 

@@ -78,8 +78,8 @@ def test_qlora_trains_and_merges_into_the_full_precision_base(tiny_llama_dir, sm
     """train.quantize_base: nf4 end to end on CPU: LoRA weights train, the merge loads an fp32 base."""
     from safetensors.torch import load_file
 
-    from medtune.merge import merge_adapter
-    from medtune.train.trainer import train_adapter
+    from medtune.artifacts import record_stage
+    from medtune.pipeline import run_stage
 
     config = RunConfig.model_validate({
         "name": "qlora", "output_dir": str(tmp_path), "data": {"files": ["unused.jsonl"]},
@@ -89,12 +89,13 @@ def test_qlora_trains_and_merges_into_the_full_precision_base(tiny_llama_dir, sm
                   "gradient_checkpointing": True},
     })
     write_prepared(config.run_dir, smollm2_tokenizer, n_train=12, n_val=4)
-    result = train_adapter(config)
+    record_stage(config.run_dir, "prepare", {"status": "done", "outputs_digest": "test"})
+    result = run_stage(config, "train").result
     assert result.plan["base_weights"] == "nf4 (QLoRA)" and result.steps == 3
     adapter = load_file(str(config.run_dir / "adapter" / "adapter_model.safetensors"))
     assert adapter and all(t.dtype == torch.float32 for t in adapter.values())
     assert any(float(t.abs().sum()) > 0 for k, t in adapter.items() if "lora_B" in k)  # B started at zero: it trained
-    merged = merge_adapter(config)
+    merged = run_stage(config, "merge").result
     assert merged.dtype == "fp32" and merged.top1_agreement == 1.0
     weights = load_file(str(config.run_dir / "merged" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in weights.values())  # a full-precision merge, not 4-bit bytes

@@ -156,10 +156,11 @@ class TrainConfig(Section):
     max_tokens_per_batch: int = Field(
         16384, ge=64, description="Token budget of one packed micro-batch (per device); at least data.max_length."
     )
-    attention: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"] = Field(
+    attention: Literal["auto", "fa4", "varlen", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
-        description="Attention kernel; auto: torch's varlen flash attention for packed GPU batches "
-        "(flash_attention_2 if torch lacks it and flash-attn is installed), else sdpa.",
+        description="Attention kernel; auto: for packed GPU batches FlashAttention-4 (fa4) when flash-attn-4 is "
+        "installed and the GPU is Hopper/Blackwell (sm90/sm100), else torch's varlen flash attention "
+        "(flash_attention_2 if torch lacks it and flash-attn is installed); sdpa without packing.",
     )
     liger_kernels: Literal["auto", "on", "off"] = Field(
         "auto", description="Fused Liger kernels (norms, rotary, SwiGLU, chunked loss) on GPU; auto: when installed. "

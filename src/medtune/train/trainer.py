@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,20 @@ import torch
 
 from medtune.artifacts import atomic_dir, atomic_write_json
 from medtune.config import LoraConfig, RunConfig, TrainConfig, save_resolved_config
-from medtune.errors import ArtifactError, ConfigError, DataError
-from medtune.train.attention import VARLEN, resolve_attention
+from medtune.data.prepare import load_prepared
+from medtune.errors import ConfigError, DataError
+from medtune.modeling import load_base_model
+from medtune.plots import plot_loss_curve
+from medtune.rundir import RunDir
+from medtune.tokenizer import load_tokenizer
+from medtune.train.attention import attention_label, resolve_attention, warm_up_attention
+from medtune.train.callbacks import JsonlLogger, RichProgress, read_log
 from medtune.train.fused_projections import fuse_projections, unfuse_projections
+from medtune.train.packing import ExampleDataset, ExampleRows, PackedCollator, PackedDataset, PaddedCollator
 from medtune.train.precision import Precision, resolve_precision
+from medtune.train.probe import answer_test_question
 
-CHECKPOINTS = "checkpoints"
-ADAPTER = "adapter"
-LOG_NAME = "train_log.jsonl"
+TRAIN_SUMMARY = "train_summary.json"  # the stage's figures, inside the adapter folder
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -61,7 +68,7 @@ class TrainPlan:
             "device": self.device_type,
             "precision": self.precision.name,
             "packing": self.packing,
-            "attention": "varlen (torch)" if self.attention == VARLEN else self.attention,
+            "attention": attention_label(self.attention),
             "compile": self.compile,
             "liger_kernels": self.liger,
             "fused_projections": self.fused_projections,
@@ -304,8 +311,6 @@ def build_trainer(
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from medtune.train.packing import ExampleDataset, ExampleRows, PackedCollator, PackedDataset, PaddedCollator
-
     train_rows = ExampleRows(train_data)
     if len(train_rows) == 0:
         raise DataError("the training split is empty; check the prepare stage's report")
@@ -459,29 +464,23 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def load_prepared_splits(run_dir: Path) -> tuple[Any, Any | None]:
-    """The prepare stage's tokenized train and val splits (datasets with input_ids and labels).
+def checkpoint_step(run: RunDir) -> int | None:
+    """The optimizer step of the newest complete checkpoint in the run's checkpoints folder, the one
+    a resume continues from (None when there is none)."""
+    checkpoint = latest_checkpoint(run.checkpoints)
+    return int(_CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint else None
 
-    Raises ArtifactError when they are missing.
-    """
-    data_dir = Path(run_dir) / "data"
-    try:
-        from medtune.data.prepare import load_prepared
-    except ImportError:
-        load_prepared = None
-    if load_prepared is not None:
-        loaded = load_prepared(run_dir)
-        if isinstance(loaded, tuple):
-            return loaded[0], loaded[1] if len(loaded) > 1 else None
-        getter = loaded.get if hasattr(loaded, "get") else lambda key: getattr(loaded, key, None)
-        return getter("train"), getter("val") if getter("val") is not None else getter("validation")
-    if not (data_dir / "train").is_dir():
-        raise ArtifactError(f"{data_dir / 'train'} not found: run `medtune prepare CONFIG` first")
-    from datasets import load_from_disk
 
-    train = load_from_disk(str(data_dir / "train"))
-    val = load_from_disk(str(data_dir / "val")) if (data_dir / "val").is_dir() else None
-    return train, val
+def resume_message(step: int | None) -> str:
+    """What a resumed attempt says before it starts (the pipeline and the train stage say the same)."""
+    return f"resuming from step {step}" if step is not None else "no checkpoint yet, starting over"
+
+
+def load_prepared_splits(run: RunDir) -> tuple[Any, Any | None]:
+    """The prepare stage's tokenized train and val splits (datasets with input_ids and labels; val is
+    None with data.val_size: 0). Raises ArtifactError when prepare has not completed."""
+    splits = load_prepared(run)
+    return splits["train"], splits["val"] if "val" in splits else None
 
 
 def _subset(data: Any, limit: int | None, seed: int) -> Any:
@@ -495,36 +494,66 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | None = None) -> TrainResult:
-    """Train a LoRA adapter on runs/<name>/data and write runs/<name>/adapter.
+def train_adapter(
+    config: RunConfig, run: RunDir, *, resume: bool = False, callbacks: Sequence[Any] = ()
+) -> TrainResult:
+    """Train a LoRA adapter on the run's prepared data and write its adapter folder.
 
-    resume: continue from the newest complete checkpoint in runs/<name>/checkpoints (a fresh start
-    when there is none). callbacks: extra transformers TrainerCallbacks (e.g. StopAtStep in tests).
-    Raises ArtifactError (no prepared data), ModelError (base model), ConfigError (impossible
-    settings for this hardware), DataError (empty split).
+    resume: continue from the newest complete checkpoint in the run's checkpoints folder (a fresh
+    start when there is none). callbacks: extra transformers TrainerCallbacks (e.g. StopAtStep in
+    tests). Raises ArtifactError (no prepared data), ModelError (base model), ConfigError
+    (impossible settings for this hardware), DataError (empty split).
     """
-    from medtune.modeling import load_base_model
-    from medtune.tokenizer import load_tokenizer
-    from medtune.plots import plot_loss_curve
-    from medtune.train.callbacks import JsonlLogger, RichProgress, read_log
-    from medtune.train.probe import answer_test_question
-
     started = time.perf_counter()
-    run_dir = config.run_dir
-    train_cfg = config.train
-    checkpoints = run_dir / CHECKPOINTS
-    log_path = checkpoints / LOG_NAME
-    train_data, val_data = load_prepared_splits(run_dir)
-    val_data = _subset(val_data, train_cfg.eval_max_examples, config.seed)
-    _check_lengths(train_data, train_cfg)
+    train_data, val_data = load_prepared_splits(run)
+    val_data = _subset(val_data, config.train.eval_max_examples, config.seed)
+    _check_lengths(train_data, config.train)
+    plan = plan_training(config.train)
+    checkpoint = _resume_point(run, resume)
+    resume_step = checkpoint_step(run) if checkpoint else None
+    _say(f"train: {resume_message(resume_step) if resume else 'starting'}; attention: {plan.describe()['attention']}")
+    model, tokenizer = _load_lora_model(config, plan)
+    trainer = build_trainer(
+        model, train_data, val_data, train=config.train, plan=plan, seed=config.seed, output_dir=run.checkpoints,
+        pad_token_id=tokenizer.pad_token_id, eval_on_start=checkpoint is None,
+        callbacks=[JsonlLogger(_live_log(run), resume_step), RichProgress(), *callbacks],
+    )
+    _warm_up_attention(plan, model)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    _evaluate_last_step(trainer)
+    # Under FSDP every process holds a shard: gathering the adapter and generating are collective.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if plan.fsdp else None
+    answer = _answer_test_question(config, plan, trainer, model, tokenizer)
+    result = _train_result(run, trainer, plan, answer, resume_step, time.perf_counter() - started)
+    if trainer.is_world_process_zero():
+        _write_adapter_folder(config, run, result, model, tokenizer, state_dict)
+    return result
 
-    plan = plan_training(train_cfg)
-    checkpoint = latest_checkpoint(checkpoints) if resume else None
-    if not resume and _is_main_process() and checkpoints.exists():
-        shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's checkpoints
-    resume_step = int(_CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint else None
 
-    from transformers import set_seed
+def _say(message: str) -> None:
+    if _is_main_process():
+        print(message, file=sys.stderr)
+
+
+def _resume_point(run: RunDir, resume: bool) -> Path | None:
+    """The checkpoint to continue from; a fresh start removes another attempt's checkpoints."""
+    if resume:
+        return latest_checkpoint(run.checkpoints)
+    if _is_main_process() and run.checkpoints.exists():
+        shutil.rmtree(run.checkpoints)  # a fresh run must not pick up another run's checkpoints
+    return None
+
+
+def _live_log(run: RunDir) -> Path:
+    """The training log while training runs: beside the checkpoints, so a resume keeps it; the
+    finished adapter folder gets a copy."""
+    return run.checkpoints / run.train_log.name
+
+
+def _load_lora_model(config: RunConfig, plan: TrainPlan):
+    """The base model (seeded, in the plan's dtype and attention kernel) wrapped with a fresh LoRA
+    adapter, and its tokenizer."""
+    from transformers import set_seed  # heavy: transformers is imported by the stage only
 
     set_seed(config.seed)  # the LoRA initialisation too: a run is reproducible from its config
     tokenizer = load_tokenizer(config.model)
@@ -536,66 +565,67 @@ def train_adapter(config: RunConfig, resume: bool = False, *, callbacks: list | 
         device=_load_device(plan),
     )
     base.config.pad_token_id = tokenizer.pad_token_id
-    model = prepare_lora_model(base, config.lora)
+    return prepare_lora_model(base, config.lora), tokenizer
 
-    trainer = build_trainer(
-        model,
-        train_data,
-        val_data,
-        train=train_cfg,
-        plan=plan,
-        seed=config.seed,
-        output_dir=checkpoints,
-        pad_token_id=tokenizer.pad_token_id,
-        callbacks=[JsonlLogger(log_path, resume_step), RichProgress(), *(callbacks or [])],
-        eval_on_start=checkpoint is None,
-    )
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+def _warm_up_attention(plan: TrainPlan, model) -> None:
+    """Pay the attention kernel's one-time compile (FlashAttention-4 compiles per head shape at its
+    first call) before the first timed step, and say how long it took."""
+    seconds = warm_up_attention(plan.attention, model, plan.precision.model_dtype)
+    if seconds is not None:
+        _say(f"train: {attention_label(plan.attention)} compiled in {seconds:.1f} s (once, before the first step)")
+
+
+def _evaluate_last_step(trainer) -> None:
     # Decided from the Trainer's own history, identical on every process: evaluation is collective.
     evaluated = [r["step"] for r in trainer.state.log_history if "eval_loss" in r]
     if trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
         trainer.evaluate()
-    # Under FSDP every process holds a shard: gathering the adapter and generating are collective.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model) if plan.fsdp else None
-    answer = None
-    if train_cfg.test_question and (plan.fsdp or trainer.is_world_process_zero()):
-        uncompile_regions(model)  # generation's shapes change every token: eager is faster here
-        if plan.attention != "sdpa":
-            model.base_model.model.set_attn_implementation("sdpa")  # generation is unpacked
-        answer = answer_test_question(
-            model, tokenizer, system_prompt=config.data.system_prompt, max_new_tokens=train_cfg.test_question_max_new_tokens
-        )
-    if not trainer.is_world_process_zero():
-        return TrainResult(run_dir / ADAPTER, trainer.state.global_step, time.perf_counter() - started,
-                           int(trainer.state.num_input_tokens_seen or 0), None, None, None, None, resume_step,
-                           plan.describe())
 
-    records = read_log(log_path)
+
+def _answer_test_question(config: RunConfig, plan: TrainPlan, trainer, model, tokenizer) -> dict[str, Any] | None:
+    """The adapter's answer to the seed's test question (main process; every process under FSDP)."""
+    if not config.train.test_question or not (plan.fsdp or trainer.is_world_process_zero()):
+        return None
+    uncompile_regions(model)  # generation's shapes change every token: eager is faster here
+    if plan.attention != "sdpa":
+        model.base_model.model.set_attn_implementation("sdpa")  # generation is unpacked
+    return answer_test_question(
+        model, tokenizer, system_prompt=config.data.system_prompt, max_new_tokens=config.train.test_question_max_new_tokens
+    )
+
+
+def _train_result(run: RunDir, trainer, plan: TrainPlan, answer, resume_step: int | None, seconds: float) -> TrainResult:
+    main = trainer.is_world_process_zero()
+    records = read_log(_live_log(run)) if main else []
     losses = [r["loss"] for r in records if "loss" in r]
     val_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
-    result = TrainResult(
-        adapter_dir=run_dir / ADAPTER,
+    return TrainResult(
+        adapter_dir=run.adapter,
         steps=trainer.state.global_step,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         tokens_seen=int(trainer.state.num_input_tokens_seen or 0),
         train_loss=losses[-1] if losses else None,
         val_loss=val_losses[-1] if val_losses else None,
         first_val_loss=val_losses[0] if val_losses else None,
-        test_answer=answer,
+        test_answer=answer if main else None,
         resumed_from_step=resume_step,
         plan=plan.describe(),
     )
-    with atomic_dir(run_dir / ADAPTER) as out:
+
+
+def _write_adapter_folder(config: RunConfig, run: RunDir, result: TrainResult, model, tokenizer, state_dict) -> None:
+    """The adapter folder, atomically: adapter, tokenizer, resolved config, log, loss plot, test answer, summary."""
+    log = _live_log(run)
+    with atomic_dir(run.adapter) as out:
         model.save_pretrained(out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(out)
-        save_resolved_config(config, out / "config.yaml")
-        shutil.copyfile(log_path, out / LOG_NAME)
-        plot_loss_curve(records, out / "loss_curve.png", title=f"{config.name}: LoRA fine-tuning")
-        if answer is not None:
-            atomic_write_json(out / "test_answer.json", answer)
-        atomic_write_json(out / "train_summary.json", {**result.figures(), "adapter_dir": str(result.adapter_dir)})
-    _record(config, result)
-    return result
+        save_resolved_config(config, out / run.config_file.name)
+        shutil.copyfile(log, out / run.train_log.name)
+        plot_loss_curve(read_log(log), out / run.loss_curve.name, title=f"{config.name}: LoRA fine-tuning")
+        if result.test_answer is not None:
+            atomic_write_json(out / run.test_answer.name, result.test_answer)
+        atomic_write_json(out / TRAIN_SUMMARY, {**result.figures(), "adapter_dir": str(result.adapter_dir)})
 
 
 def _load_device(plan: TrainPlan) -> str:
@@ -614,9 +644,3 @@ def _check_lengths(train_data: Any, train_cfg: TrainConfig) -> None:
                 f"train.max_tokens_per_batch ({train_cfg.max_tokens_per_batch}) is smaller than the longest "
                 f"training example ({longest} tokens); raise it to at least data.max_length"
             )
-
-
-def _record(config: RunConfig, result: TrainResult) -> None:
-    from medtune.pipeline import record_stage_result
-
-    record_stage_result(config, "train", {"seconds": round(result.seconds, 2), **result.figures()})
