@@ -103,6 +103,13 @@ def make_tiny_llama32(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+@pytest.fixture(scope="session")
+def llama32_dir(tmp_path_factory) -> Path:
+    """The tiny model folder (import this fixture into a test module to use it)."""
+    require_packages()
+    return make_tiny_llama32(tmp_path_factory.mktemp("tiny-llama32"))
+
+
 def meta_chat_format():
     """Meta's reference prompt encoder over its own tiktoken tokenizer."""
     from llama_models.llama3.chat_format import ChatFormat

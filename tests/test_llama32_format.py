@@ -19,7 +19,7 @@ from llama32_fixtures import (
     INSTRUCT_EOS,
     PAD,
     TEMPLATE,
-    make_tiny_llama32,
+    llama32_dir,  # noqa: F401  (a fixture)
     meta_chat_format,
     meta_training_ids,
     require_packages,
@@ -120,12 +120,6 @@ PADDED_CHATS = [
 
 def _trimmed(messages):
     return [{**m, "content": m["content"].strip()} for m in messages]
-
-
-@pytest.fixture(scope="module")
-def llama32_dir(tmp_path_factory) -> Path:
-    require_packages()
-    return make_tiny_llama32(tmp_path_factory.mktemp("tiny-llama32"))
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ from medtune.data.validation import (
 )
 from medtune.errors import ArtifactError, DataError
 from medtune.rundir import RunDir
-from medtune.tokenizer import load_tokenizer
+from medtune.tokenizer import load_tokenizer, template_pinned_date
 from medtune.ui import progress
 
 SPLITS = ("train", "val")
@@ -111,6 +111,8 @@ def prepare_data(config: RunConfig, run: RunDir) -> PrepareResult:
             fingerprint=_provenance(config, renderer, tokenizer, sources, decontaminator),
             sources=sources,
             chat_template_eot=renderer.eot_token,
+            # The date a "Today Date" template renders, pinned for every stage (None: it renders none).
+            chat_template_date=template_pinned_date(renderer.chat_template),
             pad_token=tokenizer.pad_token,
             seconds=round(time.perf_counter() - started, 2),
             timings=timings,
