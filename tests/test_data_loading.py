@@ -6,8 +6,21 @@ import json
 
 import pytest
 
-from medtune.config import SAMPLE_DATA, DataConfig
-from medtune.data.loading import builtin_path, iter_json, iter_jsonl, iter_parquet, iter_records, resolve_files
+from conftest import REPO
+from llama32_fixtures import write_reasonmed_json
+from medtune.config import SAMPLE_DATA, DataConfig, load_config
+from medtune.data.loading import (
+    REASONMED_HUB_ID,
+    builtin_path,
+    check_reasonmed_subset,
+    iter_hub_records,
+    iter_json,
+    iter_jsonl,
+    iter_parquet,
+    iter_records,
+    load_hub_dataset,
+    resolve_files,
+)
 from medtune.errors import DataError
 
 RECORD = {"instruction": "Q?", "output": "A."}
@@ -153,3 +166,53 @@ def test_shipped_sample_is_reasonmed_with_a_final_answer_line():
     seed = [r.record for r in rows if "neck stiffness" in r.record["instruction"]]
     assert seed and "B. Meningitis" in seed[0]["input"] and seed[0]["output"].endswith("The answer is B.")
     assert str(path).endswith("reasonmed_sample.jsonl")
+
+
+def _reasonmed_repo(folder):
+    """A local folder laid out as ReasonMed's hub repository: three pretty-printed JSON arrays."""
+    folder.mkdir()
+    for subset in ("ReasonMed", "CoTMed", "ResponseMed"):
+        write_reasonmed_json(folder / f"{subset}.json", [
+            {"instruction": f"Q{i}: which vitamin deficiency causes scurvy?", "input": "A. A\nB. C" if i % 2 else "",
+             "output": f"{subset} reply {i}. The answer is B."}
+            for i in range(3)
+        ])
+    return folder
+
+
+@pytest.mark.parametrize("subset", ["ReasonMed.json", "CoTMed.json", "ResponseMed.json"])
+def test_each_reasonmed_subset_loads_from_the_hub_layout_alone(tmp_path, subset):
+    """The hub path (datasets.load_dataset on the repository with data_files) on a local copy of its layout."""
+    repo = _reasonmed_repo(tmp_path / "ReasonMed")
+    text = (repo / subset).read_text()
+    assert text.startswith("[\n    {") and not text.splitlines()[1].startswith("{")  # an array, not JSON lines
+    data = DataConfig(dataset=str(repo), data_files=[subset], format="reasonmed")
+    records = list(iter_hub_records(data, load_hub_dataset(data)))
+    assert [r.record["output"] for r in records] == [f"{subset.removesuffix('.json')} reply {i}. The answer is B."
+                                                     for i in range(3)]
+    assert set(records[0].record) == {"instruction", "input", "output"}
+
+
+def test_a_reasonmed_subset_as_a_local_json_array(tmp_path):
+    repo = _reasonmed_repo(tmp_path / "ReasonMed")
+    records = list(iter_records(DataConfig(files=[str(repo / "CoTMed.json")])))
+    assert [r.location for r in records] == [f"{repo / 'CoTMed.json'}:{line} (element [{i}])"
+                                             for i, line in enumerate((2, 7, 12))]
+    assert records[1].record["input"] == "A. A\nB. C"
+
+
+def test_reasonmed_on_the_hub_needs_one_named_subset():
+    with pytest.raises(DataError, match=r"three subsets.*data_files: \[ReasonMed.json\]"):
+        check_reasonmed_subset(DataConfig(dataset=REASONMED_HUB_ID))
+    with pytest.raises(DataError, match="ReasonMed.jsonl is not a file of"):
+        check_reasonmed_subset(DataConfig(dataset=REASONMED_HUB_ID, data_files=["ReasonMed.jsonl"]))
+    for subset in ("ReasonMed.json", "CoTMed.json", "ResponseMed.json"):
+        check_reasonmed_subset(DataConfig(dataset=REASONMED_HUB_ID, data_files=[subset]))
+
+
+def test_shipped_llama_configs_train_on_the_reasonmed_subset():
+    """Both Llama configs use ReasonMed.json: reasoning and a concise answer, the paper's best recipe."""
+    for name in ("llama3.2-1b-reasonmed.yaml", "llama3.1-8b-reasonmed.yaml"):
+        data = load_config(REPO / "configs" / name).data
+        assert (data.dataset, data.data_files, data.format) == ("lingshu-medical-mllm/ReasonMed", ["ReasonMed.json"],
+                                                                "reasonmed")

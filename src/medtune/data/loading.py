@@ -23,6 +23,15 @@ from medtune.errors import DataError
 from medtune.sample_data import BUILTIN, builtin_path  # noqa: F401  (re-exported for callers)
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
+REASONMED_HUB_ID = "lingshu-medical-mllm/ReasonMed"
+# ReasonMed's hub repository holds three JSON arrays (stored in LFS) of {instruction, input, output}
+# over the same ~370K questions. Its card declares no configs, so without data_files `datasets`
+# would read all three files into one split: every question three times, in three styles.
+REASONMED_SUBSETS = {
+    "ReasonMed.json": "chain of thought, then a concise answer summary (the paper's best recipe, ReasonMed-7B)",
+    "CoTMed.json": "the chain of thought only",
+    "ResponseMed.json": "the concise answer summary only",
+}
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by 'surrogateescape'
 
 
@@ -208,6 +217,7 @@ def load_hub_dataset(data: DataConfig):
     data_files [ReasonMed.json]). Raises DataError when the dataset cannot be loaded."""
     import datasets
 
+    check_reasonmed_subset(data)
     try:
         return datasets.load_dataset(
             data.dataset,
@@ -222,6 +232,23 @@ def load_hub_dataset(data: DataConfig):
             f"data_files {data.data_files}): {type(exc).__name__}: {exc}. Check the id and your network/login "
             "(`huggingface-cli login` for gated sets), or download the files and list them in data.files"
         ) from exc
+
+
+def check_reasonmed_subset(data: DataConfig) -> None:
+    """For ReasonMed on the hub, `data.data_files` must pick subsets by their file names. Raises DataError."""
+    if data.dataset != REASONMED_HUB_ID or data.dataset_config:
+        return
+    choices = "; ".join(f"{name}: {what}" for name, what in REASONMED_SUBSETS.items())
+    if not data.data_files:
+        raise DataError(
+            f"data.data_files: {REASONMED_HUB_ID} holds three subsets of the same questions and would be read as one; "
+            f"pick one, e.g. data_files: [ReasonMed.json] ({choices})"
+        )
+    unknown = [name for name in data.data_files if name not in REASONMED_SUBSETS]
+    if unknown:
+        raise DataError(
+            f"data.data_files: {', '.join(unknown)} is not a file of {REASONMED_HUB_ID}; its subsets are {choices}"
+        )
 
 
 def iter_hub_records(data: DataConfig, dataset=None) -> Iterator[RawRecord]:
