@@ -1,5 +1,6 @@
-"""Helpers for the serving tests: `medtune serve` as a real subprocess on a free port, and a tiny run
-directory with two real GGUF quants (a tiny random Llama converted and quantized by llama.cpp)."""
+"""Helpers for the serving tests: `medtune serve` as a real subprocess on a free port, its child
+processes, and a tiny run directory with two real GGUF quants (a tiny random Llama converted and
+quantized by llama.cpp)."""
 
 from __future__ import annotations
 
@@ -28,17 +29,35 @@ class RunningServer:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def stop(self, timeout: float = 30) -> int:
-        """SIGINT (Ctrl-C), then wait; returns the exit code (kills and fails loudly on a hang)."""
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 30) -> int:
+        """SIGINT (Ctrl-C) or SIGTERM, then wait; returns the exit code (kills and fails loudly on a hang)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                raise AssertionError(f"medtune serve did not stop within {timeout} s of SIGINT:\n{self.output()}") from None
+                raise AssertionError(f"medtune serve did not stop within {timeout} s of {sig.name}:\n{self.output()}") from None
         return self.process.returncode
+
+
+def llama_server_available() -> bool:
+    from medtune import llamacpp
+    from medtune.errors import ToolError
+
+    try:
+        llamacpp.find_tool("llama-server")
+    except ToolError:
+        return False
+    return True
+
+
+def child_processes(pid: int) -> list:
+    """The processes `pid` started (psutil.Process, sorted by pid)."""
+    import psutil
+
+    return sorted(psutil.Process(pid).children(recursive=True), key=lambda p: p.pid)
 
 
 def serve_command(*args: str) -> list[str]:
@@ -121,6 +140,8 @@ def tiny_gguf_run(tmp_path_factory, tiny_llama_dir) -> Path:
 
     if not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file():
         pytest.skip(f"llama.cpp runtime or converter not installed: {llamacpp.SETUP_HINT}")
+    if not llama_server_available():
+        pytest.skip(f"llama.cpp's llama-server not built: {llamacpp.SETUP_HINT}")
     root = tmp_path_factory.getbasetemp() / "serve-runs"
     done = root / "built"
     if not done.is_file():

@@ -1,4 +1,4 @@
-"""medtune chat: target detection, one-shot answers from a merged folder, an adapter and a GGUF file."""
+"""medtune chat: target detection (rundir.open_artifact), one-shot answers from a merged folder, an adapter and a GGUF file."""
 
 from __future__ import annotations
 
@@ -15,39 +15,52 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, ["chat", *args])
 
 
-def test_describe_target(tmp_path, tiny_llama_dir):
-    from medtune.chat import describe_target
+def test_chat_target_goes_through_open_artifact(tmp_path, tiny_llama_dir):
+    from medtune.chat import chat_target
 
-    assert describe_target(tiny_llama_dir) == "merged"
+    assert chat_target(tiny_llama_dir) == ("merged", tiny_llama_dir)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    assert describe_target(adapter) == "adapter"
+    assert chat_target(adapter) == ("adapter", adapter)
     (tmp_path / "gguf").mkdir()
     (tmp_path / "gguf" / "m-Q8_0.gguf").write_bytes(b"GGUF")
-    assert describe_target(tmp_path / "gguf" / "m-Q8_0.gguf") == "gguf"
-    with pytest.raises(ArtifactError, match="pick one: m-Q8_0.gguf"):
-        describe_target(tmp_path / "gguf")
+    assert chat_target(tmp_path / "gguf" / "m-Q8_0.gguf") == ("gguf", tmp_path / "gguf" / "m-Q8_0.gguf")
+    (tmp_path / "gguf" / "m-F16.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ArtifactError, match="pick one: m-F16.gguf, m-Q8_0.gguf"):
+        chat_target(tmp_path / "gguf")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ArtifactError, match="not a .gguf file, a merged model folder"):
-        describe_target(tmp_path / "folder")
+    with pytest.raises(ArtifactError, match="not a .gguf file, a run directory, a merged model folder"):
+        chat_target(tmp_path / "folder")
+
+
+def test_chat_target_run_directory_names_its_models(tmp_path):
+    from medtune.chat import chat_target
+
+    run = tmp_path / "demo"
+    (run / "gguf").mkdir(parents=True)
+    (run / "gguf" / "demo-Q4_K_M.gguf").write_bytes(b"GGUF")
+    (run / "merged").mkdir()
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(ArtifactError, match=r"is a run directory; chat with one of its models: .*demo-Q4_K_M.gguf, .*merged"):
+        chat_target(run)
 
 
 def test_missing_and_fake_gguf_files_say_what_is_wrong(tmp_path):
-    from medtune.chat import describe_target
+    from medtune.chat import chat_target
 
     with pytest.raises(ArtifactError, match=r"missing\.gguf does not exist; a run's GGUF files are in runs/<name>/gguf/"):
-        describe_target(tmp_path / "missing.gguf")
-    with pytest.raises(ArtifactError, match=r"missing does not exist$"):
-        describe_target(tmp_path / "missing")
+        chat_target(tmp_path / "missing.gguf")
+    with pytest.raises(ArtifactError, match=r"missing does not exist; give a run directory"):
+        chat_target(tmp_path / "missing")
     fake = tmp_path / "page.gguf"
     fake.write_bytes(b"<!DOCTYPE html><html>404</html>")
     with pytest.raises(ArtifactError, match=r"page\.gguf is not a GGUF file: it starts with b'<!DO', not the GGUF magic bytes b'GGUF'"):
-        describe_target(fake)
+        chat_target(fake)
     empty = tmp_path / "empty.gguf"
     empty.write_bytes(b"")
     with pytest.raises(ArtifactError, match=r"empty\.gguf is not a GGUF file: it starts with b'', .*\(0 bytes"):
-        describe_target(empty)
+        chat_target(empty)
 
 
 def test_chat_one_shot_with_merged_folder(tiny_llama_dir):

@@ -1,22 +1,25 @@
-"""medtune serve: TARGET resolution, clear errors, and the real server (llama.cpp's for GGUF files, ours for
-transformers folders) driven by the official `openai` client over HTTP on a free port."""
+"""medtune serve: TARGET resolution, clear errors, and the real server (llama.cpp's llama-server for GGUF
+files, ours for transformers folders) driven by the official `openai` client over HTTP on a free port."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
-from serve_fixtures import running_server, serve_command, tiny_gguf_run  # noqa: F401 - a fixture
+from serve_fixtures import child_processes, llama_server_available, running_server, serve_command, tiny_gguf_run  # noqa: F401 - a fixture
 
 from medtune import llamacpp
 from medtune.errors import ArtifactError
 
-needs_runtime = pytest.mark.skipif(not llamacpp.runtime_available(), reason=f"llama.cpp runtime not installed: {llamacpp.SETUP_HINT}")
+needs_server = pytest.mark.skipif(not llama_server_available(), reason=f"llama.cpp's llama-server not built: {llamacpp.SETUP_HINT}")
 API_KEY = "test-key-123"
 LONG_QUESTION = "Describe the causes of fever in children. " * 80  # ~700 tokens, over --n-ctx 512
 
@@ -99,6 +102,18 @@ def test_bad_targets_are_clear_errors(tmp_path):
         resolve_serve_target(run)
 
 
+def test_a_file_that_is_not_gguf_is_set_aside_not_fatal(tmp_path):
+    from medtune.serve.targets import resolve_serve_target
+
+    run = tmp_path / "demo"
+    _fake_gguf(run / "gguf" / "demo-Q8_0.gguf")
+    (run / "gguf" / "demo-Q4_K_M.gguf").write_bytes(b"<html>not found</html>")
+    (run / "manifest.json").write_text("{}")
+    plan = resolve_serve_target(run)
+    assert plan.names == ["Q8_0"]
+    assert [name for name, _ in plan.skipped] == ["demo-Q4_K_M.gguf"] and "not a GGUF file" in plan.skipped[0][1]
+
+
 def _cli_error(*args: str) -> str:
     done = subprocess.run(serve_command(*args), capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
     assert done.returncode == 2, done.stdout + done.stderr
@@ -123,7 +138,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
             serve(str(tmp_path / "m.gguf"), ServeOptions(port=port))  # refused before loading anything
 
 
-@needs_runtime
+@needs_server
 def test_truncated_gguf_is_refused_before_serving(tmp_path):
     from medtune.serve import ServeOptions, serve
 
@@ -140,9 +155,9 @@ def test_truncated_gguf_is_refused_before_serving(tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2_server():
-    if not llamacpp.runtime_available():
-        pytest.skip(f"llama.cpp runtime not installed: {llamacpp.SETUP_HINT}")
-    with running_server(_smollm2(), "--api-key", API_KEY, "--n-ctx", "512") as server:
+    if not llama_server_available():
+        pytest.skip(f"llama.cpp's llama-server not built: {llamacpp.SETUP_HINT}")
+    with running_server(_smollm2(), "--api-key", API_KEY, "--n-ctx", "512", "--parallel", "4") as server:
         yield server
 
 
@@ -206,61 +221,132 @@ def test_gguf_server_answers_400_to_an_over_long_prompt_and_keeps_serving(smollm
 
 
 @pytest.mark.slow
-@needs_runtime
-def test_prompt_count_matches_what_llama_cpp_reports(smollm2_server):
-    """The 400 check counts the prompt as llama.cpp's chat path does (else it would refuse too much or too little)."""
-    from medtune.serve.gguf import PromptCounter
-
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name two causes of anaemia."}]
-    reply = _client(smollm2_server.url).chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=messages, max_tokens=1)
-    counter = PromptCounter(_smollm2())
-    try:
-        assert counter.chat({"messages": messages}) == reply.usage.prompt_tokens
-    finally:
-        counter.close()
+def test_gguf_server_reports_metrics_and_the_context_it_enforces(smollm2_server):
+    status, info = _get(f"{smollm2_server.url}/medtune/info", API_KEY)
+    assert status == 200 and info["n_ctx"] == 512 and "not a medical device" in info["disclaimer"]
+    request = urllib.request.Request(f"{smollm2_server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        metrics = response.read().decode()
+    assert "llamacpp:prompt_tokens_total" in metrics and "llamacpp:requests_processing" in metrics
 
 
 @pytest.mark.slow
-@needs_runtime
-def test_gguf_server_stops_cleanly_on_ctrl_c(tmp_path):
-    with running_server(_smollm2(), "--n-ctx", "256") as server:
-        assert _get(f"{server.url}/health")[0] == 200
-        code = server.stop()
-    assert code == 0, server.output()
-    assert "server stopped" in server.output() and "Traceback" not in server.output()
+@needs_server
+def test_gguf_server_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path):
+    import psutil
 
-
-# ---- a run directory: every quant under its name, switched per request --------------------------
-
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        with running_server(_smollm2(), "--n-ctx", "256", "--parallel", "2") as server:
+            assert _get(f"{server.url}/health")[0] == 200
+            children = child_processes(server.process.pid)
+            assert [c.name() for c in children] == ["llama-server"]
+            code = server.stop(stop)
+        assert code == 0, server.output()
+        assert "server stopped" in server.output() and "Traceback" not in server.output()
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"llama-server left running after {stop.name}: {alive}"
 
 
 @pytest.mark.slow
-def test_run_directory_server_switches_between_quants(tiny_gguf_run):
-    with running_server(str(tiny_gguf_run), "--n-ctx", "256") as server:
+@needs_server
+def test_children_die_with_a_killed_server(tmp_path):
+    """kill -9 gives medtune no chance to clean up: the kernel stops its llama-servers (PR_SET_PDEATHSIG)."""
+    import psutil
+
+    with running_server(_smollm2(), "--n-ctx", "256", "--parallel", "2") as server:
+        children = child_processes(server.process.pid)
+        assert children
+        server.process.kill()
+        server.process.wait(10)
+        gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"llama-server outlived a killed medtune serve: {alive}"
+
+
+# ---- a run directory: every quant loaded at once, each in its own llama-server ---------------------
+
+
+@pytest.mark.slow
+def test_run_directory_serves_every_quant_at_once_without_reloads(tiny_gguf_run):
+    with running_server(str(tiny_gguf_run), "--n-ctx", "256", "--parallel", "4") as server:
         client = _client(server.url, None)
         assert [m.id for m in client.models.list().data] == ["Q8_0", "F16"]  # the Modelfile's quant first
-        for model in ("Q8_0", "F16", "Q8_0"):
+        children = child_processes(server.process.pid)
+        assert len(children) == 2
+        for model in ("Q8_0", "F16", "Q8_0", "F16"):
             reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
                                                    max_tokens=3, temperature=0)
-            assert reply.model == model and reply.usage.completion_tokens <= 3
+            assert reply.model == model and 0 < reply.usage.completion_tokens <= 3
+        # Same processes throughout (no reload on a switch), and each one served its own requests.
+        assert child_processes(server.process.pid) == children
+        for model in ("Q8_0", "F16"):
+            request = urllib.request.Request(f"{server.url}/metrics?model={model}")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert re.search(r"^llamacpp:tokens_predicted_total [1-9]", response.read().decode(), re.M)
         _, info = _get(f"{server.url}/medtune/info")
         assert info["system_prompt"] == "Answer briefly." and info["title"] == "tiny"
 
 
 @pytest.mark.slow
+def test_concurrent_streaming_requests_all_complete(tiny_gguf_run):
+    """More clients than slots, on both quants at once: every stream ends with a finish reason."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_server(str(tiny_gguf_run), "--n-ctx", "256", "--parallel", "4") as server:
+        client = _client(server.url, None)
+
+        def ask(i: int) -> tuple[str, str, int]:
+            stream = client.chat.completions.create(
+                model=("Q8_0", "F16")[i % 2], messages=[{"role": "user", "content": f"Question {i}: name a vitamin."}],
+                max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True})
+            text, finish, tokens = "", None, 0
+            for chunk in stream:
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+                    finish = choice.finish_reason or finish
+                if chunk.usage:
+                    tokens = chunk.usage.completion_tokens
+            return text, finish, tokens
+
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(ask, range(12), timeout=300))
+    assert all(finish in ("stop", "length") for _, finish, _ in results), results
+    assert all(tokens > 0 for _, _, tokens in results), results
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
+@needs_server
+def test_a_truncated_quant_does_not_stop_the_others(tmp_path, tiny_gguf_run):
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_gguf_run, run)
+    good = (run / "gguf" / "tiny-Q8_0.gguf").read_bytes()
+    (run / "gguf" / "tiny-Q4_0.gguf").write_bytes(good[: len(good) // 2])  # an interrupted copy
+    with running_server(str(run), "--n-ctx", "256", "--parallel", "2") as server:
+        client = _client(server.url, None)
+        assert sorted(m.id for m in client.models.list().data) == ["F16", "Q8_0"]
+        assert client.chat.completions.create(model="F16", messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+        with pytest.raises(Exception, match="not served here"):
+            client.chat.completions.create(model="Q4_0", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert re.search(r"not served: tiny-Q4_0.gguf: .*tiny-Q4_0.gguf: llama.cpp cannot load this GGUF file .*truncated or corrupt",
+                     server.output().replace("\n", " ")), server.output()
+
+
+@pytest.mark.slow
+@needs_server
 def test_gguf_backend_adds_the_runs_stop_strings(tiny_gguf_run):
-    from medtune.serve.gguf import GGUFBackend, RequestRejected
+    from medtune.serve.gguf import GGUFBackend
+    from medtune.serve.requests import RequestRejected
     from medtune.serve.targets import resolve_serve_target
 
-    plan = resolve_serve_target(tiny_gguf_run)
-    backend = GGUFBackend(plan, n_ctx=256, n_threads=1, api_key=None)
+    backend = GGUFBackend(resolve_serve_target(tiny_gguf_run), n_ctx=256, n_threads=1, parallel=1)
     try:
         checked = backend.check("/v1/chat/completions", {"model": "F16", "messages": [{"role": "user", "content": "hi"}], "stop": "END"})
         assert checked["stop"] == ["END", "<|im_end|>", "<|im_start|>"]
         assert backend.check("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})["model"] == "Q8_0"
         with pytest.raises(RequestRejected) as caught:
-            backend.check("/v1/completions", {"model": "F16", "prompt": "fever " * 300})
-        assert caught.value.status == 400 and caught.value.code == "context_length_exceeded"
+            backend.check("/v1/completions", {"model": "Q2_K", "prompt": "fever"})
+        assert caught.value.status == 404
+        assert backend.n_ctx == 256
     finally:
         backend.close()
 

@@ -8,13 +8,18 @@ backends through `apply_chat_template` and generation_config's EOS ids.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medtune import llamacpp
+from medtune.config import ModelConfig
 from medtune.errors import ArtifactError, ModelError
+from medtune.rundir import RunDir, open_artifact
+from medtune.tokenizer import end_of_turn_token
 
 
 @dataclass
@@ -34,50 +39,33 @@ class Reply:
     stopped_on_eos: bool = False
 
 
-GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
+def chat_target(target: str | Path) -> tuple[str, Path]:
+    """('gguf' | 'merged' | 'adapter', path) for a chat target, through `rundir.open_artifact`.
 
-
-def describe_target(target: str | Path) -> str:
-    """'gguf', 'merged' or 'adapter' for a chat target path.
-
-    Raises ArtifactError when the path does not exist, when a .gguf file is not GGUF (its first
-    bytes are not the GGUF magic: a truncated download, an HTML error page, a renamed file), or
-    when a folder holds no model."""
-    path = Path(target)
-    if not path.exists():
-        hint = "; a run's GGUF files are in runs/<name>/gguf/" if path.suffix == ".gguf" else ""
-        raise ArtifactError(f"{path} does not exist{hint}")
-    if path.is_file() and path.suffix == ".gguf":
-        with open(path, "rb") as handle:
-            head = handle.read(len(GGUF_MAGIC))
-        if head != GGUF_MAGIC:
-            size = path.stat().st_size
-            raise ArtifactError(
-                f"{path} is not a GGUF file: it starts with {head!r}, not the GGUF magic bytes {GGUF_MAGIC!r} "
-                f"({size:,} bytes; an unfinished download or a renamed file?); re-download or re-export it "
-                "(`medtune export CONFIG`)"
-            )
-        return "gguf"
-    if path.is_dir() and (path / "adapter_config.json").is_file():
-        return "adapter"
-    if path.is_dir() and (path / "config.json").is_file():
-        return "merged"
-    if path.is_dir() and list(path.glob("*.gguf")):
-        files = ", ".join(sorted(p.name for p in path.glob("*.gguf")))
-        raise ArtifactError(f"{path} is a folder of GGUF files; pick one: {files}")
-    raise ArtifactError(f"{path}: not a .gguf file, a merged model folder (config.json) or an adapter folder (adapter_config.json)")
+    Raises ArtifactError for what open_artifact refuses (missing path, a .gguf file that is not
+    GGUF, a folder with no model) and for what chat cannot take whole: a folder of several GGUF
+    files or a run directory (both name the files to pick from)."""
+    artifact = open_artifact(target)
+    if artifact.kind == "gguf" and len(artifact.gguf_files) == 1:
+        return "gguf", artifact.gguf_files[0]
+    if artifact.kind == "gguf":
+        files = ", ".join(f.name for f in artifact.gguf_files)
+        raise ArtifactError(f"{artifact.path} is a folder of GGUF files; pick one: {files}")
+    if artifact.kind == "run":
+        run = artifact.run
+        choices = [str(f) for f in run.gguf_files()] + [str(f) for f in (run.merged, run.adapter) if f.is_dir()]
+        listed = ", ".join(choices) or f"none yet (run `medtune run {run.config_file}`)"
+        raise ArtifactError(f"{artifact.path} is a run directory; chat with one of its models: {listed}")
+    return artifact.kind, artifact.path
 
 
 class ChatModel:
     """A loaded chat model that streams replies to a list of messages."""
 
     def __init__(self, target: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None):
-        self.target = Path(target)
-        self.kind = describe_target(self.target)
+        self.kind, self.target = chat_target(target)
         self.n_ctx = n_ctx
         if self.kind == "gguf":
-            from medtune import llamacpp
-
             self._llm = llamacpp.open_gguf(self.target, n_ctx=n_ctx, n_threads=n_threads)
         else:
             self._model, self._tokenizer = _load_hf(self.target, self.kind)
@@ -200,8 +188,6 @@ def _gguf_formatter(template: str, eos_token: str, bos_token: str):
 def _eos_ids(model, tokenizer) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = configured if isinstance(configured, list) else [configured]
-    from medtune.tokenizer import end_of_turn_token
-
     try:
         ids = [tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), *ids]
     except ModelError:
@@ -223,7 +209,7 @@ def _load_hf(target: Path, kind: str):
     else:
         from peft import PeftModel
 
-        from medtune.modeling import load_base_model
+        from medtune.modeling import load_base_model  # imports torch and transformers
 
         base = load_base_model(_adapter_base(target), dtype=dtype, device=device)
         model = PeftModel.from_pretrained(base, str(target))
@@ -231,19 +217,12 @@ def _load_hf(target: Path, kind: str):
 
 
 def _adapter_base(adapter: Path):
-    """The base model of an adapter: the run's config.yaml (runs/<name>/config.yaml), else adapter_config.json."""
-    import json
-
-    import yaml
-
-    from medtune.config import ModelConfig
-
-    run_config = adapter.parent / "config.yaml"
-    if run_config.is_file():
-        raw = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
-        if isinstance(raw.get("model"), dict):
-            return ModelConfig.model_validate(raw["model"])
+    """The base model of an adapter: the saved config of the run holding it (runs/<name>/adapter or
+    rl-adapter), else adapter_config.json's base_model_name_or_path."""
+    raw = RunDir(adapter.resolve().parent).saved_config()
+    if isinstance(raw.get("model"), dict):
+        return ModelConfig.model_validate(raw["model"])
     base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
-        raise ArtifactError(f"{adapter}: cannot tell the base model (no ../config.yaml, no base_model_name_or_path)")
+        raise ArtifactError(f"{adapter}: cannot tell the base model (no run config.yaml beside it, no base_model_name_or_path)")
     return ModelConfig(base=base)

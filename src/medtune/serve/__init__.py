@@ -1,8 +1,9 @@
 """`medtune serve`: an OpenAI-compatible server and a chat page for a run, a GGUF file or a model folder.
 
-targets  TARGET -> the models to serve (a run's GGUF files under their quant names), stop strings
-gguf     llama.cpp's own server app (llama-cpp-python) for GGUF files, plus the checks it lacks
+targets  TARGET (through rundir.open_artifact) -> the models to serve under their quant names, stop strings
+gguf     llama.cpp's own llama-server, one process per GGUF file, and the router in front of them
 hf       a small OpenAI-schema app over medtune.chat for merged and adapter folders
+requests the errors both answer alike (404 unknown model, 400 over-long prompt)
 app      the page, /health, /v1/models and the API key in front of either; binding and running
 static/  the chat page: plain HTML, JS and CSS shipped as package data
 """
@@ -21,6 +22,7 @@ def serve(target: str, options: ServeOptions, *, on_ready: Callable[[ServePlan, 
           log_level: str = "warning") -> None:
     """Serve TARGET until interrupted (SIGINT/SIGTERM). `on_ready(plan, url)` runs once it listens.
 
+    `plan` is what is served: a GGUF folder's files that cannot be loaded are in `plan.skipped`.
     Raises ArtifactError (missing target, not a GGUF, truncated file, run without exports),
     ConfigError (port busy), ToolError (llama.cpp or the server's packages missing).
     """
@@ -29,10 +31,10 @@ def serve(target: str, options: ServeOptions, *, on_ready: Callable[[ServePlan, 
     backend = None
     try:
         backend = load_backend(plan, options)
-        app = create_app(plan, backend, options)
+        app = create_app(backend, options)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        on_ready(plan, f"http://{shown}:{port}")
+        on_ready(backend.plan, f"http://{shown}:{port}")
         run_server(app, sock, log_level=log_level)
     finally:
         sock.close()

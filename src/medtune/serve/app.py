@@ -1,10 +1,12 @@
 """The served app: the chat page, /health, /v1/models and the API key, in front of a backend.
 
-The backend (llama.cpp's server for GGUF files, `medtune.serve.hf` for transformers folders) is
-mounted under everything else and answers the OpenAI routes. In front of it, two ASGI layers:
-the API key (every route but the page, its static files and /health needs `Authorization:
-Bearer KEY` when --api-key is set; 401 otherwise, as llama.cpp's own server does) and the request
-check (the backend's `check`: unknown model, prompt longer than the context, stop strings).
+The backend (llama.cpp's llama-server processes for GGUF files, `medtune.serve.hf` for transformers
+folders) is mounted under everything else and answers the OpenAI routes (and, for GGUF files,
+llama-server's own: /metrics, /props, /tokenize, ... with `?model=NAME` for GETs). In front of it,
+two ASGI layers: the API key (every route but the page, its static files and /health needs
+`Authorization: Bearer KEY` when --api-key is set; 401 otherwise, as llama.cpp's own server does)
+and the request check (a POST body must be a JSON object; the backend's `check` then rejects or
+amends it: unknown model, stop strings).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from medtune.errors import ConfigError
-from medtune.serve.gguf import SERVE_HINT, RequestRejected
+from medtune.errors import ConfigError, ToolError
+from medtune.serve.requests import SERVE_HINT, RequestRejected
 from medtune.serve.targets import ServePlan
 
 PUBLIC_PATHS = ("/", "/health", "/favicon.ico")
@@ -37,31 +39,33 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (the URL printed at start names it)
     api_key: str | None = None
-    n_ctx: int = 4096
-    n_threads: int | None = None
+    n_ctx: int = 4096  # per request (GGUF: every slot has this much KV cache)
+    n_threads: int | None = None  # GGUF decode threads per model; None: all cores
+    parallel: int = 8  # GGUF: requests decoded together per model (continuous batching)
 
 
 def load_backend(plan: ServePlan, options: ServeOptions):
-    """Load the plan's model(s): GGUFBackend or HFBackend. Raises ArtifactError/ToolError/ModelError."""
-    if plan.kind == "gguf":
-        from medtune.serve.gguf import GGUFBackend
+    """Load the plan's model(s): GGUFBackend or HFBackend. Raises ArtifactError/ToolError/ModelError.
 
-        return GGUFBackend(plan, n_ctx=options.n_ctx, n_threads=options.n_threads, api_key=options.api_key)
-    from medtune.serve.hf import HFBackend
+    `backend.plan` is what it serves (a GGUF folder's unloadable files moved to `skipped`)."""
+    if plan.kind == "gguf":
+        from medtune.serve.gguf import GGUFBackend  # imports httpx (the serve extra)
+
+        return GGUFBackend(plan, n_ctx=options.n_ctx, n_threads=options.n_threads, parallel=options.parallel)
+    from medtune.serve.hf import HFBackend  # imports torch and transformers
 
     return HFBackend(plan, n_ctx=options.n_ctx)
 
 
-def create_app(plan: ServePlan, backend, options: ServeOptions):
+def create_app(backend, options: ServeOptions):
     """The ASGI app serving `backend` (see the module docstring)."""
     try:
         from fastapi import FastAPI
         from fastapi.responses import FileResponse
         from fastapi.staticfiles import StaticFiles
     except ImportError as exc:
-        from medtune.errors import ToolError
-
         raise ToolError(f"the server cannot start ({exc}); {SERVE_HINT}") from exc
+    plan: ServePlan = backend.plan
     static = resources.files("medtune.serve") / "static"
     app = FastAPI(title=f"medtune serve: {plan.title}", docs_url=None, redoc_url=None, openapi_url=None)
     models = [
@@ -77,8 +81,7 @@ def create_app(plan: ServePlan, backend, options: ServeOptions):
     def health():
         return {"status": "ok", "backend": backend.kind, "models": plan.names}
 
-    # Answered here, not by llama.cpp's app, whose /v1/models waits for the model lock (a long
-    # generation would hold the page's model list).
+    # Answered here: the quant names, in the run's order, whatever the backend calls them.
     @app.get("/v1/models")
     def list_models():
         return {"object": "list", "data": models}
@@ -120,7 +123,7 @@ class RequestCheck:
         self.app, self.check = app, check
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         chunks, size = [], 0
         while True:
@@ -139,7 +142,7 @@ class RequestCheck:
             payload = json.loads(body)
         except ValueError:
             payload = None
-        if not isinstance(payload, dict):  # llama.cpp's error handler fails on these with a bare 500
+        if not isinstance(payload, dict):
             error = RequestRejected(400, "the request body is not a JSON object", "invalid_json")
             return await _send_json(send, 400, error.body())
         from starlette.concurrency import run_in_threadpool

@@ -1,180 +1,271 @@
-"""GGUF targets: llama.cpp's own OpenAI-compatible server (llama-cpp-python's `llama_cpp.server`).
+"""GGUF targets: llama.cpp's own `llama-server`, one process per file, behind medtune's front app.
 
-Its app serves /v1/chat/completions (streaming and not) and /v1/completions with the file's chat
-template; its config-file mode (one ModelSettings per file, `model_alias` = the quant name) serves
-every GGUF of a run. What it leaves to us, checked here before a request reaches it:
-- a `model` it does not know silently falls back to the first file: we answer 404 instead;
-- a prompt longer than the context fails only once a stream has started (HTTP 200, then a broken
-  stream): we count the rendered prompt first and answer 400 with OpenAI's context_length_exceeded;
-- the run's stop strings (its Modelfile) are added to every chat request.
-Its own settings that matter here: `interrupt_requests` is off (by default a new request cuts the
-stream in progress), `logits_all` is off (it would keep n_ctx x vocab floats), and requests take
-turns on one model in memory; asking for another quant reloads (the page's model picker).
+Each GGUF file gets its own `llama-server` (continuous batching over `parallel` slots, each slot a
+full `n_ctx` of KV cache, the file's own chat template through Jinja, `--metrics`), listening on a
+Unix socket in a private temporary folder, so nothing but this process can reach it. The front
+(`medtune.serve.app`) keeps the API key, the page and /v1/models; this module routes each request
+to the server of its `model` and streams the answer back unchanged. Every quant of a run stays
+loaded: switching quants costs nothing.
+
+Why one server per file and not llama-server's router mode (`--models-dir`/`--models-preset`): the
+router is a second HTTP hop in front of per-model child servers of its own (the same processes as
+here), names models by file or preset section instead of by quant, and its children inherit its
+arguments; medtune already needs a front for the page, the API key checks, the 404 for unknown
+models and the run's stop strings, so it routes by itself (a dictionary lookup) and owns every
+child process: Ctrl-C or SIGTERM stops them all, and the kernel stops them if medtune is killed.
+
+Checked or changed on the way in (`check`): an unknown `model` is a 404 (llama-server would answer
+with its only model); the run's stop strings (its Modelfile) are added to chat requests. On the
+way out: llama-server's own error for a prompt longer than the context (HTTP 400 with both counts)
+is reworded as OpenAI's `context_length_exceeded`.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from medtune import llamacpp
 from medtune.errors import ArtifactError, ToolError
-from medtune.serve.targets import ServePlan
+from medtune.serve.requests import SERVE_HINT, RequestRejected, context_length_exceeded, unknown_model
+from medtune.serve.targets import ServedModel, ServePlan
 
-SERVE_HINT = "install the server's dependencies: pip install -e '.[serve]' (fastapi, uvicorn, sse-starlette, ...)"
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
-COMPLETION_PATHS = ("/v1/completions", "/completions")
+LOAD_TIMEOUT_S = 600  # a large F16 file on a slow disk still loads well within this
+STOP_TIMEOUT_S = 10
 
 
 @dataclass
-class RequestRejected(Exception):
-    """A request answered by us with an OpenAI-style error instead of reaching the model."""
+class ModelServer:
+    """One running llama-server: the model it serves, its socket, its process and its log file."""
 
-    status: int
-    message: str
-    code: str
-    param: str | None = None
+    model: ServedModel
+    socket: Path
+    process: subprocess.Popen
+    log: Path
+    n_ctx: int = 0
+    client: Any = None  # httpx.AsyncClient, made in the event loop on first use
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": "invalid_request_error", "param": self.param, "code": self.code}}
+
+def server_arguments(model: ServedModel, socket: Path, *, n_ctx: int, parallel: int, threads: int) -> list[str]:
+    """llama-server's command line for one file (without the binary)."""
+    return [
+        "--model", str(model.path), "--alias", model.name,
+        "--host", str(socket),  # a path ending in .sock: a Unix socket instead of TCP
+        # Each slot gets a whole n_ctx of KV cache (no unified pool that concurrent long requests could
+        # exhaust), so a request fits exactly when its prompt is under n_ctx, however busy the server.
+        "--parallel", str(parallel), "--ctx-size", str(n_ctx * parallel), "--no-kv-unified", "--cont-batching",
+        "--threads", str(threads), "--threads-batch", str(threads),
+        # One HTTP thread per slot plus room for queued and quick requests (each streamed answer holds one).
+        "--threads-http", str(2 * parallel + 4),
+        "--jinja",  # the file's own tokenizer.chat_template
+        "--reasoning-format", "none",  # <think> stays in the text: the page shows reasoning apart itself
+        "--metrics", "--no-webui",
+        "--cache-ram", "0",  # no host-RAM prompt cache beside the KV cache (8 GiB per server by default)
+    ]
 
 
-class PromptCounter:
-    """Counts a request's prompt tokens for one GGUF file with a vocabulary-only llama.cpp model.
-
-    Loading the vocabulary also reads the whole file's layout, so it is the check that the file is
-    complete: llama.cpp refuses a truncated GGUF here, before the server starts.
-    """
-
-    def __init__(self, path: Path):
-        from medtune import llamacpp
-
-        llama_cpp = llamacpp.load_runtime()
-        with llamacpp.quiet_runtime() as log:
-            try:
-                self.llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, n_ctx=256, verbose=False)
-            except (ValueError, RuntimeError) as exc:
-                reasons = [line.strip() for line in log.getvalue().splitlines() if "error" in line.lower() or "failed" in line.lower()]
-                raise ArtifactError(
-                    f"{path}: llama.cpp cannot load this GGUF file ({'; '.join(reasons[-2:]) or exc}); it is truncated or "
-                    "corrupt: copy it again or rerun `medtune export`"
-                ) from exc
-        if not self.llm.metadata.get("tokenizer.chat_template"):
-            raise ArtifactError(f"{path}: the GGUF has no chat template (tokenizer.chat_template), so it cannot serve chat requests")
-        self._lock = threading.Lock()
-
-    def chat(self, payload: dict[str, Any]) -> int:
-        from medtune.chat import gguf_prompt_tokens
-
-        with self._lock:
-            return gguf_prompt_tokens(self.llm, payload.get("messages") or [])
-
-    def completion(self, prompt: str) -> int:
-        with self._lock:
-            return len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
-
-    def close(self) -> None:
-        self.llm.close()
+def default_threads() -> int:
+    """All cores this process may use (llama-server's decode threads)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class GGUFBackend:
-    """llama.cpp's server app for the plan's GGUF files, plus the request checks it lacks."""
+    """The plan's GGUF files, each in its own llama-server; `app` routes requests to them.
+
+    After construction, `plan` lists the files actually served and, in `skipped`, each file that
+    could not be (a truncated or corrupt file in a run's gguf/ does not stop the others).
+    Raises ToolError when llama-server or httpx is missing, ArtifactError when no file loads.
+    """
 
     kind = "gguf"
 
-    def __init__(self, plan: ServePlan, *, n_ctx: int, n_threads: int | None, api_key: str | None):
-        from medtune import llamacpp
-
-        llamacpp.load_runtime()
+    def __init__(self, plan: ServePlan, *, n_ctx: int, n_threads: int | None, parallel: int):
         try:
-            from llama_cpp.server.app import create_app
-            from llama_cpp.server.settings import ModelSettings, ServerSettings
+            import httpx  # noqa: F401 - the proxy's client (an optional dependency: the serve extra)
         except ImportError as exc:
-            raise ToolError(f"llama.cpp's server cannot be imported ({exc}); {SERVE_HINT}") from exc
-        self.plan = plan
-        self.n_ctx = n_ctx
-        self.counters: dict[str, PromptCounter] = {}
+            raise ToolError(f"the server cannot start ({exc}); {SERVE_HINT}") from exc
+        binary = llamacpp.find_tool("llama-server")
+        self.workdir = Path(tempfile.mkdtemp(prefix="medtune-serve-"))
+        self.servers: dict[str, ModelServer] = {}
+        self.started: list[ModelServer] = []
+        threads = n_threads or default_threads()
         try:
-            for model in plan.models:
-                self.counters[model.name] = PromptCounter(model.path)
-        except ArtifactError:
+            for i, model in enumerate(plan.models):
+                self.started.append(self._start(binary, i, model, n_ctx=n_ctx, parallel=parallel, threads=threads))
+            self._wait_for_all(plan)
+        except BaseException:
             self.close()
             raise
-        threads = n_threads or llamacpp.default_threads()
-        settings = [
-            ModelSettings(
-                model=str(model.path),
-                model_alias=model.name,
-                chat_format="chat_template.default",  # the file's own template, never a built-in guess
-                n_ctx=n_ctx,
-                n_batch=min(n_ctx, 512),
-                n_ubatch=min(n_ctx, 512),
-                n_threads=threads,
-                n_threads_batch=threads,
-                logits_all=False,
-                verbose=False,
-            )
-            for model in plan.models
-        ]
-        server = ServerSettings(api_key=api_key, interrupt_requests=False)
-        with llamacpp.quiet_runtime() as log:  # create_app loads the first file
-            try:
-                self.app = create_app(server_settings=server, model_settings=settings)
-            except (ValueError, RuntimeError) as exc:
-                tail = "\n".join(log.getvalue().strip().splitlines()[-3:])
-                self.close()
-                raise ToolError(f"llama.cpp's server cannot load {plan.models[0].path}: {exc}\n{tail}") from exc
+        self.plan = replace(plan, models=tuple(s.model for s in self.servers.values()), skipped=tuple(self.skipped))
+        self.n_ctx = min(s.n_ctx for s in self.servers.values())
+        self.app = self._proxy_app()
 
-    def check(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Validate one request body (see the module docstring); returns the body to pass on."""
-        chat = path in CHAT_PATHS
-        if not chat and path not in COMPLETION_PATHS:
-            return payload
-        name = payload.get("model") or self.plan.models[0].name
-        counter = self.counters.get(name)
-        if counter is None:
-            raise RequestRejected(404, f"model {name!r} is not served here; models: {', '.join(self.counters)}", "model_not_found", "model")
-        payload = {**payload, "model": name}
-        try:
-            if chat:
-                tokens = counter.chat(payload)
-            elif isinstance(payload.get("prompt"), str):
-                tokens = counter.completion(payload["prompt"])
-            else:
-                return payload
-        except ArtifactError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the template rejected these messages (e.g. roles out of order)
-            raise RequestRejected(400, f"the chat template cannot render these messages: {exc}", "invalid_messages", "messages") from exc
-        if tokens >= self.n_ctx:
-            what = "messages" if chat else "prompt"
-            raise RequestRejected(
-                400,
-                f"This model's maximum context length is {self.n_ctx} tokens, but the {what} take {tokens} tokens. "
-                f"Shorten the {what}, or restart the server with a larger --n-ctx.",
-                "context_length_exceeded",
-                what,
+    # ---- the child processes ------------------------------------------------------------------
+    def _wait_for_all(self, plan: ServePlan) -> None:
+        """Keep the servers that load; a file that fails is set aside with llama.cpp's reason (a lone
+        file's failure is the error itself)."""
+        self.skipped = list(plan.skipped)
+        for server in self.started:
+            try:
+                self._wait_until_ready(server)
+            except ArtifactError as exc:
+                _stop(server.process)
+                if len(plan.models) == 1:
+                    raise
+                self.skipped.append((server.model.path.name, str(exc)))
+                continue
+            self.servers[server.model.name] = server
+        if not self.servers:
+            raise ArtifactError("no GGUF file could be served:\n" + "\n".join(f"  {name}: {why}" for name, why in self.skipped))
+
+    def _start(self, binary: Path, index: int, model: ServedModel, **settings: int) -> ModelServer:
+        socket, log = self.workdir / f"{index}.sock", self.workdir / f"{index}.log"
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(
+                [str(binary), *server_arguments(model, socket, **settings)],
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal's Ctrl-C reaches medtune, which stops them in order
+                preexec_fn=_die_with_parent,
             )
-        if chat and self.plan.stop:
+        return ModelServer(model, socket, process, log)
+
+    def _wait_until_ready(self, server: ModelServer) -> None:
+        """Poll /health until the model is loaded; ArtifactError with llama.cpp's reason if it exits."""
+        import httpx
+
+        transport = httpx.HTTPTransport(uds=str(server.socket))
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        with httpx.Client(transport=transport, base_url="http://llama-server", timeout=10) as client:
+            while time.monotonic() < deadline:
+                if server.process.poll() is not None:
+                    raise ArtifactError(_load_failure(server))
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/health").status_code == 200:
+                        props = client.get("/props").json()
+                        server.n_ctx = int(props.get("default_generation_settings", {}).get("n_ctx") or 0)
+                        return
+                time.sleep(0.1)
+        raise ArtifactError(f"{server.model.path}: llama-server did not finish loading it within {LOAD_TIMEOUT_S} s")
+
+    def close(self) -> None:
+        """Stop every llama-server (SIGTERM to its process group, SIGKILL after a grace period)."""
+        for server in self.started:
+            _stop(server.process)
+        self.servers, self.started = {}, []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- requests -----------------------------------------------------------------------------
+    def check(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Pick the model (404 for an unknown one) and add the run's stop strings to chat requests."""
+        name = payload.get("model") or self.plan.models[0].name
+        if name not in self.servers:
+            raise unknown_model(str(name), list(self.servers))
+        payload = {**payload, "model": name}
+        if path in CHAT_PATHS and self.plan.stop:
             asked = payload.get("stop")
             asked = [asked] if isinstance(asked, str) else list(asked or [])
             payload["stop"] = list(dict.fromkeys([*asked, *self.plan.stop]))
         return payload
 
-    def close(self) -> None:
-        """Free the loaded model and the vocabularies (quietly: llama.cpp logs its buffers as it frees them)."""
-        from medtune import llamacpp
+    def _proxy_app(self):
+        from starlette.applications import Starlette
+        from starlette.routing import Route
 
-        with llamacpp.quiet_runtime():
-            for counter in self.counters.values():
-                counter.close()
-            self.counters = {}
-            if getattr(self, "app", None) is not None:
-                from llama_cpp.server import app as server_app
+        return Starlette(routes=[Route("/{path:path}", self._forward, methods=["GET", "POST", "DELETE"])])
 
-                # The server keeps its models in a module-level proxy (one app per process).
-                proxy, server_app._llama_proxy = server_app._llama_proxy, None
-                if proxy is not None:
-                    proxy.free()
-                self.app = None
+    async def _forward(self, request):
+        import httpx
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        body = await request.body()
+        if request.method == "POST":
+            name = json.loads(body).get("model")  # set by `check`, which saw this body first
+        else:
+            name = request.query_params.get("model") or self.plan.models[0].name
+        server = self.servers.get(name)
+        if server is None:
+            error = unknown_model(str(name), list(self.servers))
+            return JSONResponse(error.body(), status_code=error.status)
+        if server.client is None:
+            # No kept-alive connections: llama-server's HTTP threads would sit on idle ones.
+            server.client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(server.socket)), base_url="http://llama-server",
+                timeout=httpx.Timeout(None, connect=30), limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+            )
+        headers = {k: v for k, v in request.headers.items() if k in ("content-type", "accept")}
+        upstream = server.client.build_request(request.method, request.url.path, params=request.query_params,
+                                               content=body, headers=headers)
+        response = await server.client.send(upstream, stream=True)
+        if response.status_code >= 400:
+            data = await response.aread()
+            await response.aclose()
+            return _error_response(response.status_code, data, request.url.path)
+
+        async def relay():
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()  # a client that went away: llama-server sees it and frees the slot
+
+        return StreamingResponse(relay(), status_code=response.status_code, media_type=response.headers.get("content-type"))
+
+
+def _error_response(status: int, data: bytes, path: str):
+    """llama-server's error, with its context-size error reworded as OpenAI's (the counts kept)."""
+    from starlette.responses import JSONResponse, Response
+
+    try:
+        error = json.loads(data).get("error") or {}
+    except (ValueError, AttributeError):
+        return Response(data, status_code=status)
+    if error.get("type") == "exceed_context_size_error" and "n_ctx" in error:
+        what = "messages" if path in CHAT_PATHS else "prompt"
+        rejected = context_length_exceeded(int(error["n_ctx"]), int(error.get("n_prompt_tokens", 0)), what)
+        return JSONResponse(rejected.body(), status_code=rejected.status)
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def _load_failure(server: ModelServer) -> str:
+    """Why a llama-server exited while loading: llama.cpp's own error lines from its log."""
+    try:
+        lines = server.log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    reasons = [line.strip() for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    said = "; ".join(reasons[-2:]) or f"exit code {server.process.returncode}"
+    return (f"{server.model.path}: llama.cpp cannot load this GGUF file ({said}); it is truncated or corrupt "
+            "(or the machine is out of memory): copy it again or rerun `medtune export`")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have the kernel send SIGTERM when medtune dies (even by kill -9)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,9 +1,9 @@
 """Merged and adapter folders: a small FastAPI app speaking OpenAI's chat schema over `medtune.chat`.
 
 The model is loaded once by `ChatModel` (the same target rules, chat template and end-of-turn
-stop as `medtune chat`). Requests take turns on it, as they do in llama.cpp's server. Served:
-POST /v1/chat/completions (JSON, or server-sent events with `stream: true`, ended by
-`data: [DONE]`); /v1/models, /health and the page come from `medtune.serve.app`.
+stop as `medtune chat`). Requests take turns on it (no batching here: GGUF files get llama-server's
+continuous batching). Served: POST /v1/chat/completions (JSON, or server-sent events with
+`stream: true`, the last event carrying `usage`, ended by `data: [DONE]`); /v1/models, /health and the page come from `medtune.serve.app`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medtune.serve.gguf import RequestRejected
+from medtune.serve.requests import RequestRejected, context_length_exceeded, unknown_model
 from medtune.serve.targets import ServePlan
 
 
@@ -78,17 +78,11 @@ class HFBackend:
 
         try:
             if body.model and body.model != self.name:
-                raise RequestRejected(404, f"model {body.model!r} is not served here; models: {self.name}", "model_not_found", "model")
+                raise unknown_model(body.model, [self.name])
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
             prompt_tokens = self.model.prompt_tokens(messages)
             if prompt_tokens >= self.n_ctx:
-                raise RequestRejected(
-                    400,
-                    f"This model's maximum context length is {self.n_ctx} tokens, but the messages take {prompt_tokens} "
-                    "tokens. Shorten the messages, or restart the server with a larger --n-ctx.",
-                    "context_length_exceeded",
-                    "messages",
-                )
+                raise context_length_exceeded(self.n_ctx, prompt_tokens)
         except RequestRejected as rejected:
             return JSONResponse(rejected.body(), status_code=rejected.status)
         limit = body.max_completion_tokens or body.max_tokens or 1024
@@ -106,18 +100,22 @@ class HFBackend:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens},
             }
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, str]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> dict[str, str]:
             import json
 
             data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": self.name,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            if usage:  # on the last chunk, as llama-server sends it (the page counts tokens from it)
+                data["usage"] = usage
             return {"data": json.dumps(data)}
 
         def events() -> Iterator[dict[str, str]]:
             yield chunk({"role": "assistant", "content": ""})
             for piece in pieces:
                 yield chunk({"content": piece})
-            yield chunk({}, outcome["finish_reason"])
+            tokens = outcome["tokens"]
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+            yield chunk({}, outcome["finish_reason"], usage)
             yield {"data": "[DONE]"}
 
         return EventSourceResponse(events(), sep="\n")

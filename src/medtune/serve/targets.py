@@ -1,9 +1,8 @@
 """What `medtune serve TARGET` serves: TARGET resolved into named models, stop strings and page text.
 
-TARGET follows `medtune chat`'s rules (a .gguf file, a merged model folder, an adapter folder) plus
-two folders of GGUF files: a run directory (every file in its gguf/) and a gguf/ folder itself.
-Each GGUF file of a run is served under its quant name (`demo-Q4_K_M.gguf` -> `Q4_K_M`), so a
-client picks a quant with the request's `model` field.
+What TARGET is comes from `medtune.rundir.open_artifact` (a run directory, a gguf/ folder, a .gguf
+file, a merged or an adapter folder). Each GGUF file of a run is served under its quant name
+(`demo-Q4_K_M.gguf` -> `Q4_K_M`), so a client picks a quant with the request's `model` field.
 """
 
 from __future__ import annotations
@@ -13,11 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from medtune.errors import ArtifactError
-
-GGUF_MAGIC = b"GGUF"
+from medtune.rundir import MODELFILE, Artifact, is_gguf_file, open_artifact
 
 
 @dataclass(frozen=True)
@@ -36,6 +32,7 @@ class ServePlan:
     stop: tuple[str, ...]  # the run's stop strings (its Modelfile), added to every GGUF request
     system_prompt: str | None  # the run's data.system_prompt: what the model was trained with
     title: str  # the run name, or the file/folder name
+    skipped: tuple[tuple[str, str], ...] = ()  # (file, why) for GGUF files of a folder that cannot be served
 
     @property
     def names(self) -> list[str]:
@@ -45,103 +42,48 @@ class ServePlan:
 def resolve_serve_target(target: str | Path) -> ServePlan:
     """Resolve TARGET. Raises ArtifactError for a missing path, a file that is not a GGUF, or a run
     directory without GGUF exports (naming what to run or serve instead)."""
-    from medtune.chat import describe_target
-
-    path = Path(target).expanduser()
-    if not path.exists():
-        raise ArtifactError(f"{path} does not exist; serve a run directory (runs/<name>), a .gguf file, a merged or an adapter folder")
-    if path.is_dir() and _is_run_dir(path):
-        return _run_plan(path)
-    if path.is_dir() and list(path.glob("*.gguf")) and not (path / "config.json").is_file():
-        run_dir = path.parent if _is_run_dir(path.parent) else None
-        return _gguf_folder_plan(path, run_dir)
-    if path.is_file() and path.suffix != ".gguf":
-        raise ArtifactError(f"{path} is not a .gguf file; serve a GGUF file, a run directory, a merged or an adapter folder")
-    kind = describe_target(path)
-    if kind == "gguf":
-        _require_gguf(path)
-        run_dir = path.parent.parent if path.parent.name == "gguf" and _is_run_dir(path.parent.parent) else None
-        return ServePlan(
-            "gguf", (_served_gguf(path, _run_name(run_dir)),), _modelfile_stops(path.parent),
-            _system_prompt(run_dir), _run_name(run_dir) or path.name,
-        )
-    run_dir = path.parent if _is_run_dir(path.parent) else None
-    model = ServedModel(_run_name(run_dir) or path.name, path, 0)
-    return ServePlan(kind, (model,), (), _system_prompt(run_dir), _run_name(run_dir) or path.name)
+    artifact = open_artifact(target)
+    system_prompt = artifact.run.system_prompt() if artifact.run else None
+    if artifact.kind in ("merged", "adapter"):
+        model = ServedModel(artifact.title, artifact.path, 0)
+        return ServePlan(artifact.kind, (model,), (), system_prompt, artifact.title)
+    if artifact.kind == "run":
+        artifact = _run_gguf_folder(artifact)
+    return _gguf_plan(artifact, system_prompt)
 
 
-def _is_run_dir(path: Path) -> bool:
-    return (path / "manifest.json").is_file() or ((path / "config.yaml").is_file() and (path / "gguf").exists())
+def _run_gguf_folder(artifact: Artifact) -> Artifact:
+    """A run directory as the folder of its GGUF exports; ArtifactError naming what to do when it has none."""
+    run = artifact.run
+    files = tuple(run.gguf_files())
+    if not files:
+        serve_instead = next((f for f in (run.merged, run.adapter) if f.is_dir()), None)
+        hint = f", or serve {serve_instead} (transformers)" if serve_instead else ""
+        state = "is empty" if run.gguf.is_dir() else "does not exist"
+        raise ArtifactError(f"run {run.root} has no GGUF exports ({run.gguf} {state}); run `medtune export {run.config_file}` first{hint}")
+    return Artifact("gguf", run.gguf, run, files)
 
 
-def _run_plan(run_dir: Path) -> ServePlan:
-    folder = run_dir / "gguf"
-    if not folder.is_dir() or not list(folder.glob("*.gguf")):
-        serve_instead = next((f for f in ("merged", "adapter") if (run_dir / f).is_dir()), None)
-        hint = f", or serve {run_dir / serve_instead} (transformers)" if serve_instead else ""
-        raise ArtifactError(
-            f"run {run_dir} has no GGUF exports ({folder} {'is empty' if folder.is_dir() else 'does not exist'}); "
-            f"run `medtune export {run_dir / 'config.yaml'}` first{hint}"
-        )
-    return _gguf_folder_plan(folder, run_dir)
-
-
-def _gguf_folder_plan(folder: Path, run_dir: Path | None) -> ServePlan:
-    run_name = _run_name(run_dir)
-    files = sorted(folder.glob("*.gguf"))
-    for file in files:
-        _require_gguf(file)
-    models = [_served_gguf(file, run_name) for file in files]
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        models = [ServedModel(f.stem, f, f.stat().st_size) for f in files]
+def _gguf_plan(artifact: Artifact, system_prompt: str | None) -> ServePlan:
+    """One served model per GGUF file. In a folder, a file that is not GGUF at all is set aside (named
+    in `skipped`) instead of stopping the others; a lone file that is not GGUF was refused by open_artifact."""
+    good = [f for f in artifact.gguf_files if is_gguf_file(f)]
+    skipped = tuple((f.name, "not a GGUF file (wrong magic bytes): re-export or copy it again") for f in artifact.gguf_files if f not in good)
+    if not good:
+        raise ArtifactError(f"{artifact.path}: none of its .gguf files is a GGUF file ({', '.join(n for n, _ in skipped)}); re-export them")
+    models = [ServedModel(artifact.label(f), f, f.stat().st_size) for f in good]
+    if len({m.name for m in models}) != len(models):
+        models = [ServedModel(f.stem, f, f.stat().st_size) for f in good]
+    folder = good[0].parent
     # The file the run's Modelfile points at (its recommended quant) is the default.
     preferred = _modelfile_source(folder)
     models.sort(key=lambda m: (m.path.name != preferred, m.name))
-    title = run_name or folder.name
-    return ServePlan("gguf", tuple(models), _modelfile_stops(folder), _system_prompt(run_dir), title)
-
-
-def _served_gguf(path: Path, run_name: str | None) -> ServedModel:
-    name = path.stem
-    if run_name and name.startswith(f"{run_name}-"):
-        name = name[len(run_name) + 1 :]  # demo-Q4_K_M -> Q4_K_M
-    return ServedModel(name, path, path.stat().st_size)
-
-
-def _require_gguf(path: Path) -> None:
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if head != GGUF_MAGIC:
-        raise ArtifactError(f"{path} is not a GGUF file (it starts with {head!r}, a GGUF file with {GGUF_MAGIC!r})")
-
-
-def _run_config(run_dir: Path | None) -> dict:
-    if run_dir is None or not (run_dir / "config.yaml").is_file():
-        return {}
-    try:
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
-def _run_name(run_dir: Path | None) -> str | None:
-    if run_dir is None:
-        return None
-    name = _run_config(run_dir).get("name")
-    return str(name) if name else run_dir.name
-
-
-def _system_prompt(run_dir: Path | None) -> str | None:
-    data = _run_config(run_dir).get("data")
-    prompt = data.get("system_prompt") if isinstance(data, dict) else None
-    return str(prompt) if prompt else None
+    return ServePlan("gguf", tuple(models), _modelfile_stops(folder), system_prompt, artifact.title, skipped)
 
 
 def _modelfile_lines(folder: Path) -> list[str]:
     try:
-        return (folder / "Modelfile").read_text(encoding="utf-8").splitlines()
+        return (folder / MODELFILE).read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
 

@@ -45,10 +45,11 @@ async function errorText(response) {
   } catch (_) { return `HTTP ${response.status}`; }
 }
 
-// Streams one reply; onText(fullTextSoFar) after each piece. Returns {text, finish, tokens}.
+// Streams one reply; onText(fullTextSoFar) after each piece. Returns {text, finish, tokens}:
+// tokens from the server's usage (its last event), else the number of pieces received.
 async function streamReply(model, messages, onText, signal) {
   const body = {
-    model, messages, stream: true,
+    model, messages, stream: true, stream_options: { include_usage: true },
     temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
   };
   const response = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
@@ -56,7 +57,8 @@ async function streamReply(model, messages, onText, signal) {
   if (!response.ok) throw new Error(await errorText(response));
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
-  let buffer = "", text = "", finish = null, pieces = 0;
+  let buffer = "", text = "", finish = null, pieces = 0, usage = null;
+  const result = () => ({ text, finish, tokens: usage ? usage.completion_tokens : pieces });
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -68,9 +70,10 @@ async function streamReply(model, messages, onText, signal) {
       for (const line of event.split(/\r?\n/)) {
         if (!line.startsWith("data:")) continue;
         const data = line.slice(5).trim();
-        if (data === "[DONE]") return { text, finish, pieces };
+        if (data === "[DONE]") return result();
         const chunk = JSON.parse(data);
         if (chunk.error) throw new Error(chunk.error.message || "server error");
+        if (chunk.usage) usage = chunk.usage;
         const choice = chunk.choices && chunk.choices[0];
         if (!choice) continue;
         const piece = choice.delta && choice.delta.content;
@@ -79,7 +82,7 @@ async function streamReply(model, messages, onText, signal) {
       }
     }
   }
-  return { text, finish, pieces };
+  return result();
 }
 
 // ---- the page ----------------------------------------------------------------------------------
@@ -140,20 +143,23 @@ async function ask(question) {
   setBusy(true);
   let kept = null;
   try {
-    // One after another: the server answers one request at a time anyway.
-    for (const [i, model] of models.entries()) {
+    // All at once: each quant has its own server, which also batches requests.
+    const replies = await Promise.all(models.map(async (model, i) => {
       const started = performance.now();
       try {
         const reply = await streamReply(model, messages, (text) => boxes[i].show(text), controller.signal);
         const seconds = (performance.now() - started) / 1000;
         const ending = reply.finish === "length" ? "cut at max tokens" : "finished";
-        boxes[i].done(`${reply.pieces} pieces in ${seconds.toFixed(1)} s, ${ending}`);
-        if (i === 0) kept = reply.text;
+        const unit = reply.tokens === 1 ? "token" : "tokens";
+        boxes[i].done(`${reply.tokens} ${unit} in ${seconds.toFixed(1)} s, ${ending}`);
+        return reply.text;
       } catch (error) {
-        if (error.name === "AbortError") { boxes[i].done("stopped"); break; }
-        boxes[i].fail(error.message);
+        if (error.name === "AbortError") boxes[i].done("stopped");
+        else boxes[i].fail(error.message);
+        return null;
       }
-    }
+    }));
+    kept = replies[0];
   } finally {
     setBusy(false);
     state.busy = null;
@@ -176,6 +182,8 @@ function showKeyBox(message) {
 
 async function load() {
   const info = await getJSON("/medtune/info");
+  // The model controls appear only once the server has named its models (not before a key is given).
+  for (const id of ["model-picker", "backend"]) $(id).hidden = false;
   $("title").textContent = info.title;
   $("backend").textContent = `${info.backend} · context ${info.n_ctx}`;
   $("disclaimer-text").textContent = info.disclaimer;
@@ -188,7 +196,7 @@ async function load() {
     return option;
   }));
   select.value = info.default_model;
-  $("compare").parentElement.hidden = state.models.length < 2;
+  $("compare-toggle").hidden = state.models.length < 2;
   $("key-box").hidden = !state.key;
   $("status").textContent = "";
 }
