@@ -31,8 +31,9 @@ from medtune.benchmarking import RESULTS_DIR, format_table, machine
 
 REPO = Path(__file__).resolve().parents[1]
 # A run sub-path spelled as a path: joined with `/`, or one of the names only the layout uses.
+# A literal joined onto another literal (`"gguf-py" / "gguf"`) is a path inside some other tree.
 SUBPATH = re.compile(
-    r"""/\s*["'](data|adapter|checkpoints|merged|gguf|eval|eval-partial|rl-adapter|rl-checkpoints|predictions)["']"""
+    r"""(?<!" )(?<!' )/\s*["'](data|adapter|checkpoints|merged|gguf|eval|eval-partial|rl-adapter|rl-checkpoints|predictions)["']"""
     r"""|["'](manifest\.json|MODEL_CARD\.md|report\.html|eval-partial|checkpoints|train_log\.jsonl|results\.json)["']"""
 )
 

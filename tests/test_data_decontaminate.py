@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from medtune.config import SAMPLE_DATA, BenchmarkSpec, DataConfig, DecontaminationConfig, EvalConfig, ModelConfig, RunConfig
+from medtune.rundir import RunDir
 from medtune.data.prepare import prepare_data
 from medtune.data.decontaminate import Decontaminator, normalise_words
 from medtune.data.loading import builtin_path
@@ -107,7 +108,7 @@ def test_prepare_drops_pubmedqa_and_medqa_test_questions(tmp_path, tiny_llama_di
         # pubmedqa's local copy comes from the eval section.
         eval=EvalConfig(benchmarks=[BenchmarkSpec(name="pubmedqa", path=str(PUBMEDQA_DIR))]),
     )
-    report = prepare_data(config).report
+    report = prepare_data(config, RunDir.of(config)).report
     assert report["dropped"] == {"contaminated:pubmedqa": 2, "contaminated:medqa": 1}
     assert report["kept"] == 11
     summary = report["decontamination"]
@@ -124,4 +125,4 @@ def test_unknown_benchmark_is_a_config_error(tmp_path, tiny_llama_dir):
         tmp_path, tiny_llama_dir, [SAMPLE_DATA], DecontaminationConfig(enabled=True, benchmarks=["medqa_v9"])
     )
     with pytest.raises(ConfigError, match="unknown benchmark 'medqa_v9'"):
-        prepare_data(config)
+        prepare_data(config, RunDir.of(config))

@@ -8,6 +8,7 @@ import json
 import pytest
 from test_data_prepare import make_config
 
+from medtune.rundir import RunDir
 from medtune.data.prepare import load_prepared, prepare_data
 from medtune.data.rendering import IGNORE_INDEX, ChatRenderer
 from medtune.tokenizer import fix_pad_token
@@ -42,10 +43,10 @@ def test_prepare_drops_and_counts_replies_without_an_answer(tmp_path, tiny_llama
     rows.append({"instruction": "No final sentence here?", "output": "Just reasoning, no conclusion."})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = make_config(tmp_path, tiny_llama_dir, [str(data)], loss_on="final_answer", val_size=1)
-    report = prepare_data(config).report
+    report = prepare_data(config, RunDir.of(config)).report
     assert report["kept"] == 6 and report["train"] == 5 and report["dropped"] == {"no_final_answer": 1}
     assert report["examples"]["no_final_answer"][0].endswith("d.jsonl:7: a reply has no \"The answer is ...\" sentence to put the loss on")
-    train = load_prepared(config.run_dir)["train"]
+    train = load_prepared(RunDir.of(config))["train"]
     for row in train:
         labelled = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX]
         assert 2 < len(labelled) < 20  # the answer sentence, not the whole reply

@@ -7,15 +7,18 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from medtune.config import SAMPLE_DATA, DataConfig, ModelConfig, RunConfig
-from medtune.data.prepare import load_prepared, prepare_data
 from medtune.data.loading import builtin_path
+from medtune.data.prepare import load_prepared, read_report
 from medtune.data.validation import REASONS
 from medtune.errors import DataError
+from medtune.pipeline import run_or_skip
+from medtune.rundir import RunDir
 
 BROKEN = "builtin:broken-records"
 # Line of the broken-records file -> the reason it must be dropped for (the other lines are good).
@@ -39,6 +42,18 @@ BROKEN_LINES = {
     21: "mixed_format",  # a ReasonMed record in a file whose first record made it `messages`
 }
 GOOD_LINES = (2, 3, 19, 20)
+
+
+@dataclass
+class Prepared:
+    report: dict
+    reused: bool
+
+
+def prepare_data(config: RunConfig, force: bool = False) -> Prepared:
+    """The data stage as `medtune prepare` runs it: recorded in the manifest, skipped when current."""
+    outcome = run_or_skip(config, "prepare", force=force)
+    return Prepared(read_report(RunDir.of(config)), outcome.action == "skipped")
 
 
 def make_config(tmp_path: Path, model_dir: Path, files: list[str], name: str = "t", seed: int = 42, **data) -> RunConfig:
@@ -84,7 +99,7 @@ def test_error_policy_stops_at_the_bad_record_with_file_line_and_field(tmp_path,
     assert "data.invalid=skip" in message
     if BROKEN_LINES[line] in ("missing_field", "wrong_type", "bad_role", "empty_reply", "empty_prompt"):
         assert "field 'messages" in message
-    assert not (config.run_dir / "data").exists()  # nothing half-written
+    assert not RunDir.of(config).data.exists()  # nothing half-written
 
 
 def test_error_policy_unknown_format_and_duplicate(tmp_path, tiny_llama_dir):
@@ -105,7 +120,7 @@ def test_error_policy_unknown_format_and_duplicate(tmp_path, tiny_llama_dir):
 def test_sample_outputs_columns_labels_and_messages(tmp_path, tiny_llama_dir, smollm2_tokenizer):
     config = make_config(tmp_path, tiny_llama_dir, [SAMPLE_DATA], format="reasonmed", val_size=0.15)
     result = prepare_data(config)
-    splits = load_prepared(config.run_dir)
+    splits = load_prepared(RunDir.of(config))
     assert set(splits) == {"train", "val"}
     assert len(splits["val"]) == round(68 * 0.15) and len(splits["train"]) + len(splits["val"]) == 68
     assert splits["train"].column_names == ["input_ids", "labels", "length", "messages"]
@@ -124,7 +139,7 @@ def test_sample_outputs_columns_labels_and_messages(tmp_path, tiny_llama_dir, sm
         sum(label != -100 for label in row) for split in splits.values() for row in split["labels"]
     )
     assert set(report["token_lengths"]) == {"p50", "p90", "p99", "max", "mean", "total"}
-    manifest = json.loads((config.run_dir / "manifest.json").read_text())
+    manifest = RunDir.of(config).manifest()
     assert manifest["stages"]["prepare"]["status"] == "done"
     assert any(o["path"] == "data/report.json" for o in manifest["stages"]["prepare"]["outputs"])
 
@@ -146,7 +161,7 @@ def test_split_is_deterministic_and_follows_the_seed(tmp_path, tiny_llama_dir):
     def val_questions(name, seed):
         config = make_config(tmp_path, tiny_llama_dir, [SAMPLE_DATA], name=name, seed=seed, val_size=10)
         prepare_data(config)
-        return sorted(load_prepared(config.run_dir)["val"]["messages"])
+        return sorted(load_prepared(RunDir.of(config))["val"]["messages"])
 
     first = val_questions("a", 1)
     assert len(first) == 10
@@ -159,9 +174,9 @@ def test_val_size_zero_keeps_every_record_for_training_and_no_val_split(tmp_path
 
     config = make_config(tmp_path, tiny_llama_dir, [SAMPLE_DATA], name="noval", val_size=0)
     report = prepare_data(config).report
-    train, val = load_prepared_splits(config.run_dir)
+    train, val = load_prepared_splits(RunDir.of(config))
     assert report["val"] == 0 and val is None and len(train) == report["train"] == report["kept"]
-    assert not (config.run_dir / "data" / "val").exists()
+    assert not RunDir.of(config).split("val").exists()
 
 
 def test_unchanged_inputs_are_reused_and_changes_rebuild(tmp_path, tiny_llama_dir):
@@ -208,7 +223,7 @@ def test_cli_reports_reasons_under_skip_and_one_red_line_under_error(tmp_path, t
     for reason in set(BROKEN_LINES.values()):
         assert f"dropped: {reason}" in skip.stdout
     assert f"{builtin_path(BROKEN)}:16:" in skip.stdout
-    assert (tmp_path / "runs" / "broken" / "config.yaml").is_file()
+    assert RunDir(tmp_path / "runs" / "broken").config_file.is_file()
 
     stop = _cli(str(config), "--set", "data.invalid=error", "--set", "name=broken-error", cwd=tmp_path)
     assert stop.returncode == 2
@@ -223,7 +238,7 @@ def test_demo_config_with_the_embedded_model(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     result = _cli(str(repo / "configs" / "demo.yaml"), "--set", f"output_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "demo" / "data" / "report.json").read_text())
+    report = read_report(RunDir(tmp_path / "demo"))
     assert report["kept"] == report["records_read"] >= 60
     assert report["chat_template_eot"] == "<|im_end|>" and report["pad_token"] != "<|im_end|>"
 
@@ -241,3 +256,28 @@ def test_hub_code_path_with_a_packaged_builder(tmp_path, tiny_llama_dir):
     assert report["examples"] == {} and report["sources"][0]["dataset"] == "json"
     assert report["sources"][0]["fingerprint"]
     assert prepare_data(config).reused
+
+
+def test_a_wrong_data_format_names_the_format_the_records_look_like(tmp_path, tiny_llama_dir):
+    conversations = tmp_path / "chats.jsonl"
+    conversations.write_text("".join(
+        json.dumps({"conversations": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+        for i in range(4)
+    ))
+    config = make_config(tmp_path, tiny_llama_dir, [str(conversations)], format="reasonmed")
+    with pytest.raises(DataError) as caught:
+        prepare_data(config)
+    message = str(caught.value)
+    assert "every record was dropped as missing_field" in message
+    assert "look like the 'conversations' format" in message and "set data.format: conversations" in message
+    assert f"{conversations}:1: field 'instruction'" in message
+
+
+def test_a_problem_in_a_reasonmed_record_names_the_records_own_field(tmp_path, tiny_llama_dir):
+    records = tmp_path / "reasonmed.jsonl"
+    good = {"instruction": "Which vitamin prevents scurvy?", "input": "A. C B. D", "output": "Vitamin C. The answer is A."}
+    records.write_text(json.dumps(good) + "\n" + json.dumps({**good, "output": "   "}) + "\n")
+    config = make_config(tmp_path, tiny_llama_dir, [str(records)], format="reasonmed", invalid="error",
+                         system_prompt="You are a careful physician.")
+    with pytest.raises(DataError, match=r"reasonmed.jsonl:2: .*field 'output': assistant message is empty"):
+        prepare_data(config)

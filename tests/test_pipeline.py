@@ -5,39 +5,44 @@ bookkeeping: fingerprints, output verification and which stages rerun."""
 
 from __future__ import annotations
 
-import sys
-import types
+import dataclasses
+from dataclasses import dataclass
 
 import pytest
 
 from medtune import pipeline
+from medtune.artifacts import read_manifest, record_stage
 from medtune.config import RunConfig
+from medtune.rundir import RunDir
 
 CALLS: list[str] = []
 
 
-def _writer(stage_name: str, folder: str):
-    def run(config, **kwargs):
+@dataclass
+class Wrote:
+    stage: str
+
+    def figures(self) -> dict:
+        return {"wrote": self.stage}
+
+
+def _writer(stage_name: str):
+    def run(config, run: RunDir, **kwargs):
         CALLS.append(stage_name + (":resume" if kwargs.get("resume") else ""))
-        out = config.run_dir / folder
+        out = run.stage_folder(stage_name)
         out.mkdir(parents=True, exist_ok=True)
         (out / "artifact.txt").write_text(f"{stage_name} {config.export.quant_types}")
-        return None
+        return Wrote(stage_name)
 
     return run
 
 
 @pytest.fixture
 def fake_stages(monkeypatch):
-    module = types.ModuleType("medtune_fake_stages")
-    stages = []
-    for stage in pipeline.STAGES:
-        setattr(module, stage.name, _writer(stage.name, stage.output))
-        stages.append(pipeline.Stage(stage.name, stage.output, stage.sections, stage.after,
-                                     f"medtune_fake_stages:{stage.name}", stage.scratch))
-    monkeypatch.setitem(sys.modules, "medtune_fake_stages", module)
-    monkeypatch.setattr(pipeline, "STAGES", tuple(stages))
-    monkeypatch.setattr("medtune.model_card.write_model_card", lambda config: None)
+    stages = tuple(dataclasses.replace(stage, run=_writer(stage.name)) for stage in pipeline.STAGES)
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "write_model_card", lambda config, run: None)
+    monkeypatch.setattr(pipeline, "write_html_report", lambda run: None)
     CALLS.clear()
     return CALLS
 
@@ -80,7 +85,7 @@ def test_until_stops_early(tmp_path, fake_stages):
 def test_tampered_output_is_redone(tmp_path, fake_stages):
     config = _config(tmp_path)
     pipeline.run_pipeline(config)
-    (config.run_dir / "merged" / "artifact.txt").write_text("corrupted")
+    (RunDir.of(config).merged / "artifact.txt").write_text("corrupted")
     fake_stages.clear()
     pipeline.run_pipeline(config)
     # merge's outputs changed digest after rerun? Its content is rewritten identically, so later
@@ -92,33 +97,36 @@ def test_interrupted_training_resumes_from_checkpoints(tmp_path, fake_stages):
     config = _config(tmp_path)
     pipeline.run_pipeline(config, until="prepare")
     # Simulate a kill during training: the manifest says running, checkpoints exist.
-    manifest = pipeline.read_manifest(config.run_dir)
+    manifest = read_manifest(config.run_dir)
     fp = pipeline.stage_fingerprint(config, pipeline.stage_by_name("train"), manifest)
-    pipeline.record_stage(config.run_dir, "train", {"status": "running", "fingerprint": fp})
-    (config.run_dir / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    record_stage(config.run_dir, "train", {"status": "running", "fingerprint": fp})
+    (RunDir.of(config).checkpoints / "checkpoint-5").mkdir(parents=True)
     fake_stages.clear()
-    pipeline.run_pipeline(config, until="train")
+    events = []
+    pipeline.run_pipeline(config, until="train", on_event=lambda stage, message: events.append((stage, message)))
     assert fake_stages == ["train:resume"]
+    # No complete checkpoint (no trainer_state.json in it): the rerun says it starts over.
+    assert ("train", "no checkpoint yet, starting over") in events
 
 
 def test_interrupted_eval_keeps_finished_results_only_for_the_same_inputs(tmp_path, fake_stages):
     config = _config(tmp_path)
     pipeline.run_pipeline(config, until="export")
-    manifest = pipeline.read_manifest(config.run_dir)
+    manifest = read_manifest(config.run_dir)
     fp = pipeline.stage_fingerprint(config, pipeline.stage_by_name("eval"), manifest)
-    pipeline.record_stage(config.run_dir, "eval", {"status": "running", "fingerprint": fp})
-    (config.run_dir / pipeline.EVAL_PARTIAL).mkdir()
+    record_stage(config.run_dir, "eval", {"status": "running", "fingerprint": fp})
+    RunDir.of(config).eval_partial.mkdir()
     fake_stages.clear()
     pipeline.run_pipeline(config)
     assert fake_stages == ["eval:resume"]
 
     # Interrupted again, but the rerun asks for other quant types: export and eval start afresh.
-    pipeline.record_stage(config.run_dir, "eval", {"status": "running", "fingerprint": fp})
-    (config.run_dir / pipeline.EVAL_PARTIAL).mkdir(exist_ok=True)
+    record_stage(config.run_dir, "eval", {"status": "running", "fingerprint": fp})
+    RunDir.of(config).eval_partial.mkdir(exist_ok=True)
     fake_stages.clear()
     pipeline.run_pipeline(_config(tmp_path, quant_types=["Q4_K_M"]))
     assert fake_stages == ["export", "eval"]
-    assert not (config.run_dir / pipeline.EVAL_PARTIAL).exists()
+    assert not RunDir.of(config).eval_partial.exists()
 
 
 def test_unknown_stage_names_are_config_errors(tmp_path, fake_stages):

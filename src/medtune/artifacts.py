@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from medtune.rundir import RunDir
+
 _TMP_MARK = ".tmp-"
 
 
@@ -120,14 +121,14 @@ def fingerprint(obj: Any) -> str:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        return {"stages": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return RunDir(Path(run_dir)).manifest()
 
 
 def record_stage(run_dir: Path, stage: str, entry: dict[str, Any]) -> None:
-    """Store one stage's manifest entry (status, fingerprint, outputs, seconds, figures)."""
-    manifest = read_manifest(run_dir)
+    """Store one stage's manifest entry (status, fingerprint, outputs, seconds, figures).
+
+    The pipeline is its only caller in medtune (tests call it to lay out a run by hand)."""
+    run = RunDir(Path(run_dir))
+    manifest = run.manifest()
     manifest.setdefault("stages", {})[stage] = {**entry, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+    atomic_write_json(run.manifest_file, manifest)

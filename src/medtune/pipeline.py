@@ -44,7 +44,7 @@ from medtune.merge import merge_adapter
 from medtune.model_card import write_model_card
 from medtune.report import write_html_report
 from medtune.rundir import RunDir
-from medtune.train.trainer import checkpoint_step, train_adapter
+from medtune.train.trainer import checkpoint_step, resume_message, train_adapter
 
 
 class StageResult(Protocol):
@@ -64,17 +64,10 @@ class Stage:
     resume_note: Callable[[RunDir], str] = lambda run: "resuming"  # what a resumed attempt continues from
 
 
-def _training_resume_note(step_of: Callable[[RunDir], int | None]) -> Callable[[RunDir], str]:
-    def note(run: RunDir) -> str:
-        step = step_of(run)
-        return f"resuming from step {step}" if step else "no checkpoint yet, starting over"
-
-    return note
-
-
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare_data, ("data", "model"), ()),
-    Stage("train", train_adapter, ("model", "lora", "train"), ("prepare",), resume_note=_training_resume_note(checkpoint_step)),
+    Stage("train", train_adapter, ("model", "lora", "train"), ("prepare",), 
+          resume_note=lambda run: resume_message(checkpoint_step(run))),
     Stage("merge", merge_adapter, ("model", "merge"), ("train",)),
     # export reads data/ too: the train split calibrates the imatrix, the val split is the quality corpus.
     Stage("export", export_gguf, ("model", "export"), ("prepare", "merge")),
