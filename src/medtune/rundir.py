@@ -16,6 +16,7 @@ a GGUF file (or a folder of them).
       gguf/        <name>-<TYPE>.gguf, Modelfile, <name>.imatrix, adapter/<name>-lora-<TYPE>.gguf (export)
       eval/        results.json report.md accuracy.png predictions/  (eval)
       eval-partial/  one file per finished artifact                  (eval: resumable progress)
+      publish/     <repo>/ per Hub repo: the files and README.md card `medtune push` uploads
 """
 
 from __future__ import annotations
@@ -177,6 +178,11 @@ class RunDir:
     def predictions_file(self, artifact: str, benchmark: str, mode: str, folder: Path | None = None) -> Path:
         """One artifact x benchmark x mode's per-item answers (under eval/predictions/, or `folder`)."""
         return (folder or self.predictions) / predictions_name(artifact, benchmark, mode)
+
+    @property
+    def publish(self) -> Path:
+        """Where `medtune push` stages each Hub repo's folder (hard links of verified files + its card)."""
+        return self.root / "publish"
 
     def relative(self, path: Path) -> str:
         """`path` relative to the run folder, as the manifest and the card write it (posix)."""
