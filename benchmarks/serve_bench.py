@@ -1,20 +1,30 @@
-"""Load on `medtune serve`: N concurrent chat requests (N = 1, 4, 16) to the served Q4_K_M demo model.
+"""Serving under load: today's llama-cpp-python server vs `medtune serve` (llama.cpp's llama-server).
 
-    python benchmarks/serve_bench.py                       # runs/demo/gguf/demo-Q4_K_M.gguf
-    python benchmarks/serve_bench.py --target runs/demo --model Q4_K_M --concurrency 1 4 16
+    python benchmarks/serve_bench.py --target runs/demo/gguf/demo-Q4_K_M.gguf     # the full run
+    python benchmarks/serve_bench.py --target FILE --levels 1,2 --requests 1 --repeats 1 --max-tokens 16   # a smoke run
 
-The server is the real command (`python -m medtune.cli serve TARGET --port 0`, llama.cpp's own
-server behind medtune's front), started once. Each round sends N requests at the same moment
-through the official `openai` client, one thread per request, streaming, each with a different
-question (medtune's held-out sample questions, each round continuing the list where the last
-stopped, so llama.cpp's reuse of the previous prompt's KV cache never gives a round a repeated
-question), greedy, `max_tokens` fixed; the model may
-stop earlier at its end-of-turn token, so tokens are counted from what came back (the streamed
-text re-tokenized with the file's vocabulary; the stream carries no usage). Per round:
-completion tokens/s over the round's wall time, p50/p95 of the request latency (send -> last
-token) and of the time to the first token, and `failed` = requests that raised or did not finish
-within --request-timeout (a hang). The machine's load average is recorded beside the figures:
-the cores are shared. Results: benchmarks/results/serve_bench.json.
+What a user meets: N = 1, 4, 8, 16 concurrent clients, each sending --requests chat requests one
+after another (streaming, through the official `openai` client), each request a different held-out
+medical question as the chat page would send it; greedy, `max_tokens` 128, with the end-of-turn
+tokens banned (`logit_bias`) so every answer runs the full 128 tokens on both servers (same work;
+no stop string cuts an answer short). Per level: aggregate completion tokens/s over the level's
+wall time, p50/p95 request latency and time to first token, failed (errors) and hung (no byte for
+--request-timeout s) requests.
+
+The two servers, alternating (A B, B A, ...) for --repeats repetitions so that drift on the machine
+falls on both: `llama_cpp_python` = `python -m llama_cpp.server` with the settings medtune used to
+serve it with (the file's chat template, one model, requests take turns); `llama_server` =
+`medtune serve` as a user runs it (llama-server with --parallel slots, behind medtune's front).
+Both get the same --threads.
+
+An honest figure needs an otherwise idle machine: before each level the script waits until other
+processes use under --idle-cores of CPU, measures what they used during the level (total CPU time
+from /proc/stat minus the servers' and this script's own), and redoes a level that others
+disturbed (up to --redo times; a level still disturbed is kept with `disturbed: true`).
+
+With a run directory as --target (several quants), it also measures the cost of switching quants:
+a short request alternating between two quants vs. repeated on one, on both servers.
+Results: appended to benchmarks/results/serve_bench.json (medtune.benchmarking).
 """
 
 from __future__ import annotations
@@ -23,214 +33,344 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
-import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULT = REPO / "benchmarks" / "results" / "serve_bench.json"
-DEFAULT_TARGET = REPO / "runs" / "demo" / "gguf" / "demo-Q4_K_M.gguf"
+from medtune import benchmarking
+from medtune.rundir import open_artifact
+from medtune.serve import resolve_serve_target
+from medtune.tasks.prompts import user_message
+from medtune.tasks.registry import load_items
+
+SERVERS = ("llama_cpp_python", "llama_server")
+STOP_TOKENS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")  # ChatML's, banned beside the file's EOS/EOT
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen
+    models: list[str]
+
+
+# ---- starting the two servers ------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
-def served(target: str | Path, *args: str, timeout: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run `medtune serve TARGET ARGS --port 0`; yield (base URL, process); stop it with SIGINT."""
-    command = [sys.executable, "-m", "medtune.cli", "serve", str(target), *args, "--port", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+def start_server(name: str, files: dict[str, Path], target: Path, args) -> Iterator[Server]:
+    """Start one of SERVERS on `files` ({model name: GGUF file}); stop it (and its children) afterwards."""
+    if name == "llama_server":
+        command = [sys.executable, "-m", "medtune.cli", "serve", str(target), "--port", "0", "--threads", str(args.threads),
+                   "--parallel", str(args.parallel), "--n-ctx", str(args.n_ctx)]
+        ready = r"serving on (http://\S+)"
+    else:
+        port = free_port()
+        config = Path(tempfile.mkdtemp()) / "llama_cpp_server.json"
+        models = [{"model": str(path), "model_alias": alias, "chat_format": "chat_template.default", "n_ctx": args.n_ctx,
+                   "n_threads": args.threads, "n_threads_batch": args.threads, "n_batch": 512, "logits_all": False,
+                   "verbose": False} for alias, path in files.items()]
+        config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "interrupt_requests": False, "models": models}, indent=2))
+        command = [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)]
+        ready = r"Uvicorn running on (http://\S+)"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"})
+    url = wait_for_line(process, ready, timeout=600)
+    try:
+        yield Server(name, url, process, list(files))
+    finally:
+        process.terminate()  # medtune serve stops its llama-servers on SIGTERM
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float) -> str:
     found: dict[str, str] = {}
-    ready = threading.Event()
+    seen = threading.Event()
 
     def read() -> None:
         for line in process.stdout:
-            sys.stderr.write(f"  [serve] {line}")
-            match = re.search(r"serving on (http://\S+)", line)
-            if match:
-                found["url"] = match.group(1)
-                ready.set()
-        ready.set()
+            match = re.search(pattern, line)
+            if match and not seen.is_set():
+                found["url"] = match.group(1).rstrip("/")
+                seen.set()
+            elif "error" in line.lower():
+                sys.stderr.write(f"  [server] {line}")
+        seen.set()
 
     threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(timeout) or "url" not in found:
+    if not seen.wait(timeout) or "url" not in found:
         process.kill()
-        raise SystemExit(f"medtune serve {target} did not start (exit {process.poll()})")
-    try:
-        yield found["url"], process
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        raise SystemExit(f"{process.args[:4]} did not start (exit {process.poll()})")
+    return found["url"]
 
 
-def questions() -> list[str]:
-    from medtune.tasks.prompts import user_message
-    from medtune.tasks.registry import load_items
+# ---- the machine: waiting for quiet, measuring disturbance --------------------------------------
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes spent since boot (user+nice+system+irq+softirq+steal)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy = fields[0] + fields[1] + fields[2] + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
 
-    return [user_message(item, "cot") for item in load_items("medtune_sample", "builtin:reasonmed-heldout")]
+
+def own_cpu_seconds(server: Server) -> float:
+    """CPU seconds used by this script and the server with its children (alive ones)."""
+    import psutil
+
+    total = 0.0
+    for proc in [psutil.Process(), psutil.Process(server.process.pid)]:
+        with contextlib.suppress(psutil.Error):
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+    return total
 
 
-def one_request(client, model: str, question: str, max_tokens: int, start: threading.Barrier) -> dict:
-    start.wait()
+class OtherLoad:
+    """Cores used by other processes between start() and stop()."""
+
+    def __init__(self, server: Server):
+        self.server = server
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.own0 = time.monotonic(), busy_cpu_seconds(), own_cpu_seconds(self.server)
+
+    def stop(self) -> float:
+        wall = time.monotonic() - self.t0
+        other = (busy_cpu_seconds() - self.busy0) - (own_cpu_seconds(self.server) - self.own0)
+        return max(0.0, other / wall) if wall > 0 else 0.0
+
+
+def wait_until_idle(server: Server, idle_cores: float, max_wait: float) -> float:
+    """Wait (up to max_wait s) until other processes use under idle_cores for 5 s; returns the last reading."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        probe = OtherLoad(server)
+        probe.start()
+        time.sleep(5)
+        used = probe.stop()
+        if used < idle_cores or time.monotonic() > deadline:
+            return used
+        print(f"  waiting for an idle machine: other processes use {used:.2f} cores", file=sys.stderr, flush=True)
+
+
+# ---- one level ----------------------------------------------------------------------------------
+def one_request(client, model: str, question: str, args, logit_bias: dict[str, int]) -> dict:
     began = time.perf_counter()
-    first, pieces = None, []
+    first, tokens, pieces, finish = None, None, 0, None
     try:
-        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                                max_tokens=max_tokens, temperature=0, stream=True)
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], max_tokens=args.max_tokens, temperature=0,
+            stream=True, stream_options={"include_usage": True}, logit_bias=logit_bias)
         for chunk in stream:
             for choice in chunk.choices:
                 if choice.delta.content:
                     first = first or time.perf_counter()
-                    pieces.append(choice.delta.content)
+                    pieces += 1
+                finish = choice.finish_reason or finish
+            if chunk.usage:
+                tokens = chunk.usage.completion_tokens
         ended = time.perf_counter()
-        return {"ok": True, "latency_s": ended - began, "ttft_s": (first or ended) - began, "text": "".join(pieces),
-                "ended": ended, "began": began}
     except Exception as exc:  # noqa: BLE001 - a failed or hung request is a figure here, not a crash
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300], "began": began, "ended": time.perf_counter()}
+        hung = "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower()
+        return {"ok": False, "hung": hung, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    # llama-cpp-python's stream carries no usage: a run to max_tokens is exactly max_tokens tokens.
+    if tokens is None:
+        tokens = args.max_tokens if finish == "length" else pieces
+    return {"ok": True, "latency_s": ended - began, "ttft_s": (first or ended) - began, "tokens": tokens, "finish": finish}
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def run_level(server: Server, model: str, n: int, questions: list[str], args, logit_bias: dict[str, int]) -> dict:
+    """N clients, each sending args.requests requests in turn; the level's figures."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=args.api_key or "none", max_retries=0,
+                           timeout=args.request_timeout)
+    barrier = threading.Barrier(n)
+
+    def client_loop(c: int) -> list[dict]:
+        barrier.wait()
+        return [one_request(client, model, questions[(c * args.requests + r) % len(questions)], args, logit_bias)
+                for r in range(args.requests)]
+
+    load = OtherLoad(server)
+    load.start()
+    loadavg_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        done = [d for batch in pool.map(client_loop, range(n)) for d in batch]
+    wall = time.perf_counter() - started
+    ok = [d for d in done if d["ok"]]
+    latencies, ttfts = [d["latency_s"] for d in ok], [d["ttft_s"] for d in ok]
+    tokens = sum(d["tokens"] for d in ok)
+    return {
+        "server": server.name, "concurrency": n, "requests": len(done), "completion_tokens": tokens,
+        "wall_s": round(wall, 2), "completion_tokens_per_second": round(tokens / wall, 1),
+        "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
+        "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95),
+        "failed": sum(not d["ok"] and not d["hung"] for d in done), "hung": sum(not d["ok"] and d["hung"] for d in done),
+        "cut_before_max_tokens": sum(d["tokens"] < args.max_tokens for d in ok),
+        "errors": sorted({d["error"] for d in done if not d["ok"]})[:3],
+        "other_processes_cores": round(load.stop(), 2),
+        "loadavg_1min_before": round(loadavg_before, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def percentile(values: list[float], q: int) -> float | None:
     if not values:
         return None
     if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+        return round(values[0], 3)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
 
 
-def run_round(url: str, model: str, n: int, prompts: list[str], max_tokens: int, request_timeout: float, vocab) -> dict:
-    """N requests released together by a barrier, one question each (prompts[i])."""
+def measured_level(server: Server, model: str, n: int, questions: list[str], args, logit_bias) -> dict:
+    """run_level on a quiet machine; redone (up to args.redo times) when other processes disturbed it."""
+    for attempt in range(args.redo + 1):
+        wait_until_idle(server, args.idle_cores, args.max_idle_wait)
+        row = run_level(server, model, n, questions, args, logit_bias)
+        row["attempt"] = attempt + 1
+        row["disturbed"] = row["other_processes_cores"] >= args.idle_cores
+        print(f"  {server.name:<16} N={n:<3} {row['completion_tokens_per_second']:>7} tok/s  p50 {row['p50_s']} s  "
+              f"ttft p50 {row['ttft_p50_s']} s  failed {row['failed']} hung {row['hung']}  "
+              f"others {row['other_processes_cores']} cores{'  (disturbed: redo)' if row['disturbed'] else ''}",
+              file=sys.stderr, flush=True)
+        if not row["disturbed"]:
+            break
+    return row
+
+
+# ---- switching quants ---------------------------------------------------------------------------
+def switch_cost(server: Server, a: str, b: str, args) -> dict:
+    """Median latency of a 1-token request repeated on quant `a` vs alternating between `a` and `b`."""
     import openai
 
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=request_timeout)
-    barrier = threading.Barrier(n)
-    load_before = os.getloadavg()[0]
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        futures = [pool.submit(one_request, client, model, prompts[i], max_tokens, barrier) for i in range(n)]
-        done = [f.result() for f in futures]
-    ok = [d for d in done if d["ok"]]
-    wall = max(d["ended"] for d in done) - min(d["began"] for d in done)
-    tokens = sum(_count(vocab, d["text"]) for d in ok)
-    prompt_tokens = sum(vocab.chat({"messages": [{"role": "user", "content": prompts[i]}]})
-                        for i, d in enumerate(done) if d["ok"])
-    latencies = sorted(d["latency_s"] for d in ok)
-    ttfts = sorted(d["ttft_s"] for d in ok)
-    return {
-        "concurrency": n,
-        "requests": n,
-        "failed": n - len(ok),
-        "errors": [d["error"] for d in done if not d["ok"]],
-        "completion_tokens": tokens,
-        "prompt_tokens": prompt_tokens,
-        "wall_s": round(wall, 2),
-        "tokens_per_second": round(tokens / wall, 1) if wall > 0 else None,
-        "prompt_and_completion_tokens_per_second": round((tokens + prompt_tokens) / wall, 1) if wall > 0 else None,
-        "p50_s": _round(percentile(latencies, 50)),
-        "p95_s": _round(percentile(latencies, 95)),
-        "ttft_p50_s": _round(percentile(ttfts, 50)),
-        "ttft_p95_s": _round(percentile(ttfts, 95)),
-        "load_1min_before": round(load_before, 2),
-        "load_1min_after": round(os.getloadavg()[0], 2),
-    }
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=args.api_key or "none", max_retries=0, timeout=600)
+
+    def timed(model: str) -> float:
+        began = time.perf_counter()
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name one vitamin."}],
+                                       max_tokens=1, temperature=0)
+        return time.perf_counter() - began
+
+    timed(a), timed(b)  # both loaded once (llama-cpp-python: the last one stays)
+    same = [timed(a) for _ in range(args.switches)]
+    alternating = [timed((a, b)[i % 2]) for i in range(1, args.switches + 1)]
+    return {"server": server.name, "models": [a, b], "same_quant_p50_s": percentile(same, 50),
+            "alternating_p50_s": percentile(alternating, 50),
+            "switch_cost_s": round(statistics.median(alternating) - statistics.median(same), 3)}
 
 
-def _count(vocab, text: str) -> int:
-    return len(vocab.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+# ---- the whole run ------------------------------------------------------------------------------
+def eog_logit_bias(file: Path) -> dict[str, int]:
+    """logit_bias banning the file's end-of-generation tokens (EOS, EOT, ChatML's markers)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(file), vocab_only=True, verbose=False)
+    try:
+        ids = {llm.token_eos()}
+        for text in STOP_TOKENS:
+            found = llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(found) == 1:
+                ids.add(found[0])
+    finally:
+        llm.close()
+    return {str(i): -100 for i in sorted(ids) if i >= 0}
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+def summary(rows: list[dict]) -> list[dict]:
+    """Median over repetitions per server x concurrency, and llama_server / llama_cpp_python."""
+    out = []
+    for n in sorted({r["concurrency"] for r in rows}):
+        med = {}
+        for name in SERVERS:
+            picked = [r for r in rows if r["server"] == name and r["concurrency"] == n]
+            if picked:
+                med[name] = {k: statistics.median(r[k] for r in picked if r[k] is not None)
+                             for k in ("completion_tokens_per_second", "ttft_p50_s", "p50_s")}
+                med[name]["failed_or_hung"] = sum(r["failed"] + r["hung"] for r in picked)
+                med[name]["repetitions"] = len(picked)
+        row = {"concurrency": n, **{f"{name}_{k}": v for name, m in med.items() for k, v in m.items()}}
+        if len(med) == 2 and med["llama_cpp_python"]["completion_tokens_per_second"]:
+            row["throughput_ratio"] = round(med["llama_server"]["completion_tokens_per_second"]
+                                            / med["llama_cpp_python"]["completion_tokens_per_second"], 2)
+        out.append(row)
+    return out
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True, help="a GGUF file, or a run directory (adds the cost of switching quants)")
+    parser.add_argument("--model", default=None, help="quant to load-test in a run directory (default: the server's first)")
+    parser.add_argument("--levels", default="1,4,8,16", help="concurrent clients per level, comma-separated")
+    parser.add_argument("--requests", type=int, default=3, help="requests each client sends, one after another")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions of both servers")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--parallel", type=int, default=8, help="llama-server slots per model")
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds without a byte after which a request counts as hung")
+    parser.add_argument("--idle-cores", type=float, default=0.3, help="other processes' CPU use (cores) that counts as idle")
+    parser.add_argument("--max-idle-wait", type=float, default=600.0, help="longest wait for an idle machine before a level")
+    parser.add_argument("--redo", type=int, default=2, help="times a disturbed level is redone")
+    parser.add_argument("--switches", type=int, default=6, help="requests per switching-cost measurement")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results")
+    return parser.parse_args()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default=str(DEFAULT_TARGET), help="what `medtune serve` serves (default: the demo's Q4_K_M file)")
-    parser.add_argument("--model", default=None, help="model id to request (default: the server's first)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: medtune's automatic choice)")
-    parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds after which a request counts as hung")
-    parser.add_argument("--output", default=str(RESULT))
-    args = parser.parse_args()
-
-    from medtune import llamacpp
-
-    target = Path(args.target)
-    if not target.exists():
-        raise SystemExit(f"{target} does not exist: run `medtune run configs/demo.yaml` first")
-    from medtune.serve.gguf import PromptCounter
-
-    threads = args.threads or llamacpp.default_threads()
-    # Completion tokens: the streamed text re-tokenized with the file's vocabulary (llama-cpp-python's
-    # stream carries no usage); a vocabulary-only load, so the measuring costs no model memory.
-    vocab = PromptCounter(target if target.is_file() else sorted((target / "gguf").glob("*Q4_K_M.gguf"))[0])
-
-    prompts = questions()
-    load_start = os.getloadavg()
-    rows = []
-    with served(target, "--threads", str(threads), "--n-ctx", "2048") as (url, _):
-        import openai
-
-        model = args.model or openai.OpenAI(base_url=f"{url}/v1", api_key="none").models.list().data[0].id
-        # Warm-up (page cache, first load) on a question of its own: llama.cpp reuses the KV cache of the
-        # previous prompt's common prefix, so no round may start with the question just answered.
-        run_round(url, model, 1, ["What is a fever?"], 8, args.request_timeout, vocab)
-        start = 0
-        for n in args.concurrency:
-            # Each round starts where the last one stopped in the question list (cycling), so a round's first
-            # request does not repeat the previous round's question.
-            chosen = [prompts[(start + i) % len(prompts)] for i in range(n)]
-            start += n
-            row = run_round(url, model, n, chosen, args.max_tokens, args.request_timeout, vocab)
-            rows.append(row)
-            print(f"N={n:>3}: {row['tokens_per_second']} tokens/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s, "
-                  f"first token p50 {row['ttft_p50_s']} s, failed {row['failed']}", file=sys.stderr, flush=True)
-    vocab.close()
-    result = {
-        "benchmark": "serve_bench",
-        "command": " ".join(["python", "benchmarks/serve_bench.py", *sys.argv[1:]]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg_at_start": [round(x, 2) for x in load_start], "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "target": str(target.resolve().relative_to(REPO)) if target.resolve().is_relative_to(REPO) else str(target),
-        "model": model,
-        "server": "medtune serve -> llama-cpp-python's llama_cpp.server (requests take turns on one model)",
-        "llama_cpp_python": llamacpp.runtime_version(),
-        "threads": threads,
-        "max_tokens": args.max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "rows": rows,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print("| concurrency | completion tokens/s | prompt+completion tokens/s | p50 s | p95 s | first token p50 s | "
-          "first token p95 s | failed | completion / prompt tokens | load before/after |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-    for r in rows:
-        print(f"| {r['concurrency']} | {r['tokens_per_second']} | {r['prompt_and_completion_tokens_per_second']} | {r['p50_s']} | "
-              f"{r['p95_s']} | {r['ttft_p50_s']} | {r['ttft_p95_s']} | {r['failed']} | {r['completion_tokens']} / "
-              f"{r['prompt_tokens']} | {r['load_1min_before']} / {r['load_1min_after']} |")
-    print(f"wrote {args.output}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    args = parse_args()
+    artifact = open_artifact(args.target)
+    files = {artifact.label(f): f for f in (artifact.run.gguf_files() if artifact.kind == "run" else artifact.gguf_files)}
+    if not files:
+        raise SystemExit(f"{args.target}: no GGUF file to serve")
+    levels = [int(x) for x in args.levels.split(",")]
+    servers = args.servers.split(",")
+    questions = [user_message(item, "cot") for item in load_items("medtune_sample", "builtin:reasonmed-heldout")]
+    model = args.model or resolve_serve_target(args.target).names[0]  # the run's recommended quant, on both servers
+    logit_bias = eog_logit_bias(files[model])
+    rows, switching = [], []
+    for rep in range(args.repeats):
+        order = servers if rep % 2 == 0 else servers[::-1]
+        for name in order:
+            with start_server(name, files, Path(args.target), args) as server:
+                run_level(server, model, 1, ["What is a fever?"], argparse.Namespace(**{**vars(args), "requests": 1, "max_tokens": 8}), {})
+                for i, n in enumerate(levels):
+                    offset = (rep * len(levels) + i) * 7  # a level does not reuse the previous level's questions first
+                    row = measured_level(server, model, n, questions[offset:] + questions[:offset], args, logit_bias)
+                    rows.append({**row, "repetition": rep + 1, "model": model})
+                if rep == 0 and len(files) > 1:
+                    switching.append(switch_cost(server, model, next(m for m in files if m != model), args))
+    table = summary(rows)
+    benchmarking.print_table(table, title="median over repetitions")
+    if switching:
+        benchmarking.print_table(switching, title="cost of switching quants")
+    run = benchmarking.append_run(
+        "serve_bench", rows, results_dir=args.results_dir, summary=table, switching_quants=switching,
+        settings={k: v for k, v in vars(args).items() if k not in ("api_key", "results_dir")},
+        target=str(args.target), files={k: str(v) for k, v in files.items()},
+        logit_bias_banned_tokens=sorted(int(i) for i in logit_bias), extra_versions=("openai",))
+    print(f"appended to {benchmarking.results_path('serve_bench', args.results_dir)} ({run['date']})")
 
 
 if __name__ == "__main__":

@@ -108,10 +108,10 @@ def make_gguf_run(root: Path, tiny_llama_dir: Path, name: str = "tiny", quants: 
     The files come from llama.cpp's converter and quantizer, the Modelfile from medtune.ollama, so
     the server reads what a real export leaves (manifest.json and config.yaml are minimal).
     """
+    from medtune.export import build_modelfile
     from transformers import AutoTokenizer
 
     from medtune import llamacpp
-    from medtune.ollama import build_modelfile
     from medtune.tokenizer import end_of_turn_token
 
     run = root / name

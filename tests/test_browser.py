@@ -1,6 +1,8 @@
-"""The chat page in a real headless Chromium (Debian's, driven by Playwright): it loads, shows the
-disclaimer, streams an answer, switches the quant, compares both, splits reasoning from the answer,
-and is saved as a screenshot under the test's tmp dir."""
+"""The chat page in a real headless Chromium (Debian's, driven by Playwright) against `medtune serve`
+(llama.cpp's llama-server for the GGUF quants): it loads, shows the disclaimer, streams an answer,
+switches the quant, compares both, splits reasoning from the answer, asks for the API key before
+showing any model control, fits a 420 px phone screen, and is saved as a screenshot under the
+test's tmp dir."""
 
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ def test_chat_page_streams_switches_quant_and_compares(page, tiny_gguf_run, tmp_
         page.press("#question", "Enter")
         first = page.locator("#chat .msg.assistant").nth(0)
         first.locator(".meta").wait_for(state="visible")
-        page.wait_for_function("document.querySelector('#chat .msg.assistant .meta').textContent.includes('pieces')", timeout=60_000)
+        page.wait_for_function("/^\\d+ tokens? in [0-9.]+ s/.test(document.querySelector('#chat .msg.assistant .meta').textContent)", timeout=60_000)
+        page.wait_for_function("document.querySelector('#chat .msg.assistant .meta').textContent.includes('tokens')", timeout=60_000)
         lengths = page.evaluate("window.__lengths")
         assert len({n for n in lengths if n > 0}) >= 2, f"the answer did not grow piece by piece: {lengths}"
         assert first.get_attribute("data-model") == "Q8_0"
@@ -88,7 +91,7 @@ def test_chat_page_streams_switches_quant_and_compares(page, tiny_gguf_run, tmp_
         page.fill("#question", "And how is it treated?")
         page.press("#question", "Enter")
         second = page.locator("#chat .msg.assistant").nth(1)
-        page.wait_for_function("document.querySelectorAll('#chat .msg.assistant .meta')[1]?.textContent.includes('pieces')", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#chat .msg.assistant .meta')[1]?.textContent.includes('tokens')", timeout=60_000)
         assert second.get_attribute("data-model") == "F16"
         assert second.locator(".who").inner_text() == "F16"
         assert second.locator(".answer").inner_text().strip()
@@ -98,7 +101,7 @@ def test_chat_page_streams_switches_quant_and_compares(page, tiny_gguf_run, tmp_
         page.press("#question", "Enter")
         page.wait_for_function(
             "[...document.querySelectorAll('#chat .turn')].pop().querySelectorAll('.meta').length === 2 && "
-            "[...[...document.querySelectorAll('#chat .turn')].pop().querySelectorAll('.meta')].every(m => m.textContent.includes('pieces'))",
+            "[...[...document.querySelectorAll('#chat .turn')].pop().querySelectorAll('.meta')].every(m => m.textContent.includes('tokens'))",
             timeout=90_000)
         boxes = page.locator("#chat .turn").last.locator(".msg.assistant")
         assert [boxes.nth(i).get_attribute("data-model") for i in range(2)] == ["F16", "Q8_0"]
@@ -124,3 +127,42 @@ def test_page_shows_reasoning_apart_from_the_final_answer(page, tiny_gguf_run):
     assert split[1] == {"reasoning": "Neck stiffness means meningism.", "answer": "Meningitis (B).", "thinking": False}
     assert split[2]["thinking"] is True and split[2]["answer"] == ""
     assert split[3] == {"reasoning": "", "answer": "Just an answer.", "thinking": False}
+
+
+@pytest.mark.slow
+def test_page_asks_for_the_key_before_showing_models(page, tiny_gguf_run):
+    with running_server(str(tiny_gguf_run), "--n-ctx", "256", "--parallel", "2", "--api-key", "page-key") as server:
+        page.goto(server.url + "/")
+        page.locator("#key-box").wait_for(state="visible")
+        assert "API key" in page.locator("#status").inner_text()
+        for control in ("#model-picker", "#compare-toggle", "#backend"):  # no empty stubs before the key
+            assert not page.locator(control).is_visible(), control
+        page.fill("#api-key", "page-key")
+        page.click("#key-save")
+        page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+        assert page.locator("#model-picker").is_visible() and page.locator("#compare-toggle").is_visible()
+        page.fill("#max-tokens", "8")
+        page.fill("#question", "hello")
+        page.press("#question", "Enter")
+        page.wait_for_function("document.querySelector('#chat .msg.assistant .meta')?.textContent.includes('tokens')", timeout=60_000)
+
+
+@pytest.mark.slow
+def test_page_fits_a_phone_screen(page, tiny_gguf_run, tmp_path):
+    with running_server(str(tiny_gguf_run), "--n-ctx", "256", "--parallel", "2") as server:
+        page.set_viewport_size({"width": 420, "height": 860})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+        page.check("#compare")
+        page.fill("#max-tokens", "12")
+        page.fill("#question", "A question with a long word: " + "pneumonoultramicroscopicsilicovolcanoconiosis" * 3)
+        page.press("#question", "Enter")
+        page.wait_for_function("[...document.querySelectorAll('#chat .meta')].filter(m => m.textContent.includes('tokens')).length === 2",
+                               timeout=90_000)
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"the page is {overflow} px wider than a 420 px screen"
+        wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+            .map(e => e.tagName + '#' + e.id + '.' + e.className)""")
+        assert not wide, f"elements past the right edge: {wide}"
+        page.screenshot(path=str(tmp_path / "chat-page-420.png"), full_page=True)

@@ -14,7 +14,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-from serve_fixtures import child_processes, llama_server_available, running_server, serve_command, tiny_gguf_run  # noqa: F401 - a fixture
+from serve_fixtures import (  # noqa: F401 - a fixture
+    child_processes,
+    llama_server_available,
+    running_server,
+    serve_command,
+    tiny_gguf_run,
+)
 
 from medtune import llamacpp
 from medtune.errors import ArtifactError
@@ -243,7 +249,7 @@ def test_gguf_server_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path):
             code = server.stop(stop)
         assert code == 0, server.output()
         assert "server stopped" in server.output() and "Traceback" not in server.output()
-        gone, alive = psutil.wait_procs(children, timeout=5)
+        _, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"llama-server left running after {stop.name}: {alive}"
 
 
@@ -258,7 +264,7 @@ def test_children_die_with_a_killed_server(tmp_path):
         assert children
         server.process.kill()
         server.process.wait(10)
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"llama-server outlived a killed medtune serve: {alive}"
 
 
@@ -281,7 +287,7 @@ def test_run_directory_serves_every_quant_at_once_without_reloads(tiny_gguf_run)
         for model in ("Q8_0", "F16"):
             request = urllib.request.Request(f"{server.url}/metrics?model={model}")
             with urllib.request.urlopen(request, timeout=30) as response:
-                assert re.search(r"^llamacpp:tokens_predicted_total [1-9]", response.read().decode(), re.M)
+                assert re.search(r"^llamacpp:tokens_predicted_total [1-9]", response.read().decode(), re.MULTILINE)
         _, info = _get(f"{server.url}/medtune/info")
         assert info["system_prompt"] == "Answer briefly." and info["title"] == "tiny"
 

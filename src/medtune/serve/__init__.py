@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from medtune.serve.app import ServeOptions, bind_socket, create_app, load_backend, run_server
+from medtune.serve.app import (
+    ServeOptions,
+    bind_socket,
+    create_app,
+    load_backend,
+    run_server,
+)
 from medtune.serve.targets import ServePlan, resolve_serve_target
 
 __all__ = ["ServeOptions", "ServePlan", "resolve_serve_target", "serve"]

@@ -37,7 +37,11 @@ from typing import Any
 
 from medtune import llamacpp
 from medtune.errors import ArtifactError, ToolError
-from medtune.serve.requests import SERVE_HINT, RequestRejected, context_length_exceeded, unknown_model
+from medtune.serve.requests import (
+    SERVE_HINT,
+    context_length_exceeded,
+    unknown_model,
+)
 from medtune.serve.targets import ServedModel, ServePlan
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
@@ -136,7 +140,7 @@ class GGUFBackend:
                 [str(binary), *server_arguments(model, socket, **settings)],
                 stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C reaches medtune, which stops them in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no Python locks; spawned before the server threads start
             )
         return ModelServer(model, socket, process, log)
 

@@ -16,7 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medtune.serve.requests import RequestRejected, context_length_exceeded, unknown_model
+from medtune.serve.requests import (
+    RequestRejected,
+    context_length_exceeded,
+    unknown_model,
+)
 from medtune.serve.targets import ServePlan
 
 
