@@ -169,3 +169,84 @@ def test_llama_cpp_matches_transformers(tmp_path, tiny_llama_dir):
 @needs_converter
 def test_llama_cpp_matches_transformers_llama3_rope(tmp_path, tiny_llama3_rope_dir):
     _roundtrip(tiny_llama3_rope_dir, tmp_path)
+
+
+# ---- child tools die with medtune (issue 24 item 10) ---------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting to be reaped has finished)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _pid_from(path: Path) -> int:
+    assert _wait_for(lambda: path.is_file() and path.read_text().strip().isdigit(), 30), f"no pid written to {path}"
+    return int(path.read_text())
+
+
+def _sleeper(pid_file: Path, *, grandchild_pid_file: Path | None = None) -> list[str]:
+    """A stand-in for a llama.cpp tool: a Python process that writes its pid (and, given
+    grandchild_pid_file, first starts a grandchild that does the same), then sleeps."""
+    import sys
+
+    code = "import os, subprocess, sys, time\n"
+    if grandchild_pid_file is not None:
+        code += f"subprocess.Popen({_sleeper(grandchild_pid_file)!r})\n"
+    code += f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n"
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux (/proc, PR_SET_PDEATHSIG)")
+def test_a_tool_dies_when_medtune_is_killed(tmp_path):
+    """kill -9 of the process running a llama.cpp tool (here a sleeping stand-in) leaves no tool behind."""
+    import subprocess
+    import sys
+
+    child_pid = tmp_path / "child.pid"
+    parent_code = (f"from medtune.llamacpp import run_child\n"
+                   f"run_child({_sleeper(child_pid)!r})\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
+    try:
+        child = _pid_from(child_pid)
+        assert _alive(child)
+        parent.kill()  # SIGKILL: no Python handler runs in the parent
+        parent.wait()
+        assert _wait_for(lambda: not _alive(child), 5), f"tool {child} outlived its killed parent"
+    finally:
+        parent.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux (/proc)")
+def test_an_interrupted_tool_is_killed_with_everything_it_started(tmp_path):
+    """An exception while a tool runs (a timeout here; Ctrl-C takes the same path) kills the tool's
+    whole process group, grandchildren included, before it goes on."""
+    import subprocess
+
+    child_pid, grandchild_pid = tmp_path / "child.pid", tmp_path / "grandchild.pid"
+    with pytest.raises(subprocess.TimeoutExpired):
+        llamacpp.run_child(_sleeper(child_pid, grandchild_pid_file=grandchild_pid), timeout=3)
+    child, grandchild = _pid_from(child_pid), _pid_from(grandchild_pid)
+    assert _wait_for(lambda: not _alive(child) and not _alive(grandchild), 5)
+
+
+def test_run_child_returns_output_and_exit_status(tmp_path):
+    import sys
+
+    done = llamacpp.run_child([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+                              cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import importlib.metadata
 import importlib.util
 import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -173,13 +175,68 @@ def tools_available() -> bool:
     return True
 
 
+# ---- child processes that die with medtune ---------------------------------------------------------
+
+# Linux's prctl(PR_SET_PDEATHSIG): the kernel sends the child this signal when its parent dies, even
+# by kill -9, which no Python handler can catch. Loaded once here: the child may not load libraries.
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn for a child tool: its own process group (so everything it starts can be killed at
+    once) and, on Linux, SIGKILL as soon as medtune dies."""
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILL a child started by run_child and everything in its process group; wait for it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def run_child(command: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+              timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a tool (a llama.cpp converter or tool) to completion and return its output, like
+    `subprocess.run(capture_output=True, text=True)`, except that it dies with medtune.
+
+    A kill -9 of medtune kills the child too (Linux: PR_SET_PDEATHSIG), and an exception or signal
+    in medtune while it runs (Ctrl-C, a timeout: subprocess.TimeoutExpired is raised) kills its
+    whole process group before the exception goes on, so no tool keeps writing a temporary file
+    for a stage that has already stopped.
+    """
+    process = subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", env=env, cwd=cwd,
+        preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 - only os/ctypes calls in the child
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:
+        kill_process_group(process)
+        raise
+    finally:
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def run_tool(name: str, args: Sequence[str | Path], *, timeout: float | None = None, cwd: Path | None = None) -> str:
     """Run one of llama.cpp's tools and return its combined output; ToolError with its last lines on failure.
 
     cwd: the folder it runs in (relative paths in args are relative to it)."""
     command = [str(find_tool(name)), *(str(a) for a in args)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout, check=False, cwd=cwd)
+        done = run_child(command, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"{name} timed out after {timeout} s") from exc
     output = (done.stdout or "") + (done.stderr or "")
@@ -433,7 +490,7 @@ def convert_to_gguf(
             meta_file.write_text(json.dumps(metadata), encoding="utf-8")
             command += ["--metadata", str(meta_file)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+            done = run_child(command, env=env, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise ToolError(f"llama.cpp converter timed out after {timeout} s on {hf_dir}") from exc
         if done.returncode != 0 or not tmp.is_file():
@@ -507,7 +564,7 @@ def convert_lora_to_gguf(
     with atomic_file(Path(out_path)) as tmp:
         command = [sys.executable, str(script), str(adapter_dir), "--base", str(base_config_dir), "--outfile", str(tmp), "--outtype", outtype]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+            done = run_child(command, env=env, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise ToolError(f"llama.cpp's LoRA converter timed out after {timeout} s on {adapter_dir}") from exc
         if done.returncode != 0 or not tmp.is_file():

@@ -167,7 +167,13 @@ def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOut
     record_stage(run.root, stage.name, {"status": "running", "fingerprint": current})
     started = time.perf_counter()
     kwargs = {"resume": resume} if run.scratch_folder(stage.name) else {}
-    result = stage.run(config, run, **kwargs)
+    try:
+        result = stage.run(config, run, **kwargs)
+    except MedtuneError as exc:
+        failed = getattr(exc, "figures", None)  # a stage error that carries the figures that failed it
+        if failed is not None:
+            record_stage(run.root, stage.name, {"status": "failed", "fingerprint": current, "error": str(exc), **failed})
+        raise
     seconds = time.perf_counter() - started
     outputs = describe_outputs([run.stage_folder(stage.name)], run.root)
     figures = dict(result.figures())

@@ -1,4 +1,4 @@
-"""An Ollama Modelfile derived from the model's own Jinja chat template.
+"""An Ollama Modelfile derived from the model's own Jinja chat template (export writes gguf/Modelfile).
 
 Ollama templates are Go templates, so the Jinja template cannot be copied. Instead it is rendered
 with marker strings to recover, per role, the text before and after each message (plus the BOS
@@ -211,3 +211,13 @@ def build_modelfile(
     if license_text:
         lines.append(f'LICENSE """{license_text}"""')
     return Modelfile("\n".join(lines) + "\n", template_note, stop)
+
+
+def choose_modelfile_type(types: list[str], wanted: str | None) -> str:
+    """The GGUF type the Modelfile's FROM names: export.modelfile_type, else Q4_K_M when made, else
+    the first quant, else the 16-bit file (types[0])."""
+    if wanted:
+        return wanted.upper()
+    if "Q4_K_M" in types:
+        return "Q4_K_M"
+    return (types[1] if len(types) > 1 else types[0]).upper()

@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtune import llamacpp
+from medtune.config import RunConfig
 from medtune.errors import ArtifactError
+from medtune.rundir import RunDir
+from medtune.sample_data import builtin_path
+
+HELDOUT_SAMPLE = "builtin:reasonmed-heldout"  # the corpus when a run has no val split
 
 
 @dataclass
@@ -72,7 +78,7 @@ def split_text(split_dir: Path, *, max_tokens: int | None = None) -> CorpusText:
     max_tokens: stop once the records' token counts (column `length`) reach this many. Raises
     ArtifactError when the split is missing or unreadable.
     """
-    from datasets import load_from_disk
+    from datasets import load_from_disk  # heavy (pyarrow): only when a split is read
 
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
@@ -115,8 +121,6 @@ class QualityMeter:
         self.positions = 0
 
     def reference(self, type_name: str) -> QualityRow:
-        from medtune import llamacpp
-
         started = time.perf_counter()
         found = llamacpp.perplexity_kl(self.reference_path, self.corpus_file, ctx=self.ctx, chunks=self.chunks,
                                        base_logits=self.base_logits, write_base=True, n_threads=self.threads)
@@ -126,8 +130,6 @@ class QualityMeter:
                           round(time.perf_counter() - started, 2))
 
     def measure(self, path: Path, type_name: str, *, imatrix: bool, shipped: bool) -> QualityRow:
-        from medtune import llamacpp
-
         if not self.base_logits.is_file():
             raise ArtifactError("QualityMeter.measure called before reference(): no saved 16-bit log-probabilities")
         started = time.perf_counter()
@@ -136,6 +138,39 @@ class QualityMeter:
         return QualityRow(type_name, imatrix, shipped, path.name, path.stat().st_size, round(found["bits_per_weight"], 3),
                           round(found["perplexity"], 4), round(found["mean_kl"], 6), round(found["p99_kl"], 6),
                           round(found["top1_agreement"], 5), round(time.perf_counter() - started, 2))
+
+
+def heldout_corpus(config: RunConfig, run: RunDir, tokenizer) -> tuple[CorpusText, int]:
+    """The quality table's text: the run's val split (else medtune's shipped held-out sample), as
+    many records as export.quality_chunks chunks need; with its token count. Raises ArtifactError
+    when it is shorter than the two chunks llama-perplexity needs."""
+    export = config.export
+    ctx = export.quality_ctx
+    val = run.split("val")
+    if val.is_dir():
+        corpus = split_text(val, max_tokens=(export.quality_chunks + 1) * ctx)
+        corpus.source = f"the val split ({corpus.records} held-out records)"
+    else:
+        lines = builtin_path(HELDOUT_SAMPLE).read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        text = "\n\n".join(f"{r['instruction']}\n\n{r['output']}".strip() for r in records) + "\n"
+        corpus = CorpusText(text, len(records), f"medtune's held-out sample ({len(records)} records; the run has no val split)")
+    tokens = count_tokens(tokenizer, corpus.text)
+    if tokens < 2 * ctx:
+        raise ArtifactError(
+            f"the held-out text for the quality table ({corpus.source}) is {tokens} tokens, and llama-perplexity needs at "
+            f"least 2 x export.quality_ctx = {2 * ctx}: lower export.quality_ctx or raise data.val_size"
+        )
+    return corpus, tokens
+
+
+class QualityBarError(ArtifactError):
+    """A shipped quant is above its export.max_mean_kl bar. `figures` carries what the manifest
+    records for the failed attempt (status, error, the whole quality table, the imatrix)."""
+
+    def __init__(self, message: str, figures: dict[str, Any]):
+        super().__init__(message)
+        self.figures = figures
 
 
 def check_bars(table: QualityTable, bars: dict[str, float], reference_type: str) -> list[str]:
