@@ -83,11 +83,11 @@ def test_eval_stage_adds_a_calibrated_row(tmp_path, tiny_llama_dir, smollm2_toke
     targets = [Target("base", "hf", ModelConfig(base=str(tiny_llama_dir))),
                Target("merged", "hf", ModelConfig(base=str(tiny_llama_dir)), merged=biased)]
     result = evaluate_targets(targets, [spec], cfg, tmp_path / "eval")
-    modes = [(r["artifact"], r["mode"]) for r in result.rows]
+    modes = [(r.artifact, r.mode) for r in result.rows]
     assert modes == [("base", "loglik"), ("base", CALIBRATED_MODE), ("merged", "loglik"), ("merged", CALIBRATED_MODE)]
     calibrated = result.rows[3]
-    assert set(calibrated["content_free_prior"]) == set(MC) and calibrated["n"] == 6
-    assert result.rows[2]["predicted"]["B"] == 6  # raw: the biased model always says B
+    assert set(calibrated.content_free_prior) == set(MC) and calibrated.n == 6
+    assert result.rows[2].predicted["B"] == 6  # raw: the biased model always says B
     assert {c["mode"] for c in result.comparisons} == {"loglik", CALIBRATED_MODE}  # merged vs base, each mode
     out = tmp_path / "eval"
     lines = (out / "predictions" / f"merged__medtune_sample__{CALIBRATED_MODE}.jsonl").read_text().splitlines()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from medtune.cli import app
 from medtune.config import RunConfig
 from medtune.errors import ArtifactError, ConfigError
+from medtune.rundir import RunDir
 from medtune.tasks import load_items
 
 needs_pubmedqa = pytest.mark.skipif(not PUBMEDQA_DIR.is_dir(), reason="../shared/data/pubmedqa not present")
@@ -58,13 +59,13 @@ def test_stage_evaluates_run_artifacts(yes_model, tmp_path):
         "eval": {"artifacts": ["base"], "modes": ["loglik"], "device": "cpu",
                  "benchmarks": [{"name": "pubmedqa", "path": str(PUBMEDQA_DIR), "limit": 5}]},
     })
-    result = evaluate(config)
+    result = evaluate(config, RunDir.of(config))
     assert result.out_dir == tmp_path / "tiny" / "eval"
     assert {p.name for p in result.out_dir.iterdir()} == {"results.json", "report.md", "accuracy.png", "predictions"}
     assert list(result.figures()["accuracy"]) == ["base/pubmedqa/loglik"]
     config.eval.artifacts = ["base", "merged"]
     with pytest.raises(ArtifactError, match="run `medtune merge` first"):
-        evaluate(config)
+        evaluate(config, RunDir.of(config))
     with pytest.raises(ValueError, match="unknown benchmark"):
         RunConfig.model_validate({"name": "t", "data": {"files": ["x"]}, "eval": {"benchmarks": [{"name": "mmlu"}]}})
 
@@ -87,7 +88,7 @@ def test_adapter_folder_is_evaluated_on_its_base(yes_model, tmp_path):
     result = evaluate_model(str(adapter), [spec], EvalConfig(benchmarks=[spec], device="cpu"), tmp_path / "out")
     items = load_items("pubmedqa", PUBMEDQA_DIR, limit=4)
     # LoRA B starts at zero: base + adapter still answers "yes" to everything
-    assert result.rows[0]["accuracy"] == pytest.approx(sum(i.answer == "yes" for i in items) / 4)
+    assert result.rows[0].accuracy == pytest.approx(sum(i.answer == "yes" for i in items) / 4)
 
 
 def test_interrupted_eval_resumes_with_finished_artifacts(yes_model, tmp_path, monkeypatch):
@@ -104,7 +105,7 @@ def test_interrupted_eval_resumes_with_finished_artifacts(yes_model, tmp_path, m
     merged.mkdir(parents=True)
     (merged / "config.json").write_text("{}")  # passes run_targets' check, fails to load: the "kill"
     with pytest.raises(ModelError):
-        stage.evaluate(config)
+        stage.evaluate(config, RunDir.of(config))
     partial = config.run_dir / "eval-partial"
     assert [p.name for p in partial.iterdir()] == ["base.json"]
     assert not (config.run_dir / "eval").exists()
@@ -115,9 +116,9 @@ def test_interrupted_eval_resumes_with_finished_artifacts(yes_model, tmp_path, m
     opened = []
     real_open = stage._open
     monkeypatch.setattr(stage, "_open", lambda target, *a: opened.append(target.label) or real_open(target, *a))
-    result = stage.evaluate(config, resume=True)
+    result = stage.evaluate(config, RunDir.of(config), resume=True)
     assert opened == ["merged"]
-    assert [r["artifact"] for r in result.rows] == ["base", "merged"]
+    assert [r.artifact for r in result.rows] == ["base", "merged"]
     assert {p.name for p in (result.out_dir / "predictions").iterdir()} == {
         "base__medtune_sample__loglik.jsonl", "merged__medtune_sample__loglik.jsonl"}
     assert not partial.exists()
@@ -129,7 +130,7 @@ def test_interrupted_eval_resumes_with_finished_artifacts(yes_model, tmp_path, m
     partial.mkdir()
     (partial / "base.json").write_text('{"rows": [], "predictions": {}}')  # stale: another attempt's
     opened.clear()
-    stage.evaluate(config)
+    stage.evaluate(config, RunDir.of(config))
     assert opened == ["base", "merged"]
 
 
@@ -147,8 +148,8 @@ def test_cot_artifacts_limit_generation_to_the_chosen_artifacts(yes_model, tmp_p
     for file in yes_model.iterdir():
         if file.is_file():
             (merged / file.name).write_bytes(file.read_bytes())
-    result = evaluate(config)
-    assert [(r["artifact"], r["mode"]) for r in result.rows] == [("base", "loglik"), ("merged", "loglik"), ("merged", "cot")]
+    result = evaluate(config, RunDir.of(config))
+    assert [(r.artifact, r.mode) for r in result.rows] == [("base", "loglik"), ("merged", "loglik"), ("merged", "cot")]
     # cot has no base row to compare with, so only the loglik pair is reported
     assert [(c["artifact"], c["versus"], c["mode"]) for c in result.comparisons] == [("merged", "base", "loglik")]
     assert json.loads((result.out_dir / "results.json").read_text())["cot_artifacts"] == ["merged"]

@@ -77,6 +77,6 @@ def test_gguf_targets_beside_transformers_targets_give_the_same_results(tiny_lla
         (target.label, __import__("threading").current_thread().name)) or real(target, *a))
     side = stage.evaluate_targets(targets, specs, eval_cfg, tmp_path / "side")
     assert dict(threads)["gguf:F16"].startswith("llama.cpp") and dict(threads)["base"] == "MainThread"
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "items_per_second")} for r in rows]  # noqa: E731
-    assert strip(side.rows) == strip(one_by_one.rows) and [r["artifact"] for r in side.rows] == ["gguf:F16", "base"]
+    strip = lambda rows: [{k: v for k, v in r.to_json().items() if k not in ("seconds", "items_per_second")} for r in rows]  # noqa: E731
+    assert strip(side.rows) == strip(one_by_one.rows) and [r.artifact for r in side.rows] == ["gguf:F16", "base"]
     assert side.comparisons == one_by_one.comparisons

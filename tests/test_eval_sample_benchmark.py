@@ -100,9 +100,12 @@ def test_record_without_final_answer_line_names_file_and_line(tmp_path):
 
 def test_the_report_names_no_majority_label_on_a_balanced_set():
     from medtune.eval.report import baseline_table
+    from medtune.eval.rows import EvalRow
 
-    row = {"benchmark": "medtune_sample", "n": 64, "gold": {"A": 16, "B": 16, "C": 16, "D": 16},
-           "majority_label": "A", "majority_baseline": 0.25, "majority_macro_f1": 0.1}
-    assert "| medtune_sample | 64 | A 16 / B 16 / C 16 / D 16 | any (all tied) | 25.0 | 0.100 |" in baseline_table([row])
+    row = {"artifact": "base", "mode": "loglik", "accuracy": 0.3, "benchmark": "medtune_sample", "n": 64,
+           "gold": {"A": 16, "B": 16, "C": 16, "D": 16}, "majority_label": "A", "majority_baseline": 0.25,
+           "majority_macro_f1": 0.1, "chance": 0.25, "option_counts": {"4": 64}}
+    assert ("| medtune_sample | 64 | 4 options | A 16 / B 16 / C 16 / D 16 | any (all tied) | 25.0 | 0.100 | 25.0 |"
+            in baseline_table([EvalRow.from_json(row)]))
     skewed = {**row, "gold": {"A": 20, "B": 16, "C": 16, "D": 12}, "majority_baseline": 0.3125}
-    assert "| A | 31.2 |" in baseline_table([skewed])
+    assert "| A | 31.2 |" in baseline_table([EvalRow.from_json(skewed)])

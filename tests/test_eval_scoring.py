@@ -12,6 +12,8 @@ import torch
 from medtune.eval.backends import TransformersBackend
 from medtune.eval.metrics import class_report
 from medtune.eval.report import write_figure, write_report, write_results
+from medtune.eval.rows import EvalRow
+from medtune.rundir import EvalFiles
 from medtune.eval.scoring import candidate_tokens, encode, prompt_text, score, score_loglik, stop_token_ids
 from medtune.eval.stats import accuracy, bootstrap_ci
 from medtune.tasks import Item
@@ -129,19 +131,24 @@ def test_bootstrap_ci_brackets_the_accuracy():
 
 def test_report_files(tmp_path):
     rows = [
-        {"artifact": artifact, "backend": "transformers", "benchmark": "pubmedqa", "mode": "loglik", "n": 10,
-         "correct": 5, "accuracy": acc, "ci95": [acc - 0.1, acc + 0.1], "parse_failures": 0,
-         "parse_failure_rate": 0.0, "seconds": 1.0, "items_per_second": 10.0,
-         **class_report(["yes"] * 6 + ["no"] * 4, ["yes"] * 5 + ["no"] * 5, ("yes", "no", "maybe"))}
+        EvalRow.from_json({
+            "artifact": artifact, "backend": "transformers", "benchmark": "pubmedqa", "mode": "loglik", "n": 10,
+            "correct": 5, "accuracy": acc, "ci95": [acc - 0.1, acc + 0.1], "parse_failures": 0,
+            "parse_failure_rate": 0.0, "seconds": 1.0, "items_per_second": 10.0, "chance": 1 / 3,
+            "option_counts": {"3": 10},
+            **class_report(["yes"] * 6 + ["no"] * 4, ["yes"] * 5 + ["no"] * 5, ("yes", "no", "maybe"))})
         for artifact, acc in (("base", 0.5), ("gguf:Q8_0", 0.45))
     ]
-    write_results(tmp_path, rows, {"run": "x"})
-    write_report(tmp_path, rows, {"bootstrap_samples": 1000})
-    assert write_figure(tmp_path, rows).stat().st_size > 1000
-    assert json.loads((tmp_path / "results.json").read_text())["results"][1]["artifact"] == "gguf:Q8_0"
-    report = (tmp_path / "report.md").read_text()
-    assert "| base | transformers | pubmedqa | loglik | 50.0 | 40.0–60.0 | 0.899 | yes 83% / no 100% / maybe — | yes 5 / no 5 / maybe 0 | 10 |" in report
-    assert "| pubmedqa | 10 | yes 6 / no 4 / maybe 0 | yes | 60.0 | 0.375 |" in report  # the majority baseline
+    files = EvalFiles(tmp_path)
+    write_results(files, rows, {"run": "x"})
+    write_report(files, rows, {"bootstrap_samples": 1000})
+    write_figure(files, rows)
+    assert files.accuracy_plot.stat().st_size > 1000
+    assert json.loads(files.results.read_text())["results"][1]["artifact"] == "gguf:Q8_0"
+    report = files.report.read_text()
+    assert "| base | transformers | pubmedqa | loglik | 50.0 | 40.0–60.0 | 0.899 | yes 83% / no 100% / maybe — | yes 5 / no 5 / maybe 0 **(50.0% is below the majority-label line (60.0%): worse than always giving one answer)** | 10 |" in report
+    # the majority baseline and chance (three options per item)
+    assert "| pubmedqa | 10 | 3 options | yes 6 / no 4 / maybe 0 | yes | 60.0 | 0.375 | 33.3 |" in report
 
 
 def test_paired_difference_counts_only_disagreements():
@@ -171,7 +178,9 @@ def test_each_artifact_is_compared_with_the_one_it_was_made_from():
     def rows_and_predictions(label, answers):
         key = f"{label.replace(':', '-')}__pubmedqa__loglik"
         preds = [{"id": str(i), "correct": ok} for i, ok in enumerate(answers)]
-        return {"artifact": label, "benchmark": "pubmedqa", "mode": "loglik"}, {key: preds}
+        row = EvalRow(label, "transformers", "m", "pubmedqa", "loglik", n=len(answers), correct=sum(answers),
+                      accuracy=sum(answers) / len(answers), ci95=(0.0, 1.0))
+        return row, {key: preds}
 
     base_row, base_preds = rows_and_predictions("base", [False, False, True, True])
     merged_row, merged_preds = rows_and_predictions("merged", [True, True, True, False])

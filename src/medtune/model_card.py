@@ -1,4 +1,4 @@
-"""MODEL_CARD.md for a run, assembled from its config, manifest and stage reports."""
+"""MODEL_CARD.md for a run, assembled from its config, manifest and stage reports (read through RunDir)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medtune.artifacts import atomic_write_text, read_manifest
+from medtune.artifacts import atomic_write_text
 from medtune.config import EMBEDDED_MODEL, SAMPLE_DATA, RunConfig
+from medtune.eval.examples import NOT_RECORDED, SEED_TITLE, HeldoutExample, heldout_example, seed_answer
+from medtune.eval.rows import read_results
+from medtune.rundir import RunDir
 
 KNOWN_DATASET_LICENSES = {
     "lingshu-medical-mllm/ReasonMed": "see the dataset card on the Hugging Face hub (lingshu-medical-mllm/ReasonMed) before redistributing",
@@ -16,24 +19,23 @@ KNOWN_DATASET_LICENSES = {
 }
 
 
-def write_model_card(config: RunConfig) -> Path:
-    """Write runs/<name>/MODEL_CARD.md from what the run produced; returns its path."""
-    run_dir = config.run_dir
-    manifest = read_manifest(run_dir).get("stages", {})
+def write_model_card(config: RunConfig, run: RunDir) -> Path:
+    """Write the run's MODEL_CARD.md from what the run produced; returns its path."""
+    manifest = run.manifest().get("stages", {})
     sections = [
         _header(config),
-        _data_section(config, run_dir, manifest),
+        _data_section(config, run),
         _recipe_section(config),
-        _training_section(run_dir, manifest),
-        _eval_section(run_dir),
-        _files_section(config, run_dir, manifest),
-        _usage_section(config, run_dir),
+        _training_section(run, manifest),
+        _eval_section(run),
+        _example_section(run),
+        _files_section(config, run, manifest),
+        _usage_section(config, run),
         _intended_use_section(),
         _licence_section(config),
     ]
-    path = run_dir / "MODEL_CARD.md"
-    atomic_write_text(path, "\n\n".join(s for s in sections if s).rstrip() + "\n")
-    return path
+    atomic_write_text(run.model_card, "\n\n".join(s for s in sections if s).rstrip() + "\n")
+    return run.model_card
 
 
 def _base_name(config: RunConfig) -> str:
@@ -49,10 +51,15 @@ def _header(config: RunConfig) -> str:
     )
 
 
-def _data_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> str:
+def validation_text(val_size: float) -> str:
+    """data.val_size in words: a share below 1, a count of records from 1 up."""
+    return f"{val_size:.0%} of the kept records" if val_size < 1 else f"{int(val_size)} records"
+
+
+def _data_section(config: RunConfig, run: RunDir) -> str:
     source = config.data.dataset or ", ".join(config.data.files)
     lines = ["## Data", "", f"- Source: `{source}` (format: {config.data.format})"]
-    report = _read_json(run_dir / "data" / "report.json")
+    report = _read_json(run.data_report)
     if report:
         for key in ("records_read", "total", "kept", "train", "val", "dropped_total"):
             if isinstance(report.get(key), (int, float)):
@@ -65,7 +72,8 @@ def _data_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) ->
         if isinstance(lengths, dict):
             lines.append("- Token lengths: " + ", ".join(f"{k} {v}" for k, v in lengths.items() if not isinstance(v, dict)))
     lines.append(f"- Maximum length {config.data.max_length} tokens ({config.data.too_long} longer examples); "
-                 f"validation split {config.data.val_size} with seed {config.seed}.")
+                 f"validation split (`data.val_size` {config.data.val_size:g}): {validation_text(config.data.val_size)}, "
+                 f"drawn with seed {config.seed}, held out of training and used for the validation loss.")
     return "\n".join(lines)
 
 
@@ -86,35 +94,54 @@ def _recipe_section(config: RunConfig) -> str:
     )
 
 
-def _training_section(run_dir: Path, manifest: dict[str, Any]) -> str:
+def _training_section(run: RunDir, manifest: dict[str, Any]) -> str:
     entry = manifest.get("train", {})
     lines = ["## Training", ""]
-    hidden = {"status", "fingerprint", "outputs_digest", "recorded_at", "seconds", "test_answer"}
+    # The seed question's figures are shown, explained, in their own block below.
+    hidden = {"status", "fingerprint", "outputs_digest", "recorded_at", "seconds", "test_answer", "test_answer_choice"}
     shown = {k: v for k, v in entry.items() if isinstance(v, (int, float, str)) and k not in hidden}
     for key, value in shown.items():
         lines.append(f"- {key.replace('_', ' ')}: {_cell(value)}")
-    if (run_dir / "adapter" / "loss_curve.png").is_file():
-        lines += ["", "![training and validation loss](adapter/loss_curve.png)"]
-    answer = _read_json(run_dir / "adapter" / "test_answer.json")
-    if answer:
-        text = answer.get("answer") or answer.get("response") or json.dumps(answer)
-        lines += ["", "Seed test question (severe headache + neck stiffness), greedy answer of the adapter:", "", f"> {str(text).strip()[:600]}"]
+    if run.loss_curve.is_file():
+        lines += ["", f"![training and validation loss]({run.relative(run.loss_curve)})"]
+    seed = seed_answer(run)
+    if seed:
+        lines += ["", f"{SEED_TITLE}: {seed.verdict()}.", "", f"> {seed.question}", ">",
+                  f"> **Answer:** {seed.answer[:600]}"]
     return "\n".join(lines)
 
 
-def _eval_section(run_dir: Path) -> str:
-    report = run_dir / "eval" / "report.md"
-    if not report.is_file():
+def _eval_section(run: RunDir) -> str:
+    if not run.eval_report.is_file():
         return "## Evaluation\n\nNo benchmark was configured for this run (`eval.benchmarks`)."
-    body = report.read_text(encoding="utf-8").strip()
+    body = run.eval_report.read_text(encoding="utf-8").strip()
     if body.startswith("# "):
         body = body.split("\n", 1)[1].strip() if "\n" in body else ""  # this section has its own heading
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())
-    figure = "\n\n![accuracy per artifact](eval/accuracy.png)" if (run_dir / "eval" / "accuracy.png").is_file() else ""
+    figure = f"\n\n![accuracy per artifact]({run.relative(run.accuracy_plot)})" if run.accuracy_plot.is_file() else ""
     return f"## Evaluation\n\n{body}{figure}"
 
 
-def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> str:
+def _example_section(run: RunDir) -> str:
+    results = read_results(run.eval_results)
+    example = heldout_example(run, results.rows) if results else None
+    if example is None:
+        return ""
+    return "\n".join(["## Example", "", *example_lines(example)])
+
+
+def example_lines(example: HeldoutExample) -> list[str]:
+    """A held-out item with the base model's answer beside the fine-tuned artifact's (Markdown)."""
+    lines = [f"{example.intro()}:", ""]
+    if example.question:
+        lines += [f"> {example.question}", *(f"> {option}  " for option in example.options())]
+    else:
+        lines.append(f"> item `{example.record.get('id')}`: {NOT_RECORDED}")
+    lines += ["", "| | answer | right? |", "|---|---|---|", *(f"| {who} | {answer} | {right} |" for who, answer, right in example.answers())]
+    return lines
+
+
+def _files_section(config: RunConfig, run: RunDir, manifest: dict[str, Any]) -> str:
     lines = ["## Files", "", "| file | size | sha256 |", "|---|---|---|"]
     for stage in ("export", "merge", "train"):
         for record in manifest.get(stage, {}).get("outputs", []):
@@ -139,11 +166,11 @@ def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -
     if isinstance(adapter, dict):
         lines += [
             "",
-            f"LoRA adapter as GGUF: `gguf/{adapter['folder']}{adapter['adapter_file']}` "
-            f"({adapter['adapter_size_bytes'] / 2**20:,.1f} MiB) on `gguf/{adapter['folder']}{adapter['base_file']}`; "
+            f"LoRA adapter as GGUF: `{_in_gguf(run, adapter['folder'], adapter['adapter_file'])}` "
+            f"({adapter['adapter_size_bytes'] / 2**20:,.1f} MiB) on `{_in_gguf(run, adapter['folder'], adapter['base_file'])}`; "
             f"loaded together in llama.cpp they agree with the merged 16-bit file on {adapter['top1_vs_merged']:.2%} of "
             f"{adapter['positions']} next tokens (mean KL {adapter['mean_kl_vs_merged']:.2g})"
-            + (f"; `gguf/{adapter['modelfile']}` builds it in Ollama with ADAPTER." if adapter.get("modelfile") else "."),
+            + (f"; `{_in_gguf(run, adapter['modelfile'])}` builds it in Ollama with ADAPTER." if adapter.get("modelfile") else "."),
         ]
     notes = verification.get("notes") or []
     if notes:
@@ -151,48 +178,60 @@ def _files_section(config: RunConfig, run_dir: Path, manifest: dict[str, Any]) -
     return "\n".join(lines)
 
 
-def _quality_lines(verification: dict[str, Any]) -> list[str]:
-    """The quality table on held-out medical text (export's llama-perplexity runs), with and without imatrix."""
+def _in_gguf(run: RunDir, *parts: str) -> str:
+    """A file the export manifest names relative to gguf/, relative to the run folder."""
+    return run.relative(run.gguf.joinpath(*(p.strip("/") for p in parts if p)))
+
+
+QUALITY_HEAD = ("type", "imatrix", "size", "bits/weight", "perplexity", "mean KL", "99th pct KL", "top-1 agreement")
+
+
+def quality_table(verification: dict[str, Any]) -> tuple[str, list[list[str]]] | None:
+    """The quality table on held-out medical text (export's llama-perplexity runs), with and without
+    imatrix: (caption, rows under QUALITY_HEAD), or None when export measured none. The card and the
+    HTML report both render it."""
     quality = verification.get("quality")
     if not isinstance(quality, dict) or not quality.get("rows"):
-        return []
+        return None
     imatrix = verification.get("imatrix")
     made = (f"with an importance matrix from {imatrix['source']}" + (f", {imatrix['chunks']} chunks of {imatrix['ctx']} tokens"
             if imatrix.get("chunks") else "") if isinstance(imatrix, dict) else "without an importance matrix")
-    lines = [
-        "",
-        f"Quality on held-out medical text: {quality['corpus']}, {quality['tokens']:,} tokens, scored by llama.cpp's "
-        f"llama-perplexity on {quality['positions']:,} positions ({quality['chunks']} chunks of {quality['ctx']}). "
-        f"KL divergence is from the 16-bit file, in nats per token; the quants are shipped {made}; rows marked "
-        "\"not shipped\" were made without it only for comparison.",
-        "",
-        "| type | imatrix | size | bits/weight | perplexity | mean KL | 99th pct KL | top-1 agreement |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    caption = (f"Quality on held-out medical text: {quality['corpus']}, {quality['tokens']:,} tokens, scored by llama.cpp's "
+               f"llama-perplexity on {quality['positions']:,} positions ({quality['chunks']} chunks of {quality['ctx']}). "
+               f"KL divergence is from the 16-bit file, in nats per token; the quants are shipped {made}; rows marked "
+               "\"not shipped\" were made without it only for comparison.")
+    rows = []
     for row in quality["rows"]:
         imatrix_cell = "—" if row["mean_kl"] is None else ("yes" if row["imatrix"] else "no") + ("" if row["shipped"] else " (not shipped)")
         top1 = "—" if row["top1_agreement"] is None else f"{row['top1_agreement']:.2%}"
-        lines.append(
-            f"| {row['type']} | {imatrix_cell} | {row['size_bytes'] / 2**20:,.1f} MiB | {row['bits_per_weight']:.2f} | "
-            f"{row['perplexity']:.3f} | {_cell(row['mean_kl'])} | {_cell(row['p99_kl'])} | {top1} |"
-        )
-    return lines
+        rows.append([row["type"], imatrix_cell, f"{row['size_bytes'] / 2**20:,.1f} MiB", f"{row['bits_per_weight']:.2f}",
+                     f"{row['perplexity']:.3f}", _cell(row["mean_kl"]), _cell(row["p99_kl"]), top1])
+    return caption, rows
 
 
-def _usage_section(config: RunConfig, run_dir: Path) -> str:
+def _quality_lines(verification: dict[str, Any]) -> list[str]:
+    table = quality_table(verification)
+    if table is None:
+        return []
+    caption, rows = table
+    return ["", caption, "", "| " + " | ".join(QUALITY_HEAD) + " |", "|---|---|---:|---:|---:|---:|---:|---:|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _usage_section(config: RunConfig, run: RunDir) -> str:
     quant = config.export.quant_types[-1] if config.export.quant_types else config.export.outtype.upper()
-    gguf = f"{config.name}-{quant}.gguf"
+    gguf = run.gguf_file(quant)
     return "\n".join(
         [
             "## How to run it",
             "",
             "```bash",
             "# llama.cpp (the chat template and stop token are in the file)",
-            f"llama-cli -m {run_dir}/gguf/{gguf} -cnv",
+            f"llama-cli -m {gguf} -cnv",
             "# Ollama",
-            f"cd {run_dir}/gguf && ollama create {config.name} -f Modelfile && ollama run {config.name}",
+            f"cd {run.gguf} && ollama create {config.name} -f {run.modelfile.name} && ollama run {config.name}",
             "# medtune",
-            f"medtune chat {run_dir}/gguf/{gguf}",
+            f"medtune chat {gguf}",
             "```",
         ]
     )

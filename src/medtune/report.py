@@ -1,63 +1,61 @@
 """runs/<name>/report.html: one self-contained page about a run, from what the run wrote.
 
-Read, never recomputed: manifest.json (stages, training figures, the GGUF verification table),
-adapter/train_log.jsonl (loss curves), eval/results.json (one row per artifact x benchmark x mode,
-and the paired comparisons) and eval/predictions/*.jsonl (example answers). Tables render the
-fields they find, so new eval modes, result fields or GGUF check columns appear without a change
-here. Figures are matplotlib PNGs embedded as base64; the page loads nothing from elsewhere.
+Read through RunDir, never recomputed: the manifest (stages, training figures, the GGUF checks and
+quality table), the training log and loss curve, eval/results.json (typed `EvalRow`s, the same rows
+report.md, the model card and the CLI render) and eval/predictions/ (example answers, with the
+question and options each item was asked with; benchmarks are never loaded again here). Figures
+are drawn by medtune.plots and embedded as base64 PNGs; the page loads nothing from elsewhere.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
-import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medtune.artifacts import atomic_write_text, read_manifest
+from medtune.artifacts import atomic_write_text
 from medtune.errors import ArtifactError
+from medtune.eval.examples import NOT_RECORDED, SEED_TITLE, heldout_example, option_text, read_predictions, seed_answer
+from medtune.eval.report import BAR_TITLE, benchmark_rows
+from medtune.eval.rows import EvalResults, EvalRow, options_text, read_results
+from medtune.model_card import QUALITY_HEAD, quality_table
+from medtune.plots import accuracy_png, plot_loss_curve
+from medtune.rundir import RunDir
 
-REPORT_HTML = "report.html"
 DISCLAIMER = ("Models produced by medtune are research artifacts, not medical devices: they can be wrong with confidence "
               "and must not replace professional medical judgement.")
 
-# Result-row fields shown by the eval table's fixed columns (any other scalar field gets its own column).
-_ROW_SHOWN = {"artifact", "backend", "benchmark", "mode", "n", "correct", "accuracy", "ci95", "macro_f1", "recall",
-              "predicted", "degenerate", "parse_failure_rate", "seconds"}
-_ROW_HIDDEN = {"model", "gold", "majority_label", "majority_baseline", "majority_macro_f1", "parse_failures",
-               "items_per_second", "limit"}
 # GGUF check fields that are not table cells (the test answer is shown below the table).
 _GGUF_LONG = {"answer"}
 
 
-def write_html_report(run_dir: str | Path, *, output: str | Path | None = None, examples: int = 3) -> Path:
-    """Write the run's report page (default RUN/report.html) and return its path.
+def write_html_report(run: RunDir | str | Path, *, output: str | Path | None = None, examples: int = 3) -> Path:
+    """Write the run's report page (default: the run's report.html) and return its path.
 
-    Raises ArtifactError when `run_dir` is not a run directory (no manifest.json).
+    Raises ArtifactError when `run` is not a run directory (no manifest.json) or its results.json is unreadable.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / "manifest.json").is_file():
-        raise ArtifactError(f"{run_dir} is not a run directory (no manifest.json); give runs/<name> of a `medtune run`")
-    stages = read_manifest(run_dir).get("stages", {})
-    config = _read_yaml(run_dir / "config.yaml")
-    results = _read_json(run_dir / "eval" / "results.json") or {}
-    rows = [r for r in results.get("results", []) if isinstance(r, dict)]
-    name = str(config.get("name") or run_dir.name)
+    run = run if isinstance(run, RunDir) else RunDir(Path(run))
+    if not run.manifest_file.is_file():
+        raise ArtifactError(f"{run.root} is not a run directory (no manifest.json); give runs/<name> of a `medtune run`")
+    stages = run.manifest().get("stages", {})
+    config = run.saved_config()
+    results = read_results(run.eval_results) or EvalResults({}, [], [])
     body = [
-        f"<h1>{_e(name)}</h1>",
+        f"<h1>{_e(run.name)}</h1>",
         f'<p class="disclaimer">{_e(DISCLAIMER)}</p>',
         _overview(config, stages),
-        _training(run_dir, stages),
-        _evaluation(rows, results),
-        _comparisons(results.get("comparisons") or []),
+        _training(run, stages),
+        _evaluation(results),
+        _comparisons(results.comparisons),
+        _heldout(run, results.rows),
         _gguf(stages.get("export") or {}),
-        _examples(run_dir, rows, config, examples),
+        _examples(run, results.rows, examples),
     ]
-    page = _PAGE.format(title=_e(f"medtune report: {name}"), css=_CSS, body="\n".join(b for b in body if b))
-    path = Path(output) if output else run_dir / REPORT_HTML
+    page = _PAGE.format(title=_e(f"medtune report: {run.name}"), css=_CSS, body="\n".join(b for b in body if b))
+    path = Path(output) if output else run.report_html
     atomic_write_text(path, page)
     return path
 
@@ -79,64 +77,78 @@ def _overview(config: dict[str, Any], stages: dict[str, Any]) -> str:
     )
 
 
-def _training(run_dir: Path, stages: dict[str, Any]) -> str:
-    log = _read_jsonl(run_dir / "adapter" / "train_log.jsonl")
+def _training(run: RunDir, stages: dict[str, Any]) -> str:
+    log = read_predictions(run.train_log)  # JSON lines, read the same way
     entry = stages.get("train") or {}
     if not log and not entry:
         return "<section><h2>Training</h2><p>Not trained yet.</p></section>"
-    figures = {k: v for k, v in entry.items() if isinstance(v, (int, float, str))
-               and k not in {"status", "fingerprint", "outputs_digest", "recorded_at", "test_answer"}}
+    hidden = {"status", "fingerprint", "outputs_digest", "recorded_at", "test_answer", "test_answer_choice"}
+    figures = {k: v for k, v in entry.items() if isinstance(v, (int, float, str)) and k not in hidden}
     facts = _table(["figure", "value"], [[k.replace("_", " "), _num(v)] for k, v in figures.items()]) if figures else ""
-    train = [(r["step"], r["loss"]) for r in log if "loss" in r and "step" in r]
-    val = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r and "step" in r]
-    plot = _loss_plot(train, val) if train or val else "<p>No training log (adapter/train_log.jsonl).</p>"
-    answer = entry.get("test_answer")
-    probe = (f"<p>Seed test question, greedy answer of the adapter:</p><blockquote>{_e(str(answer)[:800])}</blockquote>"
-             if answer else "")
+    plot = _img(_loss_png(run, log), "training and validation loss") or "<p>No training log (train_log.jsonl).</p>"
+    seed = seed_answer(run)
+    probe = (f"<p>{_e(SEED_TITLE)}: <strong>{_e(seed.verdict())}</strong>.</p><blockquote>{_e(seed.question)}\n\n"
+             f"Answer: {_e(seed.answer[:800])}</blockquote>" if seed else "")
     return f"<section><h2>Training</h2><div class=\"side\"><div>{plot}</div><div>{facts}</div></div>{probe}</section>"
 
 
-def _evaluation(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
+def _loss_png(run: RunDir, log: list[dict[str, Any]]) -> bytes | None:
+    """The loss curve the train stage drew, or the same figure drawn from the log (older runs)."""
+    if run.loss_curve.is_file():
+        return run.loss_curve.read_bytes()
+    if not any("loss" in r or "eval_loss" in r for r in log):
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        drawn = Path(folder) / "loss.png"
+        plot_loss_curve(log, drawn, title=f"{run.name}: LoRA fine-tuning")
+        return drawn.read_bytes()
+
+
+def _evaluation(results: EvalResults) -> str:
+    rows = results.rows
     if not rows:
         return "<section><h2>Evaluation</h2><p>No evaluation results (eval/results.json).</p></section>"
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
-             if k not in _ROW_SHOWN | _ROW_HIDDEN and all(_is_scalar(r.get(k)) for r in rows)]
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r.extra) if all(_is_scalar(r.extra.get(k)) for r in rows)]
     head = ["artifact", "backend", "benchmark", "mode", "accuracy %", "95% CI", "macro-F1", "recall per class",
             "answers given", "n", "unparsed %", "seconds", *(k.replace("_", " ") for k in extra)]
     table_rows = []
     for r in rows:
-        low, high = (r.get("ci95") or [None, None])[:2]
-        flag = _degenerate(r.get("degenerate"))
-        spread = _spread(r.get("predicted"))
+        flag = r.note()
         table_rows.append([
-            r.get("artifact"), r.get("backend"), r.get("benchmark"), r.get("mode"), _pct(r.get("accuracy")),
-            f"{_pct(low)}–{_pct(high)}" if low is not None else "—", _num(r.get("macro_f1"), 3),
-            _recall(r.get("recall")), _Html(_e(spread) + (f' <strong class="flag">{_e(flag)}</strong>' if flag else "")),
-            r.get("n"), _pct(r.get("parse_failure_rate")), _num(r.get("seconds")), *(_figure(r.get(k)) for k in extra),
+            r.artifact, r.backend, r.benchmark, r.mode, _pct(r.accuracy), f"{_pct(r.ci95[0])}–{_pct(r.ci95[1])}",
+            _num(r.macro_f1, 3), _recall(r.recall),
+            _Html(_e(_spread(r.predicted)) + (f' <strong class="flag">{_e(flag)}</strong>' if flag else "")),
+            r.n, _pct(r.parse_failure_rate), _num(r.seconds), *(_figure(r.extra.get(k)) for k in extra),
         ])
-    baselines, seen = [], set()
-    for r in rows:
-        if r.get("benchmark") in seen or not r.get("gold"):
-            continue
-        seen.add(r.get("benchmark"))
-        baselines.append([r["benchmark"], r.get("n"), _spread(r["gold"]), r.get("majority_label"),
-                          _pct(r.get("majority_baseline")), _num(r.get("majority_macro_f1"), 3)])
-    flags = [f"<li><strong>No signal:</strong> {_e(r.get('artifact'))} ({_e(r.get('benchmark'))}, {_e(r.get('mode'))}) "
-             f"{_e(_degenerate(r['degenerate']))}; its accuracy is the share of that label among the gold answers.</li>"
-             for r in rows if r.get("degenerate")]
-    samples = results.get("bootstrap_samples")
+    baselines = [[r.benchmark, r.n, options_text(r.option_counts) if r.option_counts else "—", _spread(r.gold),
+                  r.majority_text, _pct(r.majority_baseline), _num(r.majority_macro_f1, 3), _pct(r.chance)]
+                 for r in benchmark_rows(rows)]
+    samples = results.meta.get("bootstrap_samples")
     return (
         "<section><h2>Evaluation</h2>"
-        + _plot_html(_accuracy_plot(rows), "accuracy per benchmark")
+        + _img(accuracy_png(rows), "accuracy per benchmark")
         + _table(head, table_rows)
-        + (f"<ul>{''.join(flags)}</ul>" if flags else "")
-        + "<h3>Majority-label baseline</h3><p>What always answering the most frequent gold label scores: the bar every artifact must clear.</p>"
-        + _table(["benchmark", "n", "gold labels", "majority label", "majority accuracy %", "majority macro-F1"], baselines)
+        + _warnings(rows)
+        + f"<h3>Majority-label and chance baseline</h3><p>{_e(BAR_TITLE)}.</p>"
+        + _table(["benchmark", "n", "options", "gold labels", "majority label", "majority accuracy %",
+                  "majority macro-F1", "chance %"], baselines)
         + "<p class=\"note\">loglik: the answer label with the highest log-probability after the chat-templated prompt; "
         "cot: a greedy step-by-step reply with the final answer extracted (unparsed counts as wrong). "
         f"95% CI: percentile bootstrap over items{f' ({samples} resamples)' if samples else ''}.</p>"
         "</section>"
     )
+
+
+def _warnings(rows: Sequence[EvalRow]) -> str:
+    items = []
+    for r in rows:
+        where = f"{_e(r.artifact)} ({_e(r.benchmark)}, {_e(r.mode)})"
+        if r.degenerate:
+            items.append(f"<li><strong>No signal:</strong> {where} {_e(r.warnings()[0])}; its accuracy is the share of "
+                         "that label among the gold answers.</li>")
+        if r.below_bar:
+            items.append(f"<li><strong>Below the bar:</strong> {where} {_e(r.below_bar_note())}.</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
 def _comparisons(comparisons: Sequence[dict[str, Any]]) -> str:
@@ -172,42 +184,63 @@ def _gguf(export: dict[str, Any]) -> str:
         for f in files if f.get("answer")
     )
     notes = "".join(f"<li>{_e(n)}</li>" for n in export.get("notes") or [])
+    quality = quality_table(export)
+    quality_html = (f"<h3>Quality on held-out text</h3><p>{_e(quality[0])}</p>" + _table(QUALITY_HEAD, quality[1])
+                    if quality else "")
     return (
         "<section><h2>GGUF files</h2>"
         f"<p>Next-token agreement (top-1) and mean KL against the file each was made from, over "
         f"{_e(export.get('positions', '?'))} positions of {_e(export.get('prompts', '?'))} prompts ({_e(export.get('prompt_source', ''))}).</p>"
-        + _table(head, rows) + answers + (f"<ul>{notes}</ul>" if notes else "") + "</section>"
+        + _table(head, rows) + answers + quality_html + (f"<ul>{notes}</ul>" if notes else "") + "</section>"
     )
 
 
-def _examples(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any], count: int) -> str:
-    folder = run_dir / "eval" / "predictions"
-    if count <= 0 or not folder.is_dir():
+def _heldout(run: RunDir, rows: list[EvalRow]) -> str:
+    """The model card's example (a held-out item, base beside the fine-tuned artifact), as HTML."""
+    example = heldout_example(run, rows)
+    if example is None:
         return ""
-    questions = _questions(config)
+    asked = ("<br>".join(_e(line) for line in [example.question, *example.options()]) if example.question
+             else f"item <code>{_e(example.record.get('id'))}</code>: {_e(NOT_RECORDED)}")
+    return (f"<section><h2>Example</h2><p>{_e(example.intro())}:</p><blockquote>{asked}</blockquote>"
+            + _table(["", "answer", "right?"], example.answers()) + "</section>")
+
+
+def _examples(run: RunDir, rows: list[EvalRow], count: int) -> str:
+    if count <= 0 or not rows:
+        return ""
     parts = []
-    for benchmark, mode in dict.fromkeys((r.get("benchmark"), r.get("mode")) for r in rows):
-        artifacts = [r["artifact"] for r in rows if r.get("benchmark") == benchmark and r.get("mode") == mode]
-        answers = {a: _read_jsonl(folder / f"{str(a).replace(':', '-')}__{benchmark}__{mode}.jsonl") for a in artifacts}
+    for benchmark, mode in dict.fromkeys((r.benchmark, r.mode) for r in rows):
+        artifacts = [r.artifact for r in rows if r.benchmark == benchmark and r.mode == mode]
+        answers = {a: read_predictions(run.predictions_file(a, benchmark, mode)) for a in artifacts}
         answers = {a: records for a, records in answers.items() if records}
         if not answers:
             continue
-        ids = [str(p["id"]) for p in next(iter(answers.values()))[:count]]  # the same items for every artifact
+        first_records = next(iter(answers.values()))[:count]  # the same items for every artifact
         table_rows = []
-        for item_id in ids:
-            question = questions.get((benchmark, item_id))
-            first = next(p for p in next(iter(answers.values())) if str(p["id"]) == item_id)
-            cells: list[Any] = [_Html(f"<code>{_e(item_id)}</code>" + (f"<div class=\"q\">{_e(question[:400])}</div>" if question else "")),
-                                first.get("answer")]
+        for first in first_records:
+            item_id = str(first.get("id"))
+            cells: list[Any] = [_Html(f"<code>{_e(item_id)}</code>" + _question_html(first)),
+                                option_text(first, first.get("answer"))]
             for artifact in answers:
-                record = next((p for p in answers[artifact] if str(p["id"]) == item_id), None)
+                record = next((p for p in answers[artifact] if str(p.get("id")) == item_id), None)
                 cells.append(_Html(_prediction(record)))
             table_rows.append(cells)
         parts.append(f"<h3>{_e(benchmark)}, {_e(mode)}</h3>" + _table(["item", "gold", *answers], table_rows))
     if not parts:
         return ""
-    return ("<section><h2>Example answers</h2><p>The first items of each benchmark, as every artifact answered them "
-            "(from eval/predictions/).</p>" + "".join(parts) + "</section>")
+    return ("<section><h2>Example answers</h2><p>The first items of each benchmark as eval asked them, and as every "
+            "artifact answered them (from eval/predictions/).</p>" + "".join(parts) + "</section>")
+
+
+def _question_html(record: dict[str, Any]) -> str:
+    """The question and its options as eval recorded them; older predictions say the text is not recorded."""
+    question = record.get("question")
+    if not question:
+        return f'<div class="q">{_e(NOT_RECORDED)}</div>'
+    options = [f"{_e(label)}. {_e(text)}" for label, text in (record.get("options") or {}).items() if text != label]
+    listed = f"<div class=\"q\">{'<br>'.join(options)}</div>" if options else ""
+    return f'<div class="q">{_e(question[:400])}</div>{listed}'
 
 
 def _prediction(record: dict[str, Any] | None) -> str:
@@ -224,99 +257,10 @@ def _prediction(record: dict[str, Any] | None) -> str:
     return text
 
 
-def _questions(config: dict[str, Any]) -> dict[tuple[str, str], str]:
-    """Question texts of the configured benchmarks, from local files only (never the hub); {} when unreadable."""
-    from medtune.tasks.registry import REGISTRY, expand, load_items
-
-    found: dict[tuple[str, str], str] = {}
-    for spec in (config.get("eval") or {}).get("benchmarks") or []:
-        if not isinstance(spec, dict) or not spec.get("name"):
-            continue
-        try:
-            members = expand(spec["name"])
-            if spec.get("path") is None and any(REGISTRY[m].default_path is None for m in members):
-                continue  # would download
-            for item in load_items(spec["name"], spec.get("path"), spec.get("limit"), int(config.get("seed", 0) or 0)):
-                found[(item.benchmark or spec["name"], str(item.id))] = item.question
-                found.setdefault((spec["name"], str(item.id)), item.question)
-        except Exception:  # noqa: BLE001 - question texts are a nicety; ids are shown without them
-            continue
-    return found
-
-
-# ---- figures ------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _plot_html(data: str | None, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">' if data else ""
-
-
-def _loss_plot(train: list[tuple[float, float]], val: list[tuple[float, float]]) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
-    if val:
-        ax.plot(*zip(*val), marker="o", label="validation loss", linewidth=1.2)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return _plot_html(_png(fig), "training and validation loss")
-
-
-def _accuracy_plot(rows: list[dict[str, Any]]) -> str | None:
-    """One panel per benchmark: accuracy with its CI per artifact (one colour per mode), majority line."""
-    benchmarks = list(dict.fromkeys(r.get("benchmark") for r in rows))
-    modes = list(dict.fromkeys(r.get("mode") for r in rows))
-    if not benchmarks:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(benchmarks), figsize=(max(5.0, 4.2 * len(benchmarks)), 3.4), squeeze=False)
-    width = 0.8 / max(len(modes), 1)
-    for ax, benchmark in zip(axes[0], benchmarks):
-        mine = [r for r in rows if r.get("benchmark") == benchmark]
-        artifacts = list(dict.fromkeys(r.get("artifact") for r in mine))
-        for k, mode in enumerate(modes):
-            xs, ys, errs = [], [], [[], []]
-            for a, artifact in enumerate(artifacts):
-                row = next((r for r in mine if r.get("artifact") == artifact and r.get("mode") == mode), None)
-                if row is None or row.get("accuracy") is None:
-                    continue
-                low, high = (row.get("ci95") or [row["accuracy"], row["accuracy"]])[:2]
-                xs.append(a + (k - (len(modes) - 1) / 2) * width)
-                ys.append(100 * row["accuracy"])
-                errs[0].append(100 * (row["accuracy"] - low))
-                errs[1].append(100 * (high - row["accuracy"]))
-            if xs:
-                ax.bar(xs, ys, width, yerr=errs, capsize=3, label=str(mode))
-        baseline = next((r.get("majority_baseline") for r in mine if r.get("majority_baseline")), None)
-        if baseline:
-            ax.axhline(100 * baseline, color="grey", linestyle="--", linewidth=1, label="majority label")
-        ax.set_title(str(benchmark), fontsize=10)
-        ax.set_xticks(range(len(artifacts)), [str(a) for a in artifacts], rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 100)
-        ax.set_ylabel("accuracy % (95% CI)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 # ---- formatting ---------------------------------------------------------------------------------
@@ -373,45 +317,6 @@ def _recall(recall: dict[str, float | None] | None) -> str:
     if not recall:
         return "—"
     return ", ".join(f"{k} {'—' if v is None else f'{100 * v:.0f}%'}" for k, v in recall.items())
-
-
-def _degenerate(flag: dict[str, Any] | None) -> str:
-    from medtune.eval.metrics import degenerate_note
-
-    return degenerate_note(flag) if flag else ""
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill: the rest is still worth showing
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 _CSS = """

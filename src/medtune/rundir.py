@@ -151,6 +151,15 @@ class RunDir:
     def adapter_gguf_file(self, type_name: str) -> Path:
         return self.adapter_gguf_folder / f"{self.name}-lora-{type_name.upper()}.gguf"
 
+    def adapter_base_gguf_file(self, type_name: str) -> Path:
+        """The base model the adapter GGUF is applied to, converted beside it."""
+        return self.adapter_gguf_folder / f"{self.name}-base-{type_name.upper()}.gguf"
+
+    @property
+    def adapter_modelfile(self) -> Path:
+        """The Ollama Modelfile that builds base + adapter (FROM the base, ADAPTER the LoRA GGUF)."""
+        return self.adapter_gguf_folder / MODELFILE
+
     @property
     def eval(self) -> Path:
         return self.stage_folder("eval")
@@ -159,21 +168,30 @@ class RunDir:
     def eval_partial(self) -> Path:
         return self.root / SCRATCH_FOLDERS["eval"]
 
+    def eval_partial_file(self, artifact: str) -> Path:
+        """One finished artifact's rows and predictions, kept while an eval attempt is unfinished."""
+        return self.eval_partial / f"{artifact.replace(':', '-')}.json"
+
+    def eval_files(self, folder: Path | None = None) -> EvalFiles:
+        """The layout of eval/ (or of `folder`: the temporary copy being written, or `medtune eval
+        --model`'s output folder, which has the same files)."""
+        return EvalFiles(Path(folder) if folder is not None else self.eval)
+
     @property
     def eval_results(self) -> Path:
-        return self.eval / "results.json"
+        return self.eval_files().results
 
     @property
     def eval_report(self) -> Path:
-        return self.eval / "report.md"
+        return self.eval_files().report
 
     @property
     def accuracy_plot(self) -> Path:
-        return self.eval / "accuracy.png"
+        return self.eval_files().accuracy_plot
 
     @property
     def predictions(self) -> Path:
-        return self.eval / "predictions"
+        return self.eval_files().predictions
 
     def predictions_file(self, artifact: str, benchmark: str, mode: str, folder: Path | None = None) -> Path:
         """One artifact x benchmark x mode's per-item answers (under eval/predictions/, or `folder`)."""
@@ -227,8 +245,35 @@ class RunDir:
 MODELFILE = "Modelfile"
 
 
+@dataclass(frozen=True)
+class EvalFiles:
+    """What the eval stage writes in its folder (a run's eval/, or any `medtune eval --model` folder)."""
+
+    folder: Path
+
+    @property
+    def results(self) -> Path:
+        return self.folder / "results.json"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "report.md"
+
+    @property
+    def accuracy_plot(self) -> Path:
+        return self.folder / "accuracy.png"
+
+    @property
+    def predictions(self) -> Path:
+        return self.folder / "predictions"
+
+    def predictions_file(self, artifact: str, benchmark: str, mode: str) -> Path:
+        return self.predictions / predictions_name(artifact, benchmark, mode)
+
+
 def predictions_name(artifact: str, benchmark: str, mode: str) -> str:
-    return f"{artifact.replace(':', '-')}__{benchmark}__{mode}.json"
+    """`gguf:Q8_0` x pubmedqa x loglik -> `gguf-Q8_0__pubmedqa__loglik.jsonl` (one JSON record per item)."""
+    return f"{artifact.replace(':', '-')}__{benchmark}__{mode}.jsonl"
 
 
 def quant_name(gguf_file: Path, run_name: str | None) -> str:

@@ -3,23 +3,34 @@
 Two forms:
   medtune eval CONFIG                 every artifact of a run named in eval.artifacts -> runs/<name>/eval/
   medtune eval --model PATH_OR_ID --benchmark pubmedqa --path ../shared/data/pubmedqa [--mode loglik]
-                                      any model folder, hub id, adapter folder or .gguf file
+                                      any model folder, hub id, adapter folder, .gguf file or run folder
 Both write results.json, report.md and accuracy.png with accuracy, 95% bootstrap CI, parse
-failures and time per artifact, benchmark and mode."""
+failures, the majority/chance line and time per artifact, benchmark and mode."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import ValidationError
 
-from medtune.commands.common import SetOption
+from medtune.commands.common import SetOption, load_run_config, options_from
+from medtune.config import BenchmarkSpec, EvalConfig
+from medtune.errors import ConfigError
+from medtune.eval.rows import SUMMARY_COLUMNS, summary_rows
+from medtune.eval.stage import EvalResult, evaluate_model
+from medtune.pipeline import run_stage
+from medtune.rundir import EvalFiles, RunDir
+from medtune.ui import console, print_summary
 
 NAME = "eval"
+# EvalConfig fields `--model` takes as options (their help and defaults are the config's own).
+MODEL_OPTIONS = ("device", "dtype", "batch_size", "max_new_tokens", "prompt_style", "calibrate")
 
 
+@options_from(EvalConfig, MODEL_OPTIONS)
 def command(
     config: Annotated[
         Optional[Path],  # noqa: UP045 - typer needs Optional on Python 3.10
@@ -28,7 +39,8 @@ def command(
     overrides: SetOption = None,
     model: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Evaluate this model instead of a run: hub id, HF folder, adapter folder, .gguf, or embedded:smollm2-135m-instruct."),
+        typer.Option(help="Evaluate this model instead of a run: hub id, HF folder, adapter folder, .gguf, run folder, "
+                     "or embedded:smollm2-135m-instruct."),
     ] = None,
     benchmark: Annotated[
         Optional[list[str]],  # noqa: UP045
@@ -47,61 +59,38 @@ def command(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Output folder with --model (default: runs/eval-<model name>)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (transformers backend).")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU and on CPUs with bf16 instructions, else fp32), fp32, bf16 or fp16.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass (transformers backend).")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Generation budget in cot mode.")] = 512,
-    prompt_style: Annotated[str, typer.Option(help="chat (default) or lm_eval: lm-evaluation-harness's prompt and scoring (loglik).")] = "chat",
-    calibrate: Annotated[bool, typer.Option(help="Also report contextually calibrated loglik rows (mode loglik_calibrated).")] = False,
+    *,
+    settings: dict[str, Any],
 ) -> None:
-    from medtune.errors import ConfigError
-    from medtune.ui import console, print_summary
-
     if (config is None) == (model is None):
         raise ConfigError("give either a run config (medtune eval CONFIG) or --model PATH_OR_ID, not both / neither")
     if config is not None:
-        from medtune.commands.common import load_run_config
-        from medtune.eval.report import RESULTS
-        from medtune.pipeline import run_stage
-
-        run_config = load_run_config(config, overrides)
-        console.print(f"[bold]medtune eval[/bold] {config} -> {run_config.run_dir / 'eval'}")
-        run_stage(run_config, "eval")
-        import json
-
-        rows = json.loads((run_config.run_dir / "eval" / RESULTS).read_text())["results"]
-        out_dir = run_config.run_dir / "eval"
+        result = _evaluate_run(config, overrides)
     else:
-        from pydantic import ValidationError
-
-        from medtune.config import EvalConfig
-        from medtune.eval.stage import evaluate_model
-
-        specs = _specs(benchmark or [], path, limit)
-        try:
-            eval_cfg = EvalConfig(
-                benchmarks=specs, modes=mode or ["loglik"], device=device, dtype=dtype, batch_size=batch_size,
-                max_new_tokens=max_new_tokens, prompt_style=prompt_style, calibrate=calibrate,
-            )
-        except ValidationError as exc:
-            problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(problems.replace("_", "-")) from None
-        out_dir = out or Path("runs") / f"eval-{_slug(model)}"
-        console.print(f"[bold]medtune eval[/bold] {model} -> {out_dir}")
-        result = evaluate_model(model, eval_cfg.benchmarks, eval_cfg, out_dir, on_event=console.print)
-        rows = result.rows
-    from medtune.eval.stage import SUMMARY_COLUMNS, summary_rows
-
-    print_summary("eval", list(summary_rows(rows)), SUMMARY_COLUMNS)
-    console.print(f"report: {out_dir / 'report.md'}")
+        result = _evaluate_model(model, _specs(benchmark or [], path, limit), mode or ["loglik"], settings, out)
+    print_summary("eval", list(summary_rows(result.rows)), SUMMARY_COLUMNS)
+    console.print(f"report: {EvalFiles(result.out_dir).report}")
 
 
-def _specs(benchmarks: list[str], path: str | None, limit: int | None):
-    from pydantic import ValidationError
+def _evaluate_run(config: Path, overrides: list[str] | None) -> EvalResult:
+    run_config = load_run_config(config, overrides)
+    console.print(f"[bold]medtune eval[/bold] {config} -> {RunDir.of(run_config).eval}")
+    return run_stage(run_config, "eval").result
 
-    from medtune.config import BenchmarkSpec
-    from medtune.errors import ConfigError
 
+def _evaluate_model(model: str, specs: list[BenchmarkSpec], modes: list[str], settings: dict[str, Any],
+                    out: Path | None) -> EvalResult:
+    try:
+        eval_cfg = EvalConfig(benchmarks=specs, modes=modes, **settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(problems.replace("_", "-")) from None
+    out_dir = out or Path("runs") / f"eval-{_slug(model)}"
+    console.print(f"[bold]medtune eval[/bold] {model} -> {out_dir}")
+    return evaluate_model(model, eval_cfg.benchmarks, eval_cfg, out_dir, on_event=console.print)
+
+
+def _specs(benchmarks: list[str], path: str | None, limit: int | None) -> list[BenchmarkSpec]:
     if not benchmarks:
         raise ConfigError("--model needs at least one --benchmark (e.g. --benchmark pubmedqa --path ../shared/data/pubmedqa)")
     if path is not None and len(benchmarks) > 1:

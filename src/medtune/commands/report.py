@@ -10,6 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from medtune.report import write_html_report
+from medtune.rundir import RunDir
+from medtune.ui import console
+
 NAME = "report"
 
 
@@ -18,8 +22,5 @@ def command(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the page (default: RUN/report.html).", show_default=False)] = None,  # noqa: UP045
     examples: Annotated[int, typer.Option(min=0, help="Example answers shown per artifact.")] = 3,
 ) -> None:
-    from medtune.report import write_html_report
-    from medtune.ui import console
-
-    path = write_html_report(run, output=output, examples=examples)
+    path = write_html_report(RunDir(run), output=output, examples=examples)
     console.print(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)", highlight=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-_LETTER = r"\(?\*{0,2}\[?([A-D])\]?\*{0,2}\)?"
+_LETTER = r"\(?\*{0,2}\[?([A-J])\]?\*{0,2}\)?"  # A-J: an item has 2-10 options (tasks.OPTION_LETTERS)
 _WORD = r"\(?\*{0,2}(yes|no|maybe)\*{0,2}\)?"
 
 # Explicit conclusions: "The answer is B", "Answer: (B)", "final answer is **B**", "\boxed{B}".
@@ -24,7 +24,7 @@ _EXPLICIT = (
 def extract_answer(text: str, options: dict[str, str]) -> str | None:
     """The option label a reply settles on, or None if it does not say.
 
-    `options` maps labels to texts: letters A-D for multiple choice, or yes/no/maybe (mapping to
+    `options` maps labels to texts: letters (A-D, A-E, ... as the item has) for multiple choice, or yes/no/maybe (mapping to
     themselves) for PubMedQA. Recognised: "The answer is B.", "Answer: (B)", "**Answer:** B",
     "\\boxed{B}", a final line "B. Meningitis" or "(B)", "The answer is Meningitis" (option text),
     and for yes/no/maybe "The answer is yes", "Answer: no", or a reply that is just the word.
@@ -89,7 +89,7 @@ def _final_line(text: str, labels: list[str], letters: bool) -> str | None:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     last = lines[-1].strip("*_ ") if lines else ""
     if letters:
-        match = re.fullmatch(r"\(?([A-D])\)?(?:[.):]\s*.*)?", last)
+        match = re.fullmatch(r"\(?([A-J])\)?(?:[.):]\s*.*)?", last)
         return match.group(1) if match and match.group(1) in labels else None
     match = re.fullmatch(r"(yes|no|maybe)[.!]?", last, re.IGNORECASE)
     return _label(match.group(1), labels) if match else None

@@ -84,6 +84,17 @@ def calibrate(predictions, prior: dict[str, float]):
 
 
 def calibrated_predictions(backend, items: Sequence[Item], predictions, prompt_style: str = "chat"):
-    """(calibrated predictions, the content-free prior) for one benchmark's raw loglik predictions."""
-    prior = content_free_prior(backend, items[0], prompt_style)
-    return calibrate(predictions, prior), {label: round(value, 6) for label, value in prior.items()}
+    """(calibrated predictions, the content-free prior) for one benchmark's raw loglik predictions.
+
+    Items with other answer labels (a set mixing four- and five-option questions) get a prior of
+    their own labels; the returned prior is keyed by the labels joined ("A,B,C,D") when there are several."""
+    templates: dict[tuple[str, ...], Item] = {}
+    for item in items:
+        templates.setdefault(tuple(item.options), item)
+    priors = {labels: content_free_prior(backend, template, prompt_style) for labels, template in templates.items()}
+    by_id = {item.id: tuple(item.options) for item in items}
+    calibrated = [calibrate([p], priors[by_id[p.id]])[0] for p in predictions]
+    rounded = {labels: {label: round(value, 6) for label, value in prior.items()} for labels, prior in priors.items()}
+    if len(rounded) == 1:
+        return calibrated, next(iter(rounded.values()))
+    return calibrated, {",".join(labels): prior for labels, prior in rounded.items()}

@@ -1,68 +1,76 @@
-"""Evaluation outputs: results.json (every figure), report.md (the comparison table), accuracy.png."""
+"""Evaluation outputs: results.json (every figure), report.md (the comparison table), accuracy.png.
+
+Every table here renders `EvalRow`s (medtune.eval.rows), the same rows the HTML report, the model
+card and the CLI summary render; the figure is drawn by medtune.plots.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from medtune.artifacts import atomic_write_json, atomic_write_text
-from medtune.eval.metrics import degenerate_note, recall_text, spread_text
+from medtune.eval.metrics import recall_text, spread_text
+from medtune.eval.rows import EvalRow, options_text
+from medtune.plots import plot_accuracy
+from medtune.rundir import EvalFiles
 
-RESULTS = "results.json"
-REPORT = "report.md"
-FIGURE = "accuracy.png"
+BAR_TITLE = ("What always answering the most frequent label scores, and chance (the mean over items of one over "
+             "their number of options): an artifact must clear the higher of the two")
 
 
-def write_results(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any],
-                  comparisons: Sequence[dict[str, Any]] = ()) -> Path:
-    """results.json: {meta..., "results": [one row per artifact x benchmark x mode],
+def write_results(files: EvalFiles, rows: Sequence[EvalRow], meta: dict[str, Any],
+                  comparisons: Sequence[dict[str, Any]] = ()) -> None:
+    """results.json: {meta..., "results": [EvalRow.to_json() per artifact x benchmark x mode],
     "comparisons": [paired differences, see eval.compare]}."""
-    path = Path(folder) / RESULTS
-    atomic_write_json(path, {**meta, "results": list(rows), "comparisons": list(comparisons)})
-    return path
+    atomic_write_json(files.results, {**meta, "results": [r.to_json() for r in rows], "comparisons": list(comparisons)})
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}"
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def markdown_table(rows: Sequence[EvalRow]) -> str:
     """One line per result: accuracy with its 95% CI beside macro-F1, per-class recall and the answer
-    spread (a constant answer is flagged), then n, parse failures and time."""
+    spread (a constant answer or a score under the bar is flagged), then n, parse failures and time."""
     lines = [
         "| artifact | backend | benchmark | mode | accuracy % | 95% CI | macro-F1 | recall per class | answers given | n | "
         "unparsed % | seconds |",
         "|---|---|---|---|---:|---|---:|---|---|---:|---:|---:|",
     ]
     for row in rows:
-        low, high = row["ci95"]
-        flag = degenerate_note(row.get("degenerate"))
-        spread = spread_text(row["predicted"]) if row.get("predicted") else "—"
+        low, high = row.ci95
+        flag = row.note()
+        spread = spread_text(row.predicted) if row.predicted else "—"
         lines.append(
-            f"| {row['artifact']} | {row['backend']} | {row['benchmark']} | {row['mode']} | {_pct(row['accuracy'])} | "
-            f"{_pct(low)}–{_pct(high)} | {_f1(row.get('macro_f1'))} | {recall_text(row['recall']) if row.get('recall') else '—'} | "
-            f"{spread}{' **(' + flag + ')**' if flag else ''} | {row['n']} | {_pct(row['parse_failure_rate'])} | "
-            f"{row['seconds']:.1f} |"
+            f"| {row.artifact} | {row.backend} | {row.benchmark} | {row.mode} | {_pct(row.accuracy)} | "
+            f"{_pct(low)}–{_pct(high)} | {_f1(row.macro_f1)} | {recall_text(row.recall) if row.recall else '—'} | "
+            f"{spread}{' **(' + flag + ')**' if flag else ''} | {row.n} | {_pct(row.parse_failure_rate)} | "
+            f"{row.seconds:.1f} |"
         )
     return "\n".join(lines)
 
 
-def baseline_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Per benchmark: the gold label counts and what always answering the majority label scores."""
-    lines = ["| benchmark | n | gold labels | majority label | majority accuracy % | majority macro-F1 |",
-             "|---|---:|---|---|---:|---:|"]
-    seen = set()
+def benchmark_rows(rows: Sequence[EvalRow]) -> list[EvalRow]:
+    """The first row of each benchmark that has gold counts: the set's own figures (gold labels,
+    majority line, chance, options) are the same for every artifact and mode."""
+    seen: dict[str, EvalRow] = {}
     for row in rows:
-        if row["benchmark"] in seen or not row.get("gold"):
-            continue
-        seen.add(row["benchmark"])
-        # On a balanced set every label is "the majority": naming one (the first) would read as a fact.
-        tied = len(row["gold"]) > 1 and len(set(row["gold"].values())) == 1
-        majority = "any (all tied)" if tied else row.get("majority_label", "")
-        lines.append(f"| {row['benchmark']} | {row['n']} | {spread_text(row['gold'])} | {majority} | "
-                     f"{_pct(row.get('majority_baseline', 0))} | {_f1(row.get('majority_macro_f1'))} |")
+        if row.gold and row.benchmark not in seen:
+            seen[row.benchmark] = row
+    return list(seen.values())
+
+
+def baseline_table(rows: Sequence[EvalRow]) -> str:
+    """Per benchmark: options per item, the gold label counts, what always answering the majority
+    label scores, and chance."""
+    lines = ["| benchmark | n | options | gold labels | majority label | majority accuracy % | majority macro-F1 | chance % |",
+             "|---|---:|---|---|---|---:|---:|---:|"]
+    for row in benchmark_rows(rows):
+        options = options_text(row.option_counts) if row.option_counts else "—"
+        lines.append(f"| {row.benchmark} | {row.n} | {options} | {spread_text(row.gold)} | {row.majority_text} | "
+                     f"{_pct(row.majority_baseline)} | {_f1(row.majority_macro_f1)} | {_pct(row.chance)} |")
     return "\n".join(lines)
 
 
@@ -70,11 +78,16 @@ def _f1(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def degenerate_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One warning line per result whose answers are (almost) all one label."""
-    return [f"- **No signal:** {row['artifact']} ({row['benchmark']}, {row['mode']}) {degenerate_note(row['degenerate'])}; "
-            f"its accuracy is the share of that label among the gold answers, not a measure of the model."
-            for row in rows if row.get("degenerate")]
+def warning_lines(rows: Sequence[EvalRow]) -> list[str]:
+    """One warning line per result whose answers are (almost) all one label, or that scores under the bar."""
+    lines = []
+    for row in rows:
+        if row.degenerate:
+            lines.append(f"- **No signal:** {row.artifact} ({row.benchmark}, {row.mode}) {row.warnings()[0]}; "
+                         "its accuracy is the share of that label among the gold answers, not a measure of the model.")
+        if row.below_bar:
+            lines.append(f"- **Below the bar:** {row.artifact} ({row.benchmark}, {row.mode}) {row.below_bar_note()}.")
+    return lines
 
 
 def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
@@ -94,22 +107,20 @@ def comparison_table(comparisons: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any],
-                 comparisons: Sequence[dict[str, Any]] = ()) -> Path:
+def write_report(files: EvalFiles, rows: Sequence[EvalRow], meta: dict[str, Any],
+                 comparisons: Sequence[dict[str, Any]] = ()) -> None:
     """report.md with the results table, the paired comparisons and how the numbers were made."""
-    path = Path(folder) / REPORT
     if not rows:
-        text = "# Evaluation\n\nNo benchmark was configured (`eval.benchmarks` is empty).\n"
-        atomic_write_text(path, text)
-        return path
+        atomic_write_text(files.report, "# Evaluation\n\nNo benchmark was configured (`eval.benchmarks` is empty).\n")
+        return
     notes = [
         "# Evaluation",
         "",
         markdown_table(rows),
         "",
-        *degenerate_lines(rows),
+        *warning_lines(rows),
         "",
-        "What always answering the most frequent label scores (the bar every artifact must clear):",
+        f"{BAR_TITLE}:",
         "",
         baseline_table(rows),
         "",
@@ -122,7 +133,7 @@ def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, A
     if meta.get("prompt_style") == "lm_eval":
         notes.append("- Prompt style lm_eval: lm-evaluation-harness's zero-shot prompt for each benchmark (no chat "
                      "template, no \"The answer is\"), each choice scored by its summed log-probability, as lm-eval does.")
-    if any(row["mode"] == "loglik_calibrated" for row in rows):
+    if any(row.mode == "loglik_calibrated" for row in rows):
         notes.append("- loglik_calibrated: the loglik answers after contextual calibration (Zhao et al. 2021): each "
                      "item's label probabilities divided by their mean under content-free inputs (\"N/A\", \"\", "
                      "\"[MASK]\" in place of the question, passage and options); a separate row, the raw loglik row stays.")
@@ -138,44 +149,10 @@ def write_report(folder: Path, rows: Sequence[dict[str, Any]], meta: dict[str, A
             "",
             "- Paired percentile bootstrap over items; \"better\"/\"worse\" where the interval excludes zero.",
         ]
-    atomic_write_text(path, "\n".join(notes) + "\n")
-    return path
+    atomic_write_text(files.report, "\n".join(notes) + "\n")
 
 
-def write_figure(folder: Path, rows: Sequence[dict[str, Any]]) -> Path | None:
-    """Grouped bars: accuracy (with CI whiskers) per benchmark/mode, one bar per artifact."""
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    groups = list(dict.fromkeys(f"{r['benchmark']}\n{r['mode']}" for r in rows))
-    artifacts = list(dict.fromkeys(r["artifact"] for r in rows))
-    width = 0.8 / max(len(artifacts), 1)
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) + 0.4 * len(artifacts)), 4))
-    for k, artifact in enumerate(artifacts):
-        xs, ys, errs = [], [], [[], []]
-        for g, group in enumerate(groups):
-            for row in rows:
-                if row["artifact"] == artifact and f"{row['benchmark']}\n{row['mode']}" == group:
-                    xs.append(g + (k - (len(artifacts) - 1) / 2) * width)
-                    ys.append(100 * row["accuracy"])
-                    errs[0].append(100 * (row["accuracy"] - row["ci95"][0]))
-                    errs[1].append(100 * (row["ci95"][1] - row["accuracy"]))
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=artifact)
-    for g, group in enumerate(groups):
-        baseline = next((r.get("majority_baseline") for r in rows if f"{r['benchmark']}\n{r['mode']}" == group), None)
-        if baseline:
-            ax.hlines(100 * baseline, g - 0.45, g + 0.45, colors="grey", linestyles="dashed")
-    ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set_ylabel("accuracy % (95% CI; dashed: majority label)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(folder) / FIGURE
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def write_figure(files: EvalFiles, rows: Sequence[EvalRow]) -> None:
+    """accuracy.png: accuracy with CI whiskers per artifact, one panel per benchmark, the bar dashed."""
+    if rows:
+        plot_accuracy(rows, files.accuracy_plot)

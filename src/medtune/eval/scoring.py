@@ -26,7 +26,10 @@ MODES = ("loglik", "cot")
 
 @dataclass
 class Prediction:
-    """One item's outcome: the predicted label (None = could not be parsed) and its evidence."""
+    """One item's outcome: the predicted label (None = could not be parsed) and its evidence.
+
+    `question` and `options` are the item as it was asked, so a report can show it without loading
+    the benchmark again (and cannot show another draw of it)."""
 
     id: str
     answer: str
@@ -34,6 +37,13 @@ class Prediction:
     correct: bool
     scores: dict[str, float] | None = None  # loglik: label -> log-probability
     output: str | None = None  # cot: the generated reply
+    question: str | None = None
+    options: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, item: Item, predicted: str | None, **evidence: Any) -> Prediction:
+        return cls(id=item.id, answer=item.answer, predicted=predicted, correct=predicted == item.answer,
+                   question=item.question, options=dict(item.options), **evidence)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "predicted"}
@@ -105,9 +115,24 @@ def _batches(order: list[int], size: int) -> list[list[int]]:
 
 def score_loglik(backend, items: Sequence[Item], on_progress: Callable[[int], None] = lambda n: None,
                  *, prompt_style: str = "chat") -> list[Prediction]:
-    """Pick, for each item, the answer label whose continuation has the highest log-probability."""
-    if not items:
-        return []
+    """Pick, for each item, the answer label whose continuation has the highest log-probability.
+
+    Every item is scored over its own options: a set that mixes four- and five-option questions is
+    scored in groups of items with the same labels, and the predictions come back in item order."""
+    by_labels: dict[tuple[str, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        by_labels.setdefault(tuple(item.options), []).append(index)
+    predictions: dict[int, Prediction] = {}
+    for indices in by_labels.values():
+        group = [items[i] for i in indices]
+        for index, prediction in zip(indices, _score_loglik_same_labels(backend, group, on_progress, prompt_style)):
+            predictions[index] = prediction
+    return [predictions[i] for i in range(len(items))]
+
+
+def _score_loglik_same_labels(backend, items: Sequence[Item], on_progress: Callable[[int], None],
+                              prompt_style: str) -> list[Prediction]:
+    """score_loglik for items that share one list of answer labels (one candidate set)."""
     tokenizer = backend.tokenizer
     labels = list(items[0].options)
     prompts = [prompt_ids(tokenizer, item, "loglik", prompt_style) for item in items]
@@ -138,10 +163,7 @@ def score_loglik(backend, items: Sequence[Item], on_progress: Callable[[int], No
     for index, item in enumerate(items):
         row = scores[index]
         best = labels[max(range(len(labels)), key=lambda k: row[k])]
-        predictions.append(Prediction(
-            id=item.id, answer=item.answer, predicted=best, correct=best == item.answer,
-            scores={label: round(value, 4) for label, value in zip(labels, row)},
-        ))
+        predictions.append(Prediction.of(item, best, scores={label: round(value, 4) for label, value in zip(labels, row)}))
     return predictions
 
 
@@ -161,11 +183,7 @@ def score_cot(backend, items: Sequence[Item], max_new_tokens: int,
         on_progress(len(batch))
     predictions = []
     for index, item in enumerate(items):
-        predicted = extract_answer(outputs[index], item.options)
-        predictions.append(Prediction(
-            id=item.id, answer=item.answer, predicted=predicted, correct=predicted == item.answer,
-            output=outputs[index],
-        ))
+        predictions.append(Prediction.of(item, extract_answer(outputs[index], item.options), output=outputs[index]))
     return predictions
 
 

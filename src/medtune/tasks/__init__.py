@@ -15,6 +15,7 @@ from medtune.tasks.prompts import LOGLIK_ANSWER_PREFIX, user_message
 from medtune.tasks.registry import (
     GROUPS,
     LETTERS,
+    OPTION_LETTERS,
     REGISTRY,
     YES_NO_MAYBE,
     Benchmark,
@@ -28,6 +29,6 @@ from medtune.tasks.registry import (
 )
 
 __all__ = [
-    "GROUPS", "LETTERS", "LOGLIK_ANSWER_PREFIX", "REGISTRY", "YES_NO_MAYBE", "Benchmark", "Item",
+    "GROUPS", "LETTERS", "LOGLIK_ANSWER_PREFIX", "OPTION_LETTERS", "REGISTRY", "YES_NO_MAYBE", "Benchmark", "Item",
     "benchmark_names", "expand", "get_benchmark", "load_items", "register", "subset", "user_message",
 ]

@@ -16,10 +16,10 @@ from typing import Any
 
 from medtune.errors import DataError
 from medtune.tasks.files import mc_item, read_jsonl
-from medtune.tasks.registry import LETTERS, Benchmark, Item, register
+from medtune.tasks.registry import OPTION_LETTERS, Benchmark, Item, register
 
-_OPTION_LINE = re.compile(r"^\s*([A-D])[.)]\s*(.+?)\s*$")
-_FINAL_ANSWER = re.compile(r"The answer is \(?([A-D])\)?\.?\s*$")
+_OPTION_LINE = re.compile(r"^\s*([A-J])[.)]\s*(.+?)\s*$")
+_FINAL_ANSWER = re.compile(r"The answer is \(?([A-J])\)?\.?\s*$")
 _FINAL_TEXT = re.compile(r"The answer is (.+?)\.?\s*$")
 
 
@@ -32,7 +32,11 @@ def load_reasonmed_mcq_local(path: Path) -> list[Item]:
     for line_no, record in read_jsonl(Path(path)):
         where = f"{path}:{line_no}"
         text = f"{record.get('instruction', '')}\n{record.get('input', '')}"
-        options = [m.group(2) for m in map(_OPTION_LINE.match, text.splitlines()) if m]
+        lines = [m for m in map(_OPTION_LINE.match, text.splitlines()) if m]
+        letters = [m.group(1) for m in lines]
+        if letters != list(OPTION_LETTERS[: len(letters)]):
+            raise DataError(f"{where}: option lines are lettered {', '.join(letters) or 'nothing'}; expected A, B, C, ... in order")
+        options = [m.group(2) for m in lines]
         question = "\n".join(l for l in str(record.get("instruction", "")).splitlines() if not _OPTION_LINE.match(l))
         answer = _final_answer(str(record.get("output", "")).strip(), options)
         if not answer:
@@ -46,7 +50,7 @@ def _final_answer(output: str, options: list[str]) -> str | None:
     if letter:
         return letter.group(1)
     said = _FINAL_TEXT.search(output.splitlines()[-1] if output else "")
-    named = [LETTERS[k] for k, text in enumerate(options[:4]) if said and text.strip().lower() == said.group(1).strip().lower()]
+    named = [OPTION_LETTERS[k] for k, text in enumerate(options) if said and text.strip().lower() == said.group(1).strip().lower()]
     return named[0] if len(named) == 1 else None
 
 
@@ -60,7 +64,7 @@ register(Benchmark(
     hub_id="",
     hub_config=None,
     hub_split="",
-    choices=LETTERS,
+    choices=OPTION_LETTERS,
     load_local=load_reasonmed_mcq_local,
     from_hub_record=_no_hub_record,
     default_path="builtin:reasonmed-heldout",

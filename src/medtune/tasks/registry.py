@@ -16,6 +16,9 @@ from typing import Any
 from medtune.errors import ConfigError, DataError
 
 LETTERS = ("A", "B", "C", "D")
+OPTION_LETTERS = tuple("ABCDEFGHIJ")
+"""Labels of a multiple-choice item's options, in order: an item has as many as its source gives
+(MedQA's US files five, its four-option copy and MedMCQA/MMLU four), at least two."""
 YES_NO_MAYBE = ("yes", "no", "maybe")
 
 
@@ -23,9 +26,10 @@ YES_NO_MAYBE = ("yes", "no", "maybe")
 class Item:
     """One evaluation question.
 
-    `options` maps each answer label to its text (letters for multiple choice; for PubMedQA the
-    labels are yes/no/maybe and map to themselves); `answer` is the correct label; `context` holds
-    the passage a question is about (PubMedQA's abstract), empty otherwise.
+    `options` maps each answer label to its text (letters for multiple choice, as many as the item
+    has: A-D, A-E, ...; for PubMedQA the labels are yes/no/maybe and map to themselves); `answer` is
+    the correct label; `context` holds the passage a question is about (PubMedQA's abstract), empty
+    otherwise.
     """
 
     id: str
