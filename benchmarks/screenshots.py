@@ -10,11 +10,17 @@ docs/report.png: the top of `medtune report runs/demo` (runs/demo/report.html).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import served  # noqa: E402 - the same way of starting the real server
+from medtune.report import write_html_report
+from medtune.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,26 +30,43 @@ QUESTION = ("A 25-year-old man develops hives, wheezing, lip swelling and a bloo
             "C. Intravenous hydrocortisone\nD. Nebulised salbutamol")
 
 
+@contextlib.contextmanager
+def served(run: Path, *args: str, timeout: float = 300) -> Iterator[str]:
+    """`medtune serve RUN ARGS --port 0` as a user runs it; yields its URL, stops it (SIGTERM) afterwards."""
+    command = [sys.executable, "-m", "medtune.cli", "serve", str(run), *args, "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"})
+    try:
+        for line in process.stdout:  # the first lines, until it listens
+            found = re.search(r"serving on (http://\S+)", line)
+            if found:
+                break
+        else:
+            raise SystemExit(f"medtune serve {run} exited ({process.wait()}) before serving")
+        yield found.group(1)
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=str(REPO / "runs" / "demo"))
     parser.add_argument("--out", default=str(REPO / "docs"))
     args = parser.parse_args()
-    import tempfile
-
-    from playwright.sync_api import sync_playwright
-
-    from medtune.report import write_html_report
+    from playwright.sync_api import (
+        sync_playwright,  # an optional dependency (the dev extra)
+    )
 
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = write_html_report(run)
+    report = write_html_report(RunDir(run))
     with tempfile.TemporaryDirectory(prefix="medtune-shots-") as profile, sync_playwright() as driver:
         context = driver.chromium.launch_persistent_context(
             profile, executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 1000})
         page = context.new_page()
-        with served(run, "--n-ctx", "2048") as (url, _):
+        with served(run, "--n-ctx", "2048") as url:
             page.goto(url + "/")
             page.wait_for_function("document.querySelectorAll('#model option').length > 1")
             page.select_option("#model", "Q4_K_M")
