@@ -160,15 +160,6 @@ class RunDir:
         """The Ollama Modelfile that builds base + adapter (FROM the base, ADAPTER the LoRA GGUF)."""
         return self.adapter_gguf_folder / MODELFILE
 
-    def adapter_base_gguf_file(self, type_name: str) -> Path:
-        """The base model the adapter GGUF is applied to, converted beside it."""
-        return self.adapter_gguf_folder / f"{self.name}-base-{type_name.upper()}.gguf"
-
-    @property
-    def adapter_modelfile(self) -> Path:
-        """The Ollama Modelfile that builds base + adapter (FROM the base, ADAPTER the LoRA GGUF)."""
-        return self.adapter_gguf_folder / MODELFILE
-
     @property
     def eval(self) -> Path:
         return self.stage_folder("eval")
