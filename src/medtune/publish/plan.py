@@ -269,6 +269,8 @@ def stage_plan(plan: PushPlan) -> dict[str, Path]:
     """Write RUN/publish/<repo name>/ for every repo of the plan: the verified files (hard links, or
     copies across file systems) at their paths in the repo, and README.md. Returns repo id -> folder."""
     folders: dict[str, Path] = {}
+    if plan.run.publish.exists():
+        shutil.rmtree(plan.run.publish)  # only this push's repos: the folder shows exactly what goes up
     for repo in plan.repos:
         target = plan.run.publish / repo.repo_id.split("/", 1)[1]
         with atomic_dir(target) as tmp:

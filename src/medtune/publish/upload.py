@@ -30,6 +30,7 @@ from medtune.publish.plan import CARD_FILE, PushPlan, RepoPlan, staged_files
 REPO_TYPE = "model"
 # Files the Hub writes itself; they do not make a repo "someone else's model".
 HUB_OWN_FILES = {".gitattributes", CARD_FILE}
+REGULAR_FILE_MAX = 10 * 2**20  # the Hub stores larger files through LFS/Xet
 
 
 class PublishError(MedtuneError):
@@ -45,6 +46,7 @@ class RemoteState:
     branch_exists: bool = True
     files: dict[str, dict[str, Any]] | None = None  # path -> {"sha256": ..., "blob_id": ...}
     card: dict[str, Any] | None = None
+    head: str | None = None  # the branch's last commit
 
 
 @dataclass
@@ -137,14 +139,14 @@ def remote_state(api: HfApi, repo_id: str, revision: str | None) -> RemoteState:
         return RemoteState(exists=False, branch_exists=False, files={})
     except RevisionNotFoundError:
         main = api.model_info(repo_id, files_metadata=True)  # the branch is new: nothing there is shared yet
-        return RemoteState(True, main.private, False, {}, _card_dict(main.card_data))
+        return RemoteState(True, main.private, False, {}, _card_dict(main.card_data), None)
     except HfHubHTTPError as exc:
         raise _http_error(repo_id, "reading the repo", exc) from None
     files = {
         sibling.rfilename: {"sha256": sibling.lfs.sha256 if sibling.lfs else None, "blob_id": sibling.blob_id}
         for sibling in info.siblings or []
     }
-    return RemoteState(True, info.private, True, files, _card_dict(info.card_data))
+    return RemoteState(True, info.private, True, files, _card_dict(info.card_data), info.sha)
 
 
 def _card_dict(card_data: Any) -> dict[str, Any]:
@@ -160,7 +162,7 @@ def _check_same_model(repo: RepoPlan, state: RemoteState) -> None:
     theirs = state.card or {}
     same = (
         "medtune" in (theirs.get("tags") or [])
-        and theirs.get("base_model") == ours.get("base_model")
+        and _ids(theirs.get("base_model")) == _ids(ours.get("base_model"))
         and theirs.get("base_model_relation") == ours.get("base_model_relation")
     )
     if not same:
@@ -169,6 +171,11 @@ def _check_same_model(repo: RepoPlan, state: RemoteState) -> None:
             f"{'a medtune card' if 'medtune' in (theirs.get('tags') or []) else 'not a medtune card'}); "
             "choose another --repo name, or delete that repo on the Hub first"
         )
+
+
+def _ids(value: Any) -> list[str]:
+    """base_model as a list of ids (a card may write one id or a list)."""
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
 
 
 def changed_files(repo: RepoPlan, folder: Path, state: RemoteState) -> tuple[list[str], list[str]]:
@@ -187,6 +194,8 @@ def changed_files(repo: RepoPlan, folder: Path, state: RemoteState) -> tuple[lis
 def _same_content(local: Path, local_sha256: str | None, remote: dict[str, Any]) -> bool:
     if remote.get("sha256"):  # an LFS file: the Hub keeps its sha256
         return remote["sha256"] == (local_sha256 or _sha256(local))
+    if local.stat().st_size > REGULAR_FILE_MAX:
+        return False  # the remote copy is a small git file, the local one is not: they differ
     # A regular git file: compare git blob ids (sha1 of "blob <size>\0<content>").
     return remote.get("blob_id") == sha.git_hash(local.read_bytes())
 
@@ -226,6 +235,9 @@ def upload_repo(
         )
     except HfHubHTTPError as exc:
         raise _http_error(repo.repo_id, "uploading", exc) from None
+    if state.head is not None and commit.oid == state.head:
+        # huggingface_hub found every file unchanged after all (its own oid check) and made no commit.
+        return RepoOutcome(repo.repo_id, [], upload + same, None)
     return RepoOutcome(repo.repo_id, upload, same, commit.commit_url, commit.pr_url)
 
 
