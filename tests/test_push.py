@@ -143,6 +143,7 @@ def test_dry_run_demo_stages_exactly_the_verified_files_and_cards(demo_run: RunD
     for repo in ("alice/demo-med", "alice/demo-med-LoRA", "alice/demo-med-GGUF"):
         assert repo in result.output
     assert "demo-Q4_K_M.gguf" in result.output and "nothing uploaded" in result.output
+    assert "3,840" in result.output  # the plan shows sizes: model.safetensors is 3,840 bytes
     for repo_name, stage in (("demo-med", "merge"), ("demo-med-LoRA", "train"), ("demo-med-GGUF", "export")):
         staged = _staged(demo_run, repo_name)
         assert staged.pop("README.md")
@@ -348,4 +349,10 @@ def test_push_as_a_pull_request_on_a_branch(demo_run: RunDir, token: str, tmp_pa
         assert commit["branch"] == "refs/pr/1" and "README.md" in commit["files"]
         assert "v1" in hub.repos["acme/demo-med"].branches and hub.repos["acme/demo-med"].private
         assert "/discussions/1" in result.stdout
-    _no_token_anywhere(token, tmp_path, result)
+        branch = push_cli(demo_run, hub, token, "--repo", "acme/demo-med", "--what", "adapter", "--revision", "v2",
+                          home=tmp_path / "hf-home")
+        assert branch.returncode == 0, branch.stderr + branch.stdout
+        (commit,) = hub.commits("acme/demo-med-LoRA")
+        assert commit["branch"] == "v2" and "adapter_model.safetensors" in commit["files"]
+        assert set(hub.repos["acme/demo-med-LoRA"].branches["main"]) == {".gitattributes"}  # main untouched
+    _no_token_anywhere(token, tmp_path, result, branch)
