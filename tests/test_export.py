@@ -13,7 +13,12 @@ from test_merge import make_adapter_run
 from test_quant_quality import SMALL, write_medical_splits
 
 from medtune import llamacpp
+from medtune.artifacts import read_manifest
 from medtune.errors import ArtifactError
+from medtune.export import export_gguf, gguf_weight_type, quantized_base_note, staged_model_folder
+from medtune.export.modelfile import build_modelfile, derive_pieces
+from medtune.pipeline import run_stage
+from medtune.rundir import RunDir
 
 needs_llama_cpp = pytest.mark.skipif(
     not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file()
@@ -32,28 +37,24 @@ def _read_fields(path, *keys):
 def _export_tiny(tmp_path, base_dir, name, *, full: bool):
     from transformers import AutoTokenizer
 
-    from medtune.export import export_gguf
-    from medtune.merge import merge_adapter
-
     # Random tiny models have near-tied logits (16-bit rounding flips a few) and never say EOS.
     # full: also the imatrix and the adapter GGUF (one variant is enough for those; CI time).
     export = {**SMALL, "quant_types": ["Q4_K_M", "Q8_0"], "verify_prompts": 8, "adapter_gguf": full,
               "imatrix": "auto" if full else "off"}
     config = make_adapter_run(tmp_path, base_dir, name=name, export=export)
     write_medical_splits(config, AutoTokenizer.from_pretrained(str(base_dir)))
-    merge_adapter(config)
-    return config, export_gguf(config)
+    run_stage(config, "merge")
+    return config, run_stage(config, "export").result
 
 
 @pytest.mark.slow
 @needs_llama_cpp
 @pytest.mark.parametrize("variant", ["tied", "llama3_rope"])
 def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
-    from medtune.artifacts import read_manifest
-
     base_dir = request.getfixturevalue("tiny_llama_dir" if variant == "tied" else "tiny_llama3_rope_dir")
     config, result = _export_tiny(tmp_path, base_dir, f"tiny-{variant}", full=variant == "tied")
-    folder = config.run_dir / "gguf"
+    run = RunDir.of(config)
+    folder = run.gguf
     names = sorted(p.name for p in folder.glob("*.gguf"))
     assert names == sorted(f"tiny-{variant}-{t}.gguf" for t in ("F16", "Q4_K_M", "Q8_0"))
     f16, q4, q8 = result.files
@@ -66,7 +67,7 @@ def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
     assert result.metadata["leading_bos"] <= 1
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(config.run_dir / "merged"))
+    tokenizer = AutoTokenizer.from_pretrained(str(run.merged))
     for name in names:
         fields = _read_fields(folder / name, "general.name", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template", "general.license")
         assert fields["general.name"] == config.name
@@ -78,7 +79,7 @@ def test_tiny_llama_merge_convert_quantize_verify(tmp_path, variant, request):
     assert f'PARAMETER stop "{eot}"' in modelfile
     saved = json.loads((folder / "verification.json").read_text())
     assert set(saved["quants"]) == {"Q4_K_M", "Q8_0"}
-    entry = read_manifest(config.run_dir)["stages"]["export"]
+    entry = read_manifest(run.root)["stages"]["export"]
     assert entry["status"] == "done" and entry["f16_top1_agreement"] == f16.top1_agreement
     assert {"top1_agreement", "mean_kl", "size_bytes", "heldout_mean_kl", "heldout_p99_kl"} <= set(entry["quants"]["Q8_0"])
     rows = [(r["type"], r["imatrix"], r["shipped"]) for r in result.quality["rows"]]
@@ -109,8 +110,6 @@ def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
     import torch
 
     from medtune.config import ModelConfig
-    from medtune.export import export_gguf
-    from medtune.merge import merge_adapter
     from medtune.modeling import load_base_model
     from medtune.tokenizer import load_tokenizer
 
@@ -126,14 +125,15 @@ def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
     # A tiny adapter: the fine-tuned model must still be the chat model that knows when to stop.
     from safetensors.torch import load_file, save_file
 
-    weights_path = config.run_dir / "adapter" / "adapter_model.safetensors"
+    run = RunDir.of(config)
+    weights_path = run.adapter / "adapter_model.safetensors"
     weights = {k: (v * 0.01 if "lora_B" in k else v) for k, v in load_file(str(weights_path)).items()}
     save_file(weights, str(weights_path))
 
-    merged = merge_adapter(config)
+    merged = run_stage(config, "merge").result
     assert merged.top1_agreement == 1.0
-    assert "quantization_config" not in json.loads((config.run_dir / "merged" / "config.json").read_text())
-    result = export_gguf(config)
+    assert "quantization_config" not in json.loads((run.merged / "config.json").read_text())
+    result = run_stage(config, "export").result
     assert result.f16_top1_agreement >= 0.99
     assert all(f.stopped_on_eos and f.answer for f in result.files)
     assert result.metadata["license"] == "apache-2.0"
@@ -148,13 +148,12 @@ def test_embedded_smollm2_from_gguf_exports_and_stops(tmp_path):
 def test_gguf_weight_type_and_the_second_rounding_note(tmp_path):
     from medtune.config import RunConfig
     from medtune.embedded import smollm2_gguf_path
-    from medtune.export import _quantized_base_note, gguf_weight_type
 
     assert gguf_weight_type(smollm2_gguf_path()) == "Q4_1"
     config = RunConfig.model_validate({"name": "x", "data": {"files": ["a.jsonl"]}})  # embedded base
-    note = _quantized_base_note(config, ["Q4_K_M", "Q5_K_M", "Q8_0"])
+    note = quantized_base_note(config, ["Q4_K_M", "Q5_K_M", "Q8_0"])
     assert note.startswith("the base model is a Q4_1 GGUF") and "Q4_K_M, Q5_K_M round them" in note
-    assert "Q8_0" not in note and _quantized_base_note(config, ["Q4_1", "Q8_0"]) is None
+    assert "Q8_0" not in note and quantized_base_note(config, ["Q4_1", "Q8_0"]) is None
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf")
     assert gguf_weight_type(tmp_path / "broken.gguf") is None
 
@@ -162,16 +161,14 @@ def test_gguf_weight_type_and_the_second_rounding_note(tmp_path):
 @needs_llama_cpp
 def test_export_without_merged_model_says_what_to_run(tmp_path):
     from medtune.config import RunConfig
-    from medtune.export import export_gguf
 
     config = RunConfig.model_validate({"name": "x", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]}})
     with pytest.raises(ArtifactError, match="medtune merge"):
-        export_gguf(config)
+        export_gguf(config, RunDir.of(config))
 
 
 def test_staging_copy_drops_quantization_config_and_adds_card(tmp_path):
     from medtune.config import RunConfig
-    from medtune.export import _staging_copy
 
     merged = tmp_path / "merged"
     merged.mkdir()
@@ -180,11 +177,13 @@ def test_staging_copy_drops_quantization_config_and_adds_card(tmp_path):
     config = RunConfig.model_validate(
         {"name": "demo", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]}, "model": {"license": "apache-2.0"}}
     )
-    with _staging_copy(merged, config) as staged:
+    with staged_model_folder(merged, config) as staged:
         assert "quantization_config" not in json.loads((staged / "config.json").read_text())
         assert (staged / "model.safetensors").read_bytes() == b"x"
         card = (staged / "README.md").read_text()
         assert "license: apache-2.0" in card and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+        assert staged.name == "demo"  # the converter's general.basename: the run, not a temporary name
+    assert not staged.exists()  # the view is gone
     assert "quantization_config" in (merged / "config.json").read_text()  # the merged folder is untouched
 
 
@@ -192,8 +191,6 @@ def test_staging_copy_drops_quantization_config_and_adds_card(tmp_path):
 
 
 def test_modelfile_from_chatml_template(smollm2_tokenizer):
-    from medtune.ollama import build_modelfile, derive_pieces
-
     pieces = derive_pieces(smollm2_tokenizer)
     assert pieces.bos == ""  # ChatML's <|im_start|> is a turn marker, not a BOS
     assert pieces.user_prefix == "<|im_start|>user\n" and pieces.assistant_suffix == "<|im_end|>\n"
@@ -205,8 +202,6 @@ def test_modelfile_from_chatml_template(smollm2_tokenizer):
 
 
 def test_modelfile_llama3_bos_only_when_the_runtime_does_not_add_it(llama3_tokenizer):
-    from medtune.ollama import build_modelfile, derive_pieces
-
     pieces = derive_pieces(llama3_tokenizer)
     assert pieces.bos == "<|begin_of_text|>" and pieces.default_system is None
     with_bos = build_modelfile(llama3_tokenizer, "m.gguf", end_of_turn="<|eot_id|>", runtime_adds_bos=False).text
@@ -218,8 +213,6 @@ def test_modelfile_llama3_bos_only_when_the_runtime_does_not_add_it(llama3_token
 
 def test_modelfile_omits_template_it_cannot_derive(smollm2_tokenizer):
     import copy
-
-    from medtune.ollama import build_modelfile
 
     odd = copy.deepcopy(smollm2_tokenizer)
     odd.chat_template = "{{ messages[-1]['content'] }}"  # only the last message: not per-role
@@ -260,8 +253,6 @@ def test_modelfile_template_renders_like_jinja_in_go(tmp_path, fixture, request)
     """Ollama renders TEMPLATE with Go's text/template: run the real thing on the derived template."""
     import re
     import subprocess
-
-    from medtune.ollama import build_modelfile
 
     tokenizer = request.getfixturevalue(fixture)
     (tmp_path / "main.go").write_text(_GO_RENDERER)

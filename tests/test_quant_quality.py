@@ -14,7 +14,11 @@ import pytest
 from test_merge import make_adapter_run
 
 from medtune import llamacpp
+from medtune.artifacts import read_manifest, sha256_file
 from medtune.errors import ArtifactError, ConfigError
+from medtune.export import QualityBarError, prepare_imatrix, split_text
+from medtune.pipeline import run_stage
+from medtune.rundir import RunDir
 
 needs_tools = pytest.mark.skipif(
     not llamacpp.runtime_available() or not (llamacpp.converter_dir() / llamacpp.CONVERTER).is_file()
@@ -58,7 +62,7 @@ def write_medical_splits(config, tokenizer, *, n_train: int = 30, n_val: int = 1
                       {"role": "assistant", "content": r["output"]}] for r in records]
     splits = {"train": conversations[:n_train], "val": conversations[n_train:n_train + n_val]}
     for split, chats in splits.items():
-        folder = config.run_dir / "data" / split
+        folder = RunDir.of(config).split(split)
         shutil.rmtree(folder, ignore_errors=True)
         lengths = [len(tokenizer.apply_chat_template(c, tokenize=True)) for c in chats]
         datasets.Dataset.from_dict({"messages": [json.dumps(c) for c in chats], "length": lengths}).save_to_disk(str(folder))
@@ -87,17 +91,16 @@ def _gguf_field(path, key):
 @pytest.mark.slow
 @needs_tools
 def test_imatrix_on_the_train_split_and_every_low_bit_type_measured_with_and_without(tmp_path, tiny_256_dir):
-    from medtune.export import export_gguf
-    from medtune.merge import merge_adapter
-
     config = _run(tmp_path, tiny_256_dir, "iq", quant_types=[*LOW_BIT, "IQ2_XS"])
-    merge_adapter(config)
-    result = export_gguf(config)
-    folder = config.run_dir / "gguf"
+    run = RunDir.of(config)
+    run_stage(config, "merge")
+    result = run_stage(config, "export").result
+    folder = run.gguf
 
     # The imatrix: computed on the train split, shipped, and named in every quant's metadata.
     assert result.imatrix["source"] == "the train split (30 records)" and result.imatrix["chunks"] >= 2
-    imatrix = folder / "iq.imatrix"
+    imatrix = run.imatrix
+    assert imatrix.name == "iq.imatrix"
     assert imatrix.is_file() and _gguf_field(imatrix, "general.type") == "imatrix"
     assert not list(folder.glob(".scratch*")) and not (folder / ".calibration.txt").exists()
     for type_name in [*LOW_BIT, "IQ2_XS"]:
@@ -129,12 +132,12 @@ def test_imatrix_on_the_train_split_and_every_low_bit_type_measured_with_and_wit
     # The same figures in verification.json and the manifest, and the model card's table.
     saved = json.loads((folder / "verification.json").read_text())
     assert saved["quality"] == quality and saved["quants"]["Q4_K_M"]["heldout_mean_kl"] == shipped["Q4_K_M"]["mean_kl"]
-    from medtune.artifacts import read_manifest
     from medtune.model_card import write_model_card
 
-    entry = read_manifest(config.run_dir)["stages"]["export"]
+    entry = read_manifest(run.root)["stages"]["export"]
     assert entry["quality"]["rows"] == quality["rows"] and any(o["path"] == "gguf/iq.imatrix" for o in entry["outputs"])
-    card = write_model_card(config).read_text()
+    write_model_card(config, run)
+    card = run.model_card.read_text()
     assert "Quality on held-out medical text: the val split (10 held-out records)" in card
     assert "| Q4_K_M | no (not shipped) |" in card and "| IQ2_XS | yes |" in card
 
@@ -144,20 +147,17 @@ def test_imatrix_on_the_train_split_and_every_low_bit_type_measured_with_and_wit
 def test_an_imatrix_file_is_used_and_a_quant_above_its_bar_fails_keeping_the_previous_files(tmp_path, tiny_256_dir):
     """export.imatrix: PATH (made on other calibration text) is copied in and used; then an export whose
     Q2_K is above its bar fails with the figure, and gguf/ keeps the files of the first export."""
-    from medtune.artifacts import read_manifest, sha256_file
-    from medtune.export import export_gguf
-    from medtune.merge import merge_adapter
-
     config = _run(tmp_path, tiny_256_dir, "bar", quant_types=["Q3_K_M"], compare_without_imatrix=False)
-    merge_adapter(config)
-    f16 = llamacpp.convert_to_gguf(config.run_dir / "merged", tmp_path / "ref-F16.gguf", "f16")
+    run = RunDir.of(config)
+    run_stage(config, "merge")
+    f16 = llamacpp.convert_to_gguf(run.merged, tmp_path / "ref-F16.gguf", "f16")
     text = tmp_path / "calibration.txt"
     text.write_text("The kidney filters the blood and regulates electrolytes. " * 300)
     made = llamacpp.compute_imatrix(f16, text, tmp_path / "other.imatrix", ctx=128, chunks=4, n_threads=2)
     assert made["chunks"] == 4
     config.export.imatrix = str(tmp_path / "other.imatrix")
-    result = export_gguf(config)
-    folder = config.run_dir / "gguf"
+    result = run_stage(config, "export").result
+    folder = run.gguf
     assert result.imatrix["source"] == f"file {tmp_path / 'other.imatrix'}" and result.imatrix["chunks"] is None
     assert (folder / "bar.imatrix").read_bytes() == (tmp_path / "other.imatrix").read_bytes()
     assert _gguf_field(folder / "bar-Q3_K_M.gguf", "quantize.imatrix.chunks_count") == 4
@@ -167,16 +167,17 @@ def test_an_imatrix_file_is_used_and_a_quant_above_its_bar_fails_keeping_the_pre
     config.export.imatrix = "off"
     config.export.quant_types = ["Q3_K_M", "Q2_K"]
     config.export.max_mean_kl = {"Q3_K_M": 0.5, "Q2_K": 1e-6}
-    with pytest.raises(ArtifactError) as failure:
-        export_gguf(config)
+    with pytest.raises(QualityBarError) as failure:
+        run_stage(config, "export")
     message = str(failure.value)
-    entry = read_manifest(config.run_dir)["stages"]["export"]
+    # The pipeline records the failed attempt with the figures that failed it.
+    entry = read_manifest(run.root)["stages"]["export"]
     q2k = next(r for r in entry["quality"]["rows"] if r["type"] == "Q2_K")
     assert entry["status"] == "failed" and entry["error"] == message and entry["imatrix"] is None
     assert f"bar-Q2_K.gguf (without an importance matrix): mean KL divergence from F16 is {q2k['mean_kl']:.4f}" in message
     assert "above the bar export.max_mean_kl.Q2_K=1e-06" in message and "Q3_K_M" not in message.split("Not shipped")[0]
     assert {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file()} == before  # nothing of the failed attempt
-    assert not list(config.run_dir.glob("gguf.tmp-*"))
+    assert not list(run.root.glob("gguf.tmp-*"))
 
 
 # ---- configuration (fast) -----------------------------------------------------------------------
@@ -217,25 +218,22 @@ def test_imatrix_setting_and_bars_are_checked(tmp_path):
 
 def test_auto_computes_no_imatrix_for_types_that_ignore_one(tmp_path):
     from medtune.config import RunConfig
-    from medtune.imatrix import prepare_imatrix
 
     config = RunConfig.model_validate({"name": "x", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]},
                                        "export": {"quant_types": ["q8_0"]}})
     # Nothing is read or run: no F16 file, no train split, no tokenizer are needed to decide.
-    info, note = prepare_imatrix(config, tmp_path / "missing-F16.gguf", tmp_path, None, 1)
+    info, note = prepare_imatrix(config, RunDir.of(config), tmp_path / "missing-F16.gguf", tmp_path, None, 1)
     assert info is None and "Q8_0 ignore one" in note
     assert not list(tmp_path.iterdir())
     # With a type the matrix changes, auto goes on to look for the train split (absent here: it says so).
     config = RunConfig.model_validate({"name": "x", "output_dir": str(tmp_path), "data": {"files": ["a.jsonl"]},
                                        "export": {"quant_types": ["Q8_0", "Q4_K_M"]}})
-    info, note = prepare_imatrix(config, tmp_path / "missing-F16.gguf", tmp_path, None, 1)
+    info, note = prepare_imatrix(config, RunDir.of(config), tmp_path / "missing-F16.gguf", tmp_path, None, 1)
     assert info is None and note.startswith("no train split")
 
 
 def test_split_text_is_the_conversations_without_system_prompts(tmp_path):
     import datasets
-
-    from medtune.quality import split_text
 
     chats = [[{"role": "system", "content": "Be careful."}, {"role": "user", "content": "Q1?"}, {"role": "assistant", "content": "A1."}],
              [{"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A2."}]]
