@@ -29,6 +29,7 @@ from medtune.artifacts import (
 )
 from medtune.commands import push as push_command
 from medtune.errors import ArtifactError, ConfigError
+from medtune.publish.upload import PublishError, check_can_write
 from medtune.rundir import GGUF_MAGIC, RunDir
 from medtune.tasks import get_benchmark
 
@@ -331,13 +332,32 @@ def test_push_refusals_come_before_any_upload(demo_run: RunDir, token: str, tmp_
                                              "model.txt": b"weights"})
         taken = push_cli(demo_run, hub, token, "--repo", "alice/demo-med", home=home)
         assert taken.returncode == 2 and "alice/demo-med-GGUF already holds a different model" in taken.stderr
+        lonely_gguf = push_cli(demo_run, hub, token, "--repo", "alice/other", "--what", "gguf", home=home)
+        assert lonely_gguf.returncode == 2 and "alice/other does not exist on the Hub" in lonely_gguf.stderr
         hub.role = "read"
         read_only = push_cli(demo_run, hub, token, "--repo", "alice/demo-med", home=home)
         assert read_only.returncode == 2 and "the token is read-only" in read_only.stderr
         assert hub.writes() == []  # nothing was created, pre-uploaded or committed
-        for result in (missing, wrong, other, taken, read_only):
+        for result in (missing, wrong, other, taken, lonely_gguf, read_only):
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one clear line
-    _no_token_anywhere(token, tmp_path, missing, wrong, other, taken, read_only)
+    _no_token_anywhere(token, tmp_path, missing, wrong, other, taken, lonely_gguf, read_only)
+    closed = FakeHub(token=token, url="http://127.0.0.1:9")  # nothing listens there
+    offline = push_cli(demo_run, closed, token, "--repo", "alice/demo-med", home=home)
+    assert offline.returncode == 2 and "cannot reach the Hub at http://127.0.0.1:9" in offline.stderr
+
+
+def test_fine_grained_token_needs_repo_write_on_the_namespace() -> None:
+    def identity(scoped: list[dict]) -> dict:
+        return {"name": "alice", "orgs": [{"name": "acme", "roleInOrg": "admin"}],
+                "auth": {"accessToken": {"role": "fineGrained", "fineGrained": {"scoped": scoped}}}}
+
+    writes_acme = [{"entity": {"type": "org", "name": "acme"}, "permissions": ["repo.content.read", "repo.write"]}]
+    check_can_write(identity(writes_acme), "acme/demo")  # allowed
+    with pytest.raises(PublishError, match="no 'repo.write' permission on 'alice'"):
+        check_can_write(identity(writes_acme), "alice/demo")
+    reads_only = [{"entity": {"type": "user", "name": "alice"}, "permissions": ["repo.content.read"]}]
+    with pytest.raises(PublishError, match="fine-grained token"):
+        check_can_write(identity(reads_only), "alice/demo")
 
 
 def test_push_as_a_pull_request_on_a_branch(demo_run: RunDir, token: str, tmp_path: Path) -> None:

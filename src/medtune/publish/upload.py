@@ -78,7 +78,7 @@ def check_push(plan: PushPlan, api: HfApi, *, revision: str | None) -> dict[str,
     identity = _whoami(api)
     states: dict[str, RemoteState] = {}
     for repo in plan.repos:
-        _check_can_write(identity, repo.repo_id)
+        check_can_write(identity, repo.repo_id)
         state = remote_state(api, repo.repo_id, revision)
         _check_same_model(repo, state)
         states[repo.repo_id] = state
@@ -101,9 +101,12 @@ def _whoami(api: HfApi) -> dict[str, Any]:
             f"the Hub refused the token (HTTP {status} on whoami): it is invalid or expired; "
             "set HF_TOKEN to a valid write token or run `hf auth login` again"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - the HTTP client differs across huggingface_hub versions (requests, httpx, httpx2)
+        raise PublishError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}: {exc}); "
+                           "check the network (or HF_ENDPOINT) and push again") from None
 
 
-def _check_can_write(identity: dict[str, Any], repo_id: str) -> None:
+def check_can_write(identity: dict[str, Any], repo_id: str) -> None:
     """Refuse namespaces the token cannot write: a read-only token, someone else's user name, an
     organization the user is not in (or only reads), a fine-grained token without repo.write there."""
     namespace = repo_id.split("/", 1)[0]
