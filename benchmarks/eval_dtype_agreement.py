@@ -6,23 +6,40 @@ faster there. This scores the same PubMedQA items with the base model in fp32 an
 many items get a different answer.
 
     python benchmarks/eval_dtype_agreement.py [--limit 200] [--pubmedqa ../shared/data/pubmedqa]
+
+Results: appended to benchmarks/results/eval_dtype_agreement.json (medtune.benchmarking's schema).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import tempfile
 import time
 from pathlib import Path
 
+from medtune.benchmarking import append_run, print_table
 from medtune.config import BenchmarkSpec, EvalConfig
 from medtune.eval.backends import cpu_has_fast_bf16
 from medtune.eval.stage import evaluate_model
 from medtune.eval.stats import paired_difference
+from medtune.rundir import EvalFiles
 
 HERE = Path(__file__).resolve().parent
+BENCHMARK = "eval_dtype_agreement"
+
+
+def score(model: str, spec: BenchmarkSpec, dtype: str, out: Path) -> dict:
+    """Accuracy, CI, seconds and per-item predictions of `model` scored in `dtype` on the CPU."""
+    cfg = EvalConfig(benchmarks=[spec], device="cpu", dtype=dtype, batch_size=8)
+    started = time.perf_counter()
+    result = evaluate_model(model, [spec], cfg, out)
+    seconds = time.perf_counter() - started
+    predictions_file = next(EvalFiles(out).predictions.glob("*.jsonl"))
+    predictions = [json.loads(line) for line in predictions_file.read_text().splitlines()]
+    row = result.rows[0]
+    return {"dtype": dtype, "accuracy": row.accuracy, "ci95": list(row.ci95), "seconds": round(seconds, 1),
+            "predictions": predictions}
 
 
 def main() -> None:
@@ -30,42 +47,24 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--pubmedqa", default=str(HERE.parent.parent / "shared" / "data" / "pubmedqa"))
     parser.add_argument("--limit", type=int, default=200)
-    parser.add_argument("--out", default=str(HERE / "results" / "eval_dtype_agreement.json"))
     args = parser.parse_args()
 
     spec = BenchmarkSpec(name="pubmedqa", path=args.pubmedqa, limit=args.limit)
-    runs = {}
-    for dtype in ("fp32", "bf16"):
-        cfg = EvalConfig(benchmarks=[spec], device="cpu", dtype=dtype, batch_size=8)
-        out = Path(f"/tmp/medtune-dtype-{dtype}")
-        started = time.perf_counter()
-        result = evaluate_model(args.model, [spec], cfg, out)
-        seconds = time.perf_counter() - started
-        preds = [json.loads(line) for line in next((out / "predictions").glob("*.jsonl")).read_text().splitlines()]
-        runs[dtype] = {"row": result.rows[0], "seconds": round(seconds, 1), "predictions": preds}
+    with tempfile.TemporaryDirectory(prefix="medtune-dtype-") as scratch:
+        runs = {dtype: score(args.model, spec, dtype, Path(scratch) / dtype) for dtype in ("fp32", "bf16")}
 
-    fp32, bf16 = runs["fp32"]["predictions"], runs["bf16"]["predictions"]
-    assert [p["id"] for p in fp32] == [p["id"] for p in bf16]
+    fp32, bf16 = runs["fp32"].pop("predictions"), runs["bf16"].pop("predictions")
+    if [p["id"] for p in fp32] != [p["id"] for p in bf16]:
+        raise SystemExit("fp32 and bf16 scored different items: the comparison is not paired")
     same_answer = sum(a["predicted"] == b["predicted"] for a, b in zip(fp32, bf16, strict=True))
     diff = paired_difference([p["correct"] for p in bf16], [p["correct"] for p in fp32])
-    result = {
-        "what": "base model PubMedQA loglik on CPU, bf16 vs fp32 weights (transformers backend)",
-        "machine": f"{platform.node()}, {os.cpu_count()} cores, fast bf16 instructions: {cpu_has_fast_bf16()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "model": args.model,
-        "n": len(fp32),
-        "fp32": {"accuracy": runs["fp32"]["row"]["accuracy"], "ci95": runs["fp32"]["row"]["ci95"], "seconds": runs["fp32"]["seconds"]},
-        "bf16": {"accuracy": runs["bf16"]["row"]["accuracy"], "ci95": runs["bf16"]["row"]["ci95"], "seconds": runs["bf16"]["seconds"]},
-        "same_answer": same_answer,
-        "bf16_minus_fp32": diff,
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'dtype':<6}{'accuracy':>10}{'seconds':>9}")
-    for dtype in ("fp32", "bf16"):
-        print(f"{dtype:<6}{100 * result[dtype]['accuracy']:>9.1f}%{result[dtype]['seconds']:>9}")
+    rows = [runs["fp32"], runs["bf16"]]
+    append_run(BENCHMARK, rows, what="base model PubMedQA loglik on CPU, bf16 vs fp32 weights (transformers backend)",
+               model=args.model, n=len(fp32), fast_bf16_instructions=cpu_has_fast_bf16(), same_answer=same_answer,
+               bf16_minus_fp32=diff)
+    print_table(rows, ["dtype", "accuracy", "seconds"])
     print(f"same answer on {same_answer}/{len(fp32)} items; bf16 - fp32 = {100 * diff['difference']:+.1f} points "
           f"(paired 95% CI {100 * diff['ci95'][0]:+.1f} to {100 * diff['ci95'][1]:+.1f})")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ agreement against the 16-bit file come from llama.cpp's llama-perplexity on the 
 
     python benchmarks/quant_bench.py [--demo-run runs/demo] [--pubmedqa ../shared/data/pubmedqa]
 
-Results: benchmarks/results/quant_bench.json (per model and type, with and without imatrix:
-size_bytes, bits_per_weight, perplexity, mean_kl, p99_kl, top1_agreement; adapter_top1_vs_merged).
+Results: appended to benchmarks/results/quant_bench.json (medtune.benchmarking's schema): one row
+per model, type and imatrix variant (size_bytes, bits_per_weight, perplexity, mean_kl, p99_kl,
+top1_agreement), each model's corpus, imatrix and adapter_top1_vs_merged beside them.
 """
 
 from __future__ import annotations
@@ -28,15 +29,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from medtune import llamacpp
+from medtune.benchmarking import append_run, print_table
+from medtune.config import load_config
+from medtune.export import export_gguf
+from medtune.pipeline import run_pipeline
+from medtune.rundir import RunDir
+from medtune.tokenizer import load_tokenizer
+
 REPO = Path(__file__).resolve().parents[1]
-RESULT = REPO / "benchmarks" / "results" / "quant_bench.json"
+BENCHMARK = "quant_bench"
 TYPES = ["Q8_0", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_M", "Q2_K"]
 FIGURES = ("size_bytes", "bits_per_weight", "perplexity", "mean_kl", "p99_kl", "top1_agreement")
 TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 6, "num_attention_heads": 4,
@@ -45,8 +52,6 @@ TINY_SHAPE = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers":
 
 def export_all_types(config, label: str) -> dict:
     """Run the export stage with every type, the no-imatrix comparison and the adapter GGUF; the model's JSON entry."""
-    from medtune.export import export_gguf
-
     config.export.quant_types = TYPES
     config.export.imatrix = "auto"
     config.export.compare_without_imatrix = True
@@ -54,7 +59,7 @@ def export_all_types(config, label: str) -> dict:
     config.export.max_mean_kl = {}
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    result = export_gguf(config)
+    result = export_gguf(config, RunDir.of(config))
     seconds = time.perf_counter() - started
     quality = result.quality
     types: dict = {}
@@ -74,18 +79,16 @@ def export_all_types(config, label: str) -> dict:
 
 
 def demo_entry(demo_run: Path, scratch: Path) -> dict:
-    from medtune.config import load_config
-
-    if not (demo_run / "merged" / "config.json").is_file():
+    demo = RunDir(demo_run)
+    if not (demo.merged / "config.json").is_file():
         raise SystemExit(f"{demo_run} has no merged model: run `medtune run configs/demo.yaml` first")
-    config = load_config(demo_run / "config.yaml", [f"output_dir={scratch}"])
-    target = config.run_dir
+    config = load_config(demo.config_file, [f"output_dir={scratch}"])
+    target = RunDir.of(config)
     for part in ("data", "adapter", "merged"):
-        shutil.copytree(demo_run / part, target / part)
+        shutil.copytree(getattr(demo, part), getattr(target, part))
     entry = export_all_types(config, "demo run (SmolLM2-135M-Instruct from the embedded Q4_1 GGUF, LoRA)")
-    manifest = json.loads((demo_run / "manifest.json").read_text())["stages"]
-    entry["run"] = {"train_steps": manifest.get("train", {}).get("steps") or manifest.get("train", {}).get("global_step"),
-                    "config": str(demo_run / "config.yaml")}
+    train = demo.stage_entry("train")
+    entry["run"] = {"train_steps": train.get("steps") or train.get("global_step"), "config": str(demo.config_file)}
     return entry
 
 
@@ -133,10 +136,6 @@ def tiny_entry(scratch: Path, pubmedqa: Path, steps: int) -> dict:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from medtune.config import load_config
-    from medtune.pipeline import run_pipeline
-    from medtune.tokenizer import load_tokenizer
-
     folder = scratch / "tiny-bf16-llama"
     base_model = load_config(REPO / "configs" / "demo.yaml").model
     tokenizer = load_tokenizer(base_model)  # SmolLM2's tokenizer and ChatML template, pad token fixed
@@ -179,19 +178,10 @@ def verdicts(models: dict) -> dict:
     return out
 
 
-def print_table(name: str, entry: dict) -> None:
-    print(f"\n{name}: {entry['corpus']}, {entry['positions']} positions (ctx {entry['ctx']}); imatrix {entry['imatrix']['source']}, "
-          f"{entry['imatrix']['chunks']} chunks")
-    print(f"{'type':<8}{'imatrix':>8}{'MiB':>8}{'bpw':>7}{'PPL':>10}{'mean KL':>10}{'p99 KL':>9}{'top-1':>8}")
-    for type_name, pair in entry["types"].items():
-        for key, row in pair.items():
-            kl = "-" if row["mean_kl"] is None else f"{row['mean_kl']:.4f}"
-            p99 = "-" if row["p99_kl"] is None else f"{row['p99_kl']:.3f}"
-            top1 = "-" if row["top1_agreement"] is None else f"{100 * row['top1_agreement']:.1f}%"
-            flag = {"reference": "-", "imatrix": "yes", "no_imatrix": "no"}[key]
-            print(f"{type_name:<8}{flag:>8}{row['size_bytes'] / 2**20:>8.1f}{row['bits_per_weight']:>7.2f}{row['perplexity']:>10.3f}"
-                  f"{kl:>10}{p99:>9}{top1:>8}")
-    print(f"adapter GGUF on its base vs merged F16: top-1 {100 * entry['adapter_top1_vs_merged']:.2f}% over {entry['adapter_positions']} positions")
+def type_rows(name: str, entry: dict) -> list[dict]:
+    """One row per type and imatrix variant of one model's entry."""
+    return [{"model": name, "type": type_name, "imatrix": key, **row}
+            for type_name, pair in entry["types"].items() for key, row in pair.items()]
 
 
 def main() -> None:
@@ -200,35 +190,30 @@ def main() -> None:
     parser.add_argument("--pubmedqa", type=Path, default=REPO.parent / "shared" / "data" / "pubmedqa")
     parser.add_argument("--pretrain-steps", type=int, default=80)
     parser.add_argument("--only", choices=["demo", "tiny"], help="measure one model only")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--results-dir", type=Path, help="where quant_bench.json is (default: benchmarks/results)")
     args = parser.parse_args()
-    from medtune import llamacpp
 
-    result: dict = {
-        "what": "each quant type with and without an importance matrix (computed on the run's train split) vs the 16-bit "
-                "GGUF on the run's held-out val split, by llama.cpp's llama-perplexity, through medtune's export stage",
-        "command": "python benchmarks/quant_bench.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
-        "llama_cpp": llamacpp.runtime_description(),
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average_start": round(os.getloadavg()[0], 2),
-        "models": {},
-    }
+    models: dict = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="medtune-quant-bench-") as scratch:
         if args.only in (None, "demo"):
-            result["models"]["demo"] = demo_entry(args.demo_run, Path(scratch))
-            print_table("demo", result["models"]["demo"])
+            models["demo"] = demo_entry(args.demo_run, Path(scratch))
         if args.only in (None, "tiny"):
-            result["models"]["tiny_bf16_llama"] = tiny_entry(Path(scratch), args.pubmedqa, args.pretrain_steps)
-            print_table("tiny_bf16_llama", result["models"]["tiny_bf16_llama"])
-    result["checks"] = verdicts(result["models"])
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["load_average_end"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print("\n" + json.dumps(result["checks"], indent=2))
-    print(f"wrote {args.out}")
+            models["tiny_bf16_llama"] = tiny_entry(Path(scratch), args.pubmedqa, args.pretrain_steps)
+    rows = [row for name, entry in models.items() for row in type_rows(name, entry)]
+    for name, entry in models.items():
+        print_table([r for r in rows if r["model"] == name], ["type", "imatrix", *FIGURES],
+                    title=f"{name}: {entry['corpus']}, {entry['positions']} positions (ctx {entry['ctx']}); adapter GGUF "
+                          f"top-1 vs merged F16 {entry['adapter_top1_vs_merged']:.2%}")
+    checks = verdicts(models)
+    append_run(
+        BENCHMARK, rows, results_dir=args.results_dir,
+        what="each quant type with and without an importance matrix (computed on the run's train split) vs the 16-bit "
+             "GGUF on the run's held-out val split, by llama.cpp's llama-perplexity, through medtune's export stage",
+        llama_cpp=llamacpp.runtime_description(), seconds=round(time.perf_counter() - started, 1), checks=checks,
+        models={name: {k: v for k, v in entry.items() if k != "types"} for name, entry in models.items()},
+    )
+    print("\n" + json.dumps(checks, indent=2))
 
 
 if __name__ == "__main__":
