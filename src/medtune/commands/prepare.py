@@ -17,7 +17,6 @@ import typer
 from rich.markup import escape
 
 from medtune.commands.common import ConfigArg, SetOption, load_run_config
-from medtune.data.prepare import read_report
 from medtune.rundir import RunDir
 from medtune.ui import console, print_summary
 
@@ -42,6 +41,8 @@ def command(
 
 def print_report(run: RunDir) -> None:
     """Summary tables of a run's data report: kept/dropped by reason (with examples) and token lengths."""
+    from medtune.data.prepare import read_report  # pulls datasets: only once there is a report to show
+
     report = read_report(run)
     rows = [("records read", report["records_read"]), ("kept", report["kept"])]
     rows += [("  train / val", f"{report['train']} / {report['val']}")]
