@@ -66,5 +66,6 @@ def _print_plan(plan: PushPlan, folders: dict[str, Path]) -> None:
     for repo in plan.repos:
         rows = [(f.path_in_repo, f"{f.size:,}", f.sha256[:16]) for f in repo.files]
         rows.append((CARD_FILE, f"{(folders[repo.repo_id] / CARD_FILE).stat().st_size:,}", "(card)"))
-        print_summary(f"{repo.repo_id} ({repo.kind}, {len(repo.files)} files, {repo.total_bytes:,} bytes) <- "
-                      f"{folders[repo.repo_id]}", rows, ("file", "bytes", "sha256"))
+        console.print(f"[bold]{repo.repo_id}[/bold] ({repo.kind}, {len(repo.files)} files, {repo.total_bytes:,} bytes) "
+                      f"<- {folders[repo.repo_id]}", highlight=False, soft_wrap=True)
+        print_summary("", rows, ("file", "bytes", "sha256"))

@@ -112,6 +112,8 @@ def plan_push(
     manifest = run.manifest().get("stages", {})
     wanted, notes = _kinds_to_push(manifest, kinds)
     repos = [_repo_plan(run, manifest, kind, repo + REPO_SUFFIX[kind]) for kind in wanted]
+    if "gguf" in wanted and "merged" not in wanted:
+        notes.append(f"the GGUF card names {repo} as its base_model: a push checks that it exists on the Hub")
     rows, meta = _current_eval(run, manifest, wanted)
     if rows is None:
         rows, meta = [], {}
