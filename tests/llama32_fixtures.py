@@ -18,7 +18,6 @@ Instruct model's EOS ids (<|end_of_text|>, <|eom_id|>, <|eot_id|>).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -51,11 +50,22 @@ def meta_arch_1b() -> dict:
 
 
 def write_tokenizer(out_dir: Path) -> Path:
-    """Llama 3.2's tokenizer files as shipped (base-model EOS <|end_of_text|>, pad
-    <|finetune_right_pad_id|>, no chat template) copied into `out_dir`."""
+    """Llama 3.2 1B's tokenizer files in `out_dir`: the package's, as shipped (base-model EOS
+    <|end_of_text|>, pad <|finetune_right_pad_id|>, no chat template), less one token.
+
+    The package's files carry a 257th added token, `<|image|>` at id 128256: that is the 11B Vision
+    model's tokenizer. The 1B text model embeds 128,256 tokens (Meta's LLAMA3_VOCAB_SIZE; its tiktoken
+    tokenizer has 256 special tokens, 128000-128255), so the fixture drops the token its embedding lacks
+    (medtune's merge rightly refuses a tokenizer larger than the base's embedding).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(tokenizer_files() / name, out_dir / name)
+    vocab_size = meta_arch_1b()["vocab_size"]
+    tokenizer = json.loads((tokenizer_files() / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["id"] < vocab_size]
+    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    settings = json.loads((tokenizer_files() / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings["added_tokens_decoder"] = {k: v for k, v in settings["added_tokens_decoder"].items() if int(k) < vocab_size}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, ensure_ascii=False), encoding="utf-8")
     return out_dir
 
 

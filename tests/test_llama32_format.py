@@ -20,9 +20,10 @@ from llama32_fixtures import (
     PAD,
     TEMPLATE,
     llama32_dir,  # noqa: F401  (a fixture)
+    meta_arch_1b,
     meta_chat_format,
     meta_training_ids,
-    require_packages,
+    tokenizer_files,
     write_reasonmed_json,
 )
 from medtune import pipeline
@@ -241,3 +242,14 @@ def test_builtin_template_renders_the_text_prompt_format_of_llama_models(llama32
         tokenize=False, add_generation_prompt=True,
     )
     assert rendered == example
+
+
+def test_shipped_tokenizer_has_the_vision_image_token_the_1b_model_lacks(llama32_dir):
+    """Why the fixture drops one token (llama32_fixtures.write_tokenizer)."""
+    from transformers import AutoTokenizer
+
+    shipped = json.loads((tokenizer_files() / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
+    assert (len(shipped), shipped[-1]["id"], shipped[-1]["content"]) == (257, 128256, "<|image|>")
+    meta = meta_chat_format().tokenizer
+    assert meta.n_words == meta_arch_1b()["vocab_size"] == 128256 == len(AutoTokenizer.from_pretrained(str(llama32_dir)))
+    assert max(meta.special_tokens.values()) == 128255
