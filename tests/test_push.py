@@ -61,8 +61,9 @@ def _record(run: RunDir, stage: str, status: str = "done") -> None:
 
 
 def build_run(root: Path, *, name: str, base: str, license: str | None, data: dict, benchmarks: list[tuple[str, str]],
-              export_status: str = "done") -> RunDir:
-    """A finished run: adapter/, merged/, gguf/ (F16 + two quants, Modelfile, imatrix) and eval/ results."""
+              export_status: str = "done", adapter_gguf: bool = False) -> RunDir:
+    """A finished run: adapter/, merged/, gguf/ (F16 + two quants, Modelfile, imatrix; with adapter_gguf the
+    LoRA adapter as GGUF beside its base in gguf/adapter/) and eval/ results."""
     run = RunDir(root / name)
     run.root.mkdir(parents=True)
     run.config_file.write_text(yaml.safe_dump(_config(name, base, license, data)), encoding="utf-8")
@@ -81,6 +82,10 @@ def build_run(root: Path, *, name: str, base: str, license: str | None, data: di
         run.modelfile: f"FROM ./{name}-Q4_K_M.gguf\nPARAMETER stop <|im_end|>\n".encode(),
         run.imatrix: GGUF_MAGIC + b"imatrix " * 16,
     }
+    if adapter_gguf:
+        files[run.adapter_gguf_file("F16")] = GGUF_MAGIC + b"lora " * 32
+        files[run.adapter_gguf_folder / f"{name}-base-F16.gguf"] = GGUF_MAGIC + b"base " * 64
+        files[run.adapter_gguf_folder / "Modelfile"] = f"FROM ./{name}-base-F16.gguf\nADAPTER ./{name}-lora-F16.gguf\n".encode()
     for path, content in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
@@ -109,7 +114,7 @@ def demo_run(tmp_path: Path) -> RunDir:
 def llama_run(tmp_path: Path) -> RunDir:
     return build_run(tmp_path / "runs", name="llama3.2-1b-reasonmed", base=LLAMA, license="llama3.2",
                      data={"dataset": "lingshu-medical-mllm/ReasonMed", "data_files": ["ReasonMed.json"]},
-                     benchmarks=[("pubmedqa", "loglik"), ("pubmedqa", "cot"), ("medqa", "loglik")])
+                     benchmarks=[("pubmedqa", "loglik"), ("pubmedqa", "cot"), ("medqa", "loglik")], adapter_gguf=True)
 
 
 def _app() -> typer.Typer:
@@ -194,6 +199,8 @@ def test_dry_run_llama_cards_name_the_real_base_licence_and_data(llama_run: RunD
     assert merged.license == "llama3.2"  # not apache-2.0: the base's own Hub licence id
     assert merged.datasets == ["lingshu-medical-mllm/ReasonMed"]
     assert merged.language == ["en"]
+    assert (merged.pipeline_tag, merged.library_name, merged.base_model_relation) == ("text-generation", "transformers", "finetune")
+    assert {"medical", "medtune", "lora"} <= set(merged.tags)
     by_config = {(r.dataset_type, r.metric_config): r for r in merged.eval_results}
     assert set(by_config) == {("qiaojin/PubMedQA", "loglik"), ("qiaojin/PubMedQA", "cot"), ("GBaker/MedQA-USMLE-4-options", "loglik")}
     pubmedqa = by_config[("qiaojin/PubMedQA", "cot")]
@@ -203,10 +210,18 @@ def test_dry_run_llama_cards_name_the_real_base_licence_and_data(llama_run: RunD
     assert pubmedqa.metric_value == 70.0 and "n=64" in pubmedqa.metric_name
     gguf = _card(llama_run, "Llama-3.2-1B-ReasonMed-GGUF").data
     assert (gguf.base_model, gguf.base_model_relation, gguf.license) == ("acme/Llama-3.2-1B-ReasonMed", "quantized", "llama3.2")
+    assert (gguf.datasets, gguf.language, gguf.pipeline_tag, gguf.library_name) == (
+        ["lingshu-medical-mllm/ReasonMed"], ["en"], "text-generation", "gguf")
+    assert {"gguf", "medical"} <= set(gguf.tags)
+    staged = _staged(llama_run, "Llama-3.2-1B-ReasonMed-GGUF")
+    assert {"adapter/llama3.2-1b-reasonmed-lora-F16.gguf", "adapter/llama3.2-1b-reasonmed-base-F16.gguf",
+            "adapter/Modelfile", "llama3.2-1b-reasonmed.imatrix", "Modelfile"} <= set(staged)
+    assert "--lora adapter/llama3.2-1b-reasonmed-lora-F16.gguf" in _card(llama_run, "Llama-3.2-1B-ReasonMed-GGUF").text
     assert len(gguf.eval_results) == 6  # 2 files x 3 benchmark-modes
     assert {r.metric_config for r in gguf.eval_results} >= {"Q4_K_M, loglik", "Q8_0, cot"}  # the dotted run name is cut off
     lora = _card(llama_run, "Llama-3.2-1B-ReasonMed-LoRA").data
     assert (lora.base_model, lora.base_model_relation, lora.license) == (LLAMA, "adapter", "llama3.2")
+    assert (lora.library_name, lora.datasets, lora.pipeline_tag) == ("peft", ["lingshu-medical-mllm/ReasonMed"], "text-generation")
     # The card round-trips through huggingface_hub's own model-index parser.
     reloaded = ModelCard(str(_card(llama_run, "Llama-3.2-1B-ReasonMed")))
     assert reloaded.data.to_dict()["model-index"][0]["name"] == "Llama-3.2-1B-ReasonMed"

@@ -210,6 +210,7 @@ def _usage(plan: PushPlan, repo: RepoPlan) -> str:
             f"# Ollama, straight from the Hub\n"
             f"ollama run hf.co/{repo_id}:{quant}\n```\n\n"
             "Every quant, the 16-bit file and the importance matrix they were made with are in this repo."
+            + _adapter_gguf_note(repo)
         )
     if repo.kind == "adapter":
         return (
@@ -228,6 +229,17 @@ def _usage(plan: PushPlan, repo: RepoPlan) -> str:
         + _chat_snippet()
         + "```"
     )
+
+
+def _adapter_gguf_note(repo: RepoPlan) -> str:
+    """The LoRA adapter as GGUF (export.adapter_gguf), when the run made it: gguf/adapter/ in the run."""
+    names = [f.path_in_repo for f in repo.files if f.path_in_repo.startswith("adapter/")]
+    lora = next((n for n in names if "-lora-" in n and n.endswith(".gguf")), None)
+    base = next((n for n in names if n.endswith(".gguf") and n != lora), None)
+    if not lora or not base:
+        return ""
+    return (f" `adapter/` holds the LoRA adapter as GGUF with the 16-bit base it applies to (and a Modelfile with "
+            f"ADAPTER): `llama-cli -m {base} --lora {lora} -cnv`.")
 
 
 def _chat_snippet() -> str:
