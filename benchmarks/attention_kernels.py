@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Packed (varlen) causal attention kernels on one GPU: FlashAttention-2 vs FlexAttention vs cuDNN, fwd+bwd.
+"""Packed (varlen) causal attention kernels on one GPU: FlashAttention-2 vs -4 vs FlexAttention vs cuDNN, fwd+bwd.
 
-The micro-batches are the training workload's (benchmarks/train_vs_peers.py): examples of the
+The micro-batches are the training workload's (benchmarks/peers): examples of the
 lognormal length mix packed into 16,384-token rows, every example attending only to itself. For
 each Llama head shape (1B: 32 q / 8 kv heads of 64; 3B: 24 / 8 of 128; 8B: 32 / 8 of 128) and each
 kernel it times forward + backward over the same micro-batches (wall clock between CUDA syncs,
@@ -9,41 +9,39 @@ after warm-up) and checks the output and the q/k/v gradients against an fp32 per
 reference (medtune's CPU fallback, `reference_varlen_attention`), so no kernel
 wins by computing something else.
 
-  flash       torch.nn.attention.varlen.varlen_attn (FlashAttention-2 in torch; medtune's kernel)
+  flash       torch.nn.attention.varlen.varlen_attn (FlashAttention-2 in torch; medtune's varlen kernel)
+  fa4         FlashAttention-4 (flash-attn-4's flash_attn.cute.flash_attn_varlen_func) as medtune trains
+              with it: the torch.library op medtune::fa4_varlen, native GQA (k/v at their own heads)
   cudnn       aten._cudnn_attention_forward with cumulative sequence lengths (ragged THD layout),
               k/v repeated to the query heads
   cudnn-gqa   the same with k/v at their own head count (cuDNN's native GQA)
   flex        FlexAttention (torch.compile'd Triton) with a document-causal block mask, native GQA
 
-  python benchmarks/attention_kernels.py --out attention_kernels.json
+  python benchmarks/attention_kernels.py --kernels flash,fa4,flex,cudnn   # appends to results/attention_kernels.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
+from medtune.benchmarking import append_run, command_line
+from medtune.config import TrainConfig
+from medtune.train.attention import packed_kernel, reference_varlen_attention
+from medtune.train.measure import example_lengths
 
-from train_vs_peers import TOKENS_PER_MICRO_BATCH, lengths  # noqa: E402
-
-from medtune.train.attention import reference_varlen_attention  # noqa: E402
+TOKENS_PER_MICRO_BATCH = TrainConfig().max_tokens_per_batch  # the shipped micro-batch
 
 HEAD_SHAPES = {"1b": (32, 8, 64), "3b": (24, 8, 128), "8b": (32, 8, 128)}
 
 
 def packed_rows(n_rows: int, budget: int, seed: int) -> list[list[int]]:
     """Example lengths of n_rows packed rows, each filled first-fit up to budget tokens."""
-    pool = [int(x) for x in lengths(4096, seed)]
+    pool = [int(x) for x in example_lengths(4096, seed)]
     rows, row, used = [], [], 0
     for length in pool:
         if used + length > budget:
@@ -174,7 +172,8 @@ def measure(name, kernel, batches, scale, heads, dim, iters: int) -> dict:
 
 
 def make_kernels(names: list[str]) -> dict:
-    factories = {"flash": flash_kernel, "flex": flex_kernel, "cudnn": lambda: cudnn_kernel(False),
+    factories = {"flash": flash_kernel, "fa4": lambda: packed_kernel("fa4"), "flex": flex_kernel,
+                 "cudnn": lambda: cudnn_kernel(False),
                  "cudnn-gqa": lambda: cudnn_kernel(True)}  # cudnn-gqa: illegal memory access in the first call
     return {name: factories[name]() for name in names}
 
@@ -184,7 +183,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4, help="packed micro-batches per shape")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--shapes", default="1b,3b,8b")
-    parser.add_argument("--out", default="attention_kernels.json")
+    parser.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results")
     parser.add_argument("--gqa", action="store_true", help="also try cuDNN with native GQA (last: it may crash)")
     parser.add_argument("--kernels", default="flash,flex,cudnn")
     args = parser.parse_args()
@@ -197,7 +196,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "examples_per_micro_batch": [len(r) for r in rows],
         "tokens_per_micro_batch": [sum(r) for r in rows],
-        "command": " ".join(["python"] + sys.argv),
+        "command": command_line(),
     }
     names = args.kernels.split(",") + (["cudnn-gqa"] if args.gqa else [])
     results = []
@@ -229,7 +228,7 @@ def main() -> None:
                   + "/".join(f"{err[key]:.4f}" for key in ("out", "dq", "dk", "dv")))
         del batches
         torch.cuda.empty_cache()
-    Path(args.out).write_text(json.dumps({"environment": env, "rows": results}, indent=1) + "\n")
+    append_run("attention_kernels", results, results_dir=args.results_dir, environment=env)
 
 
 if __name__ == "__main__":

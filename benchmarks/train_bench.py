@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +35,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PEAK_FLOPS = 790e12
+from medtune.config import LoraConfig, TrainConfig
+from medtune.train.measure import (
+    SEED_MAX_LENGTH,
+    StepTimer,
+    count_params,
+    example_lengths,
+    mfu,
+    seed_recipe_rows,
+    synthetic_examples,
+)
+from medtune.train.packing import PackedCollator
+from medtune.train.trainer import build_trainer, plan_training, prepare_lora_model
+
 SEED = 0
 N_EXAMPLES = 8192
-MEDIAN, SIGMA, MIN_LEN, MAX_LEN = 450, 0.6, 64, 2048
-SEED_MAX_LEN = 512
 EOT_ID = 128009  # <|eot_id|>: what Llama 3 recipes (the seed too) pad with
 PAD_ID = 128004  # <|finetune_right_pad_id|>: medtune's pad
 
@@ -72,26 +81,6 @@ def model_config(tiny: bool):
     )
 
 
-def synthetic_lengths(n: int) -> np.ndarray:
-    rng = np.random.default_rng(SEED)
-    return np.clip(np.round(np.exp(rng.normal(np.log(MEDIAN), SIGMA, n))), MIN_LEN, MAX_LEN).astype(np.int64)
-
-
-def synthetic_examples(n: int, vocab: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(SEED + 1)
-    high = min(vocab, 128000)
-    return [rng.integers(3, high, size=int(length), dtype=np.int64) for length in synthetic_lengths(n)]
-
-
-def count_params(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -102,35 +91,6 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def make_timer(warmup: int, timed: int, token_source):
-    """A TrainerCallback that records wall time and real tokens at each optimizer step end."""
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times: dict[int, float] = {}
-            self.tokens: dict[int, int] = {}
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.times[0] = time.perf_counter()
-            self.tokens[0] = token_source()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.times[state.global_step] = time.perf_counter()
-            self.tokens[state.global_step] = token_source()
-            if state.global_step <= 2 or state.global_step == warmup + timed:
-                log(f"  step {state.global_step}: {self.times[state.global_step] - self.times[state.global_step - 1]:.3f} s")
-
-        def window(self) -> tuple[float, int]:
-            return self.times[warmup + timed] - self.times[warmup], self.tokens[warmup + timed] - self.tokens[warmup]
-
-    return StepTimer()
 
 
 def global_sum(value: float) -> float:
@@ -152,28 +112,15 @@ def global_max(value: float) -> float:
 # --------------------------------------------------------------------------- (a) the seed recipe
 
 
-def seed_rows(examples, pad: int) -> list[dict]:
-    """The seed recipe's rows: each example cut to SEED_MAX_LEN and padded with `pad`, labels = ids."""
-    rows = []
-    for tokens in examples:
-        cut = tokens[:SEED_MAX_LEN]
-        ids = np.full(SEED_MAX_LEN, pad, dtype=np.int64)
-        ids[: len(cut)] = cut
-        mask = np.zeros(SEED_MAX_LEN, dtype=np.int64)
-        mask[: len(cut)] = 1
-        rows.append({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(ids.copy())})
-    return rows
-
-
 def run_seed(args) -> dict:
     """The seed's script: fp16 weights, Trainer(fp16=True), Adafactor, pad/truncate 512, 4 x 4."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
     config = model_config(args.tiny)
-    examples = synthetic_examples(args.examples, config.vocab_size)
+    examples = synthetic_examples(args.examples, config.vocab_size, SEED)
     pad = EOT_ID if not args.tiny else 0
-    rows, real = seed_rows(examples, pad), []
+    rows = seed_recipe_rows(examples, pad)
     counter = {"real": 0}
 
     def collate(features):
@@ -189,7 +136,7 @@ def run_seed(args) -> dict:
     model = get_peft_model(
         model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     )
-    timer = make_timer(args.warmup, args.steps, lambda: counter["real"])
+    timer = StepTimer(args.warmup, args.steps, lambda: counter["real"], log)
     training_args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="seed-bench-"),
         per_device_train_batch_size=4,
@@ -210,11 +157,11 @@ def run_seed(args) -> dict:
     # Counted as batches are collated (the loader runs one micro-batch ahead: the window is shifted
     # by one micro-batch, not shortened).
     seconds, tokens = timer.window()
-    lengths = np.minimum(synthetic_lengths(args.examples), SEED_MAX_LEN)
+    lengths = np.minimum(example_lengths(args.examples, SEED), SEED_MAX_LENGTH)
     return _result("seed", n_params, seconds, tokens, 1, args, extra={
         "recipe": "HF Trainer, fp16 weights + fp16=True, Adafactor, pad/truncate 512, batch 4 x accumulation 4, labels = input ids",
-        "padding_fraction": float(1 - lengths.mean() / SEED_MAX_LEN),
-        "truncated_fraction": float((synthetic_lengths(args.examples) > SEED_MAX_LEN).mean()),
+        "padding_fraction": float(1 - lengths.mean() / SEED_MAX_LENGTH),
+        "truncated_fraction": float((example_lengths(args.examples, SEED) > SEED_MAX_LENGTH).mean()),
     })
 
 
@@ -224,9 +171,6 @@ def run_seed(args) -> dict:
 def run_medtune(args) -> dict:
     """medtune's trainer code path with its GPU defaults (packing, varlen attention, compile)."""
     from transformers import AutoModelForCausalLM
-
-    from medtune.config import LoraConfig, TrainConfig
-    from medtune.train.trainer import build_trainer, plan_training, prepare_lora_model
 
     config = model_config(args.tiny)
     fields = {
@@ -239,7 +183,7 @@ def run_medtune(args) -> dict:
     train_cfg = TrainConfig.model_validate(fields)
     plan = plan_training(train_cfg, device_type="cpu" if args.tiny else "cuda")
     log(f"  plan: {plan.describe()}")
-    examples = [{"input_ids": t, "labels": t} for t in synthetic_examples(args.examples, config.vocab_size)]
+    examples = [{"input_ids": t, "labels": t} for t in synthetic_examples(args.examples, config.vocab_size, SEED)]
     torch.manual_seed(SEED)
     device = "cpu" if args.tiny else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     with torch.device(device):
@@ -251,7 +195,7 @@ def run_medtune(args) -> dict:
         extra["attention_check"] = _attention_check(model, examples, plan)
         log(f"  attention check: {extra['attention_check']}")
     holder: dict = {}
-    timer = make_timer(args.warmup, args.steps, lambda: holder["trainer"]._pending_tokens)
+    timer = StepTimer(args.warmup, args.steps, lambda: holder["trainer"].real_tokens_trained(), log)
     callbacks = [timer]
     profiler = None
     if args.profile and rank() == 0 and not args.tiny:
@@ -286,8 +230,6 @@ def _attention_check(model, examples, plan) -> dict:
 
     Relative error of the packed logits, and packed loss vs the token-weighted per-example loss.
     """
-    from medtune.train.packing import PackedCollator
-
     sample = examples[:6]
     batch = PackedCollator()([sample])
     batch.pop("num_real_tokens")
@@ -379,7 +321,7 @@ def _result(name: str, n_params: int, seconds: float, tokens: int, world: int, a
         "seconds": round(seconds, 3),
         "real_tokens": tokens,
         "real_tokens_per_s": round(tps, 1),
-        "mfu": round(4 * n_params * tps / (PEAK_FLOPS * world), 4),
+        "mfu": round(mfu(n_params, tps, world), 4),
         "peak_gib": round(peak, 2),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                      "peft": __import__("peft").__version__},
@@ -463,5 +405,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     main()

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # medtune vs Unsloth vs plain TRL vs the seed recipe on one GPU, in one time-boxed call, plus the
-# throughput on/off arms, the profile and the 8B memory rows (benchmarks/train_vs_peers.py).
-#   bash benchmarks/stage_peers_carry.sh                        # here: builds .carry-peers/site
+# throughput on/off arms, the profile and the 8B memory rows (the package benchmarks/peers).
+#   bash scripts/stage_peers_carry.sh                           # here: builds .carry-peers/site
 #   OUT=/path LIMIT=555 bash benchmarks/train_vs_peers.sh         # on the GPU machine
 #   TINY=1 OUT=/tmp/x bash benchmarks/train_vs_peers.sh           # CPU plumbing check (tiny model; Unsloth rows fail)
 #   ARMS="medtune medtune-8b-lora-gc" ... bash benchmarks/train_vs_peers.sh   # only these arms, in this file's order
-# Rows of several calls: python benchmarks/train_vs_peers.py table call1.jsonl call2.jsonl --results R.json
-# (each file one call; ratios are taken within a call only).
+# FlashAttention-4 (issue 28): with flash-attn-4 importable (FA4_SITE: a `pip install --target` folder)
+# the defaults take it on sm90/sm100; the -varlen arms are the same rows on torch's varlen kernel.
+# Back home: python -m benchmarks.peers table OUT/train_vs_peers.jsonl --append records the call in
+# benchmarks/results/train_vs_peers.json (ratios are taken within a call only).
 # Each arm runs in its own process under `timeout`, is skipped when the time left is short, and
 # appends its row to $OUT/train_vs_peers.jsonl as soon as it ends (a failed or cut arm leaves an
 # error row), so a later failure or the end of the slot never loses finished rows. The table and
@@ -21,11 +23,13 @@ LIMIT=${LIMIT:-555}
 SITE=${PEERS_SITE:-$PWD/.carry-peers/site}
 [ -n "${TINY:-}" ] && SITE=${PEERS_SITE:-}  # CPU check: this machine's own packages
 BASE=${PEERS_BASE:-/tmp/medtune-peers/base-1b}
-# The image's torch/transformers/peft/accelerate; the carried site adds what it lacks.
-export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+# The image's torch/transformers/peft/accelerate; the carried site adds what it lacks. A --target
+# install skips nvidia-cutlass-dsl's .pth, so its dsl_packages folder goes on the path by hand.
+FA4=${FA4_SITE:+$FA4_SITE:$FA4_SITE/nvidia_cutlass_dsl/dsl_packages:}
+export PYTHONPATH="$PWD/src:$PWD:$FA4$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export UNSLOTH_DISABLE_STATISTICS=1 PEERS_COMMAND="${PEERS_COMMAND:-OUT=\$OUT LIMIT=$LIMIT bash benchmarks/train_vs_peers.sh}"
-PY=(python3 benchmarks/train_vs_peers.py)
+PY=(python3 -m benchmarks.peers)
 # TINY=1: every arm on a tiny model on CPU with a few steps (these flags come last and win).
 EXTRA=()
 [ -n "${TINY:-}" ] && EXTRA=(--tiny --warmup 1 --steps 1 --examples 24 --tokens-per-micro-batch 512 --accumulation 1)
@@ -55,6 +59,7 @@ echo "=== [$SECONDS s] make-base"
 timeout 90 "${PY[@]}" make-base --shape 1b --dir "$BASE" ${TINY:+--tiny} || echo "!!! make-base failed"
 # (a)-(d): the same 1B workload, LoRA r=8 on q/k/v/o; medtune at its shipped defaults, with a profile.
 arm 130 60 medtune         --system medtune --base "$BASE" --profile
+arm 110 50 medtune-varlen  --system medtune --base "$BASE" --set attention=varlen
 arm 170 80 unsloth         --system unsloth --base "$BASE"
 arm 120 50 trl             --system trl     --base "$BASE"
 arm 100 45 seed            --system seed    --base "$BASE"
@@ -99,6 +104,11 @@ arm 110 60 medtune-8b-lora     --system medtune --shape 8b --tokens-per-micro-ba
 arm 90 45 medtune-8b-qlora     --system medtune --shape 8b --quantize nf4 --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout
 arm 90 45 medtune-32k          --system medtune --base "$BASE" --set max_tokens_per_batch=32768 --accumulation 2 --no-heldout
 arm 90 50 medtune-3b-lora      --system medtune --shape 3b --warmup 2 --steps 4 --no-heldout
+arm 90 50 medtune-3b-lora-varlen --system medtune --shape 3b --warmup 2 --steps 4 --no-heldout --set attention=varlen
+arm 110 50 medtune-8b-lora-gc-varlen --system medtune --shape 8b --set gradient_checkpointing=true --set compile=off \
+  --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout --set attention=varlen
+arm 100 45 medtune-8b-qlora-gc-varlen --system medtune --shape 8b --quantize nf4 --set gradient_checkpointing=true \
+  --tokens-per-micro-batch 8192 --accumulation 1 --warmup 2 --steps 4 --no-heldout --set attention=varlen
 # Unsloth's own fast LoRA path needs dropout 0: both systems without dropout.
 arm 150 80 unsloth-dropout0    --system unsloth --base "$BASE" --lora-dropout 0
 arm 90 45 medtune-dropout0     --system medtune --base "$BASE" --lora-dropout 0
@@ -106,6 +116,6 @@ arm 90 45 medtune-dropout0     --system medtune --base "$BASE" --lora-dropout 0
 # reach together, at 2x the activation memory.
 arm 90 45 medtune-32k-dropout0 --system medtune --base "$BASE" --set max_tokens_per_batch=32768 --accumulation 2 --lora-dropout 0 --no-heldout
 echo "=== [$SECONDS s] table"
-"${PY[@]}" table "$R" --results "$OUT/train_vs_peers.json"
+"${PY[@]}" table "$R"
 echo "total $SECONDS s"
 } 2>&1 | grep --line-buffered -v -E "FutureWarning|UserWarning|warnings.warn|^\s*$" | tee "$OUT/log.txt"

@@ -11,7 +11,7 @@
 # Wheels target the device image's Python 3.12. LLAMA_WHEEL points at a llama-cpp-python wheel built with
 #   MEDTUNE_LLAMA_CPU=avx2 PYTHON=<a throwaway venv's python> bash scripts/setup-llama-cpp.sh
 # (its library is plain ctypes, so a wheel built by any Python 3 runs on the device's 3.12).
-#   bash benchmarks/stage_gpu_carry.sh [PART...]    # parts a b c d (default: all four)
+#   bash scripts/stage_gpu_carry.sh [PART...]    # parts a b c d (default: all four)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 parts=("${@:-a}"); [ $# -eq 0 ] && parts=(a b c d)

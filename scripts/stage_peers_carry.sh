@@ -13,7 +13,7 @@
 # Not carried: xformers, flash-attn, torchao, diffusers, hf_transfer (optional in Unsloth; it uses
 # torch's SDPA / varlen flash attention without them).
 # Run from the repository root of a checkout, with the project's virtualenv active (any Python
-# with pip); prints the folder's size. Usage: bash benchmarks/stage_peers_carry.sh
+# with pip); prints the folder's size. Usage: bash scripts/stage_peers_carry.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=.carry-peers

@@ -7,33 +7,43 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from bench_scripts import load_benchmark
+from bench_scripts import load_benchmark_package
+
+from medtune.benchmarking import append_run
+from medtune.train.measure import synthetic_examples
 
 
-def _bench():
-    return load_benchmark("train_vs_peers")
+def _workload():
+    return load_benchmark_package("peers", "workload")
+
+
+def _profiler():
+    return load_benchmark_package("peers", "profiler")
+
+
+def _table():
+    return load_benchmark_package("peers", "table")
 
 
 def test_every_system_gets_the_same_examples():
-    bench = _bench()
-    a, b = bench.token_lists(64, 128256, 0), bench.token_lists(64, 128256, 0)
+    a, b = synthetic_examples(64, 128256, 0), synthetic_examples(64, 128256, 0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    lengths = np.array([len(t) for t in bench.token_lists(2048, 128256, 0)])
+    lengths = np.array([len(t) for t in synthetic_examples(2048, 128256, 0)])
     assert 420 <= np.median(lengths) <= 480 and lengths.min() >= 64 and lengths.max() <= 2048
     assert max(int(t.max()) for t in a) < 128000 and min(int(t.min()) for t in a) >= 3  # no special or pad ids
-    heldout = bench.token_lists(24, 128256, 100)
+    heldout = synthetic_examples(24, 128256, 100)
     assert not any(np.array_equal(h[:64], t[:64]) for h in heldout for t in a)
 
 
 def test_synthetic_tokenizer_has_llama3_special_ids():
-    tokenizer = _bench().synthetic_tokenizer(128256, tiny=False)
+    tokenizer = _workload().synthetic_tokenizer(128256, tiny=False)
     assert len(tokenizer) == 128256
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (128000, 128009, 128004)
     assert tokenizer("t5 t77")["input_ids"] == [5, 77]
 
 
 def test_counting_collator_counts_real_tokens_only():
-    bench = _bench()
+    bench = _workload()
     padded = bench.CountingCollator(lambda f: {"input_ids": torch.zeros(2, 4), "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}, 0)
     padded([None])
     flat = bench.CountingCollator(lambda f: {"input_ids": torch.tensor([[5, 6, 7, 0]])}, 0)
@@ -48,7 +58,7 @@ def test_profile_summary_splits_a_lora_step(tiny_llama_dir):
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM
 
-    bench = _bench()
+    bench = _profiler()
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)),
                            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
@@ -65,7 +75,7 @@ def test_profile_summary_splits_a_lora_step(tiny_llama_dir):
 
 def test_profile_summary_leaves_out_compiled_graph_ranges():
     """torch.compile's GPU ranges span kernels that are counted on their own: counting both doubled the busy time."""
-    bench = _bench()
+    bench = _profiler()
 
     def span(start, end):
         return SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start)
@@ -97,16 +107,17 @@ def test_profile_summary_leaves_out_compiled_graph_ranges():
 
 
 def test_rows_of_two_calls_give_ratios_within_a_call_only(tmp_path):
-    bench = _bench()
-    row = lambda tag, tps, **kw: json.dumps({"tag": tag, "shape": "1b", "real_tokens_per_second": tps, "mfu": tps / 160_000,
-                                             "peak_gib": 20.0, "loss_at_equal_tokens": 12.0, "command": kw.get("command", "c1")})
-    first = tmp_path / "call1.jsonl"
-    first.write_text("\n".join([row("medtune", 80_000), row("unsloth", 40_000),
-                                json.dumps({"tag": "medtune-liger-off", "skipped": "-1 s left"}),
-                                json.dumps({"tag": "seed", "error": "timed out"})]) + "\n")
-    second = tmp_path / "call2.jsonl"
-    second.write_text("\n".join([row("medtune", 90_000, command="c2"), row("medtune-liger-off", 60_000, command="c2")]) + "\n")
-    rows = bench.calls_rows([first, second])
+    """Calls recorded in the results file (medtune.benchmarking's schema), each run tagged with its call."""
+    bench = _table()
+    row = lambda tag, tps, **kw: {"tag": tag, "shape": "1b", "real_tokens_per_second": tps, "mfu": tps / 160_000,
+                                  "peak_gib": 20.0, "loss_at_equal_tokens": 12.0, "command": kw.get("command", "c1")}
+    append_run(bench.BENCHMARK, [row("medtune", 80_000), row("unsloth", 40_000),
+                                 {"tag": "medtune-liger-off", "skipped": "-1 s left"}, {"tag": "seed", "error": "timed out"}],
+               results_dir=tmp_path, call=1)
+    append_run(bench.BENCHMARK, [row("medtune", 90_000, command="c2"), row("medtune-liger-off", 60_000, command="c2")],
+               results_dir=tmp_path, call=2)
+    calls = bench.recorded_calls(tmp_path)
+    rows = bench.calls_rows(calls)
     assert [(r["tag"], r["call"]) for r in rows] == [("medtune", 1), ("unsloth", 1), ("seed", 1), ("medtune", 2),
                                                      ("medtune-liger-off", 2)]  # the skipped row is superseded
     ratios, defaults = bench.call_ratios(rows)
@@ -115,9 +126,19 @@ def test_rows_of_two_calls_give_ratios_within_a_call_only(tmp_path):
     assert ratios["medtune/medtune-liger-off"]["tokens_per_second_ratio"] == 1.5  # 90k / 60k, both from call 2
     assert ratios["medtune/medtune-liger-off"]["call"] == 2
 
-    # The same pair measured again in a later call: the latest is the plain key, the earlier one is kept.
+    # The same pair measured again in a later call (a new rows file): the latest is the plain key, the earlier one is kept.
     third = tmp_path / "call3.jsonl"
-    third.write_text("\n".join([row("medtune", 99_000, command="c3"), row("medtune-liger-off", 90_000, command="c3")]) + "\n")
-    ratios, _ = bench.call_ratios(bench.calls_rows([first, second, third]))
+    third.write_text("\n".join(json.dumps(r) for r in [row("medtune", 99_000, command="c3"),
+                                                       row("medtune-liger-off", 90_000, command="c3")]) + "\n")
+    new = {"call": 3, "rows": bench.read_rows_file(third)}
+    lines, ratios, bars = bench.table_lines(bench.calls_rows(calls + [new]))
     assert ratios["medtune/medtune-liger-off"]["call"] == 3 and ratios["medtune/medtune-liger-off"]["tokens_per_second_ratio"] == 1.1
     assert ratios["medtune/medtune-liger-off (call 2)"]["tokens_per_second_ratio"] == 1.5
+    assert any(line.startswith("medtune/unsloth (call 1): 2.00x") for line in lines)
+    assert bars[0].startswith("medtune/Unsloth >= 1.5x: 2.00x (met)")
+
+
+def test_the_historic_calls_are_all_in_one_results_file():
+    calls = _table().recorded_calls()
+    assert [c["call"] for c in calls[:13]] == list(range(1, 14))
+    assert all(c["rows"] and c["date"] for c in calls)

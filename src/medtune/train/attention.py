@@ -124,8 +124,7 @@ def register_varlen_attention() -> str:
     """Register `varlen_attention_forward` under the name VARLEN (idempotent) and return the name."""
     from transformers import AttentionInterface
 
-    if "varlen" not in _KERNEL:
-        _KERNEL["varlen"] = _make_kernel()
+    packed_kernel("varlen")
     AttentionInterface.register(VARLEN, varlen_attention_forward)
     return VARLEN
 
@@ -136,10 +135,18 @@ def register_fa4_attention() -> str:
     Importing FlashAttention-4 takes seconds (the CuTe DSL); it happens here, once."""
     from transformers import AttentionInterface
 
-    if "fa4" not in _KERNEL:
-        _KERNEL["fa4"] = _make_fa4_kernel()
+    packed_kernel("fa4")
     AttentionInterface.register(FA4, fa4_attention_forward)
     return FA4
+
+
+def packed_kernel(name: str) -> Callable[..., torch.Tensor]:
+    """The packed attention kernel `name` ('varlen': torch's; 'fa4': FlashAttention-4) as training
+    calls it: (q [T, H, D], k, v [T, H_kv, D], cu_seqlens, max_len, scale) -> [T, H, D], causal
+    within each example (made once per process; fp32 or CPU inputs take the reference loop)."""
+    if name not in _KERNEL:
+        _KERNEL[name] = _make_fa4_kernel() if name == "fa4" else _make_kernel()
+    return _KERNEL[name]
 
 
 def _make_kernel() -> Callable[..., torch.Tensor]:
@@ -239,7 +246,7 @@ def warm_up_attention(implementation: str, model: torch.nn.Module, dtype: torch.
     device = torch.device("cuda", torch.cuda.current_device())
     q, k, v = (torch.randn(256, n, head_dim, device=device, dtype=dtype, requires_grad=True) for n in (heads, kv_heads, kv_heads))
     cu_seqlens = torch.tensor([0, 100, 256], device=device, dtype=torch.int32)
-    _KERNEL["fa4"](q, k, v, cu_seqlens, 156, head_dim**-0.5).sum().backward()
+    packed_kernel("fa4")(q, k, v, cu_seqlens, 156, head_dim**-0.5).sum().backward()
     torch.cuda.synchronize()
     return time.perf_counter() - started
 

@@ -266,6 +266,11 @@ def _trainer_class():
                 self._pending_tokens += int(count)
             return super()._prepare_inputs(inputs)
 
+        def real_tokens_trained(self) -> int:
+            """Real tokens trained on so far by this process's view: the recorded count (all
+            processes, at the last log or checkpoint) plus this process's tokens since then."""
+            return int(self.state.num_input_tokens_seen or 0) + self._pending_tokens
+
         def _flush_tokens(self) -> None:
             local = self._pending_tokens
             self._pending_tokens = 0
