@@ -61,7 +61,7 @@ def _record(run: RunDir, stage: str, status: str = "done") -> None:
 
 
 def build_run(root: Path, *, name: str, base: str, license: str | None, data: dict, benchmarks: list[tuple[str, str]],
-              export_status: str = "done", adapter_gguf: bool = False) -> RunDir:
+              export_status: str = "done", adapter_gguf: bool = False, label_by_type: bool = False) -> RunDir:
     """A finished run: adapter/, merged/, gguf/ (F16 + two quants, Modelfile, imatrix; with adapter_gguf the
     LoRA adapter as GGUF beside its base in gguf/adapter/) and eval/ results."""
     run = RunDir(root / name)
@@ -95,10 +95,12 @@ def build_run(root: Path, *, name: str, base: str, license: str | None, data: di
         _record(run, stage)
     _record(run, "export", export_status)
     rows = []
+    # eval labels a GGUF file gguf:<TYPE> (runs before issue 23: gguf:<file stem>); the cards read both.
+    label = {t: f"gguf:{t}" if label_by_type else f"gguf:{name}-{t}" for t in ("Q4_K_M", "Q8_0")}
     for benchmark, mode in benchmarks:
         rows += [_row("base", benchmark, mode, 0.40, 64, (0.28, 0.52)), _row("merged", benchmark, mode, 0.70, 64, (0.58, 0.81)),
-                 _row(f"gguf:{name}-Q4_K_M", benchmark, mode, 0.66, 64, (0.55, 0.77)),
-                 _row(f"gguf:{name}-Q8_0", benchmark, mode, 0.69, 64, (0.58, 0.80))]
+                 _row(label["Q4_K_M"], benchmark, mode, 0.66, 64, (0.55, 0.77)),
+                 _row(label["Q8_0"], benchmark, mode, 0.69, 64, (0.58, 0.80))]
     atomic_write_json(run.eval_results, {"run": name, "modes": sorted({m for _, m in benchmarks}), "results": rows, "comparisons": []})
     _record(run, "eval")
     return run
@@ -114,7 +116,8 @@ def demo_run(tmp_path: Path) -> RunDir:
 def llama_run(tmp_path: Path) -> RunDir:
     return build_run(tmp_path / "runs", name="llama3.2-1b-reasonmed", base=LLAMA, license="llama3.2",
                      data={"dataset": "lingshu-medical-mllm/ReasonMed", "data_files": ["ReasonMed.json"]},
-                     benchmarks=[("pubmedqa", "loglik"), ("pubmedqa", "cot"), ("medqa", "loglik")], adapter_gguf=True)
+                     benchmarks=[("pubmedqa", "loglik"), ("pubmedqa", "cot"), ("medqa", "loglik")], adapter_gguf=True,
+                     label_by_type=True)
 
 
 def _app() -> typer.Typer:
