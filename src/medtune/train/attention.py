@@ -226,8 +226,10 @@ def _make_fa4_kernel() -> Callable[..., torch.Tensor]:
     def kernel(q, k, v, cu_seqlens, max_len, scale):
         if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16):
             return reference_varlen_attention(q, k, v, cu_seqlens, max_len, scale)
-        scale = float(scale) if scale is not None else q.shape[-1] ** -0.5
-        return fa4_varlen(q, k, v, cu_seqlens.to(torch.int32), int(max_len), scale)[0]
+        scale = scale if scale is not None else q.shape[-1] ** -0.5
+        # max_len stays as given (no int()): under torch.compile it may be symbolic, and int() would
+        # specialise the graph on every micro-batch's longest example.
+        return fa4_varlen(q, k, v, cu_seqlens.to(torch.int32), max_len, scale)[0]
 
     return kernel
 
