@@ -24,6 +24,10 @@ HARMLESS_LOG_RECORDS = (
 
 # (category, message pattern) of Python warnings dropped.
 HARMLESS_WARNINGS = (
+    # PEFT, saving an adapter, asks whether the vocabulary was resized by reading the base's
+    # config.json from `base_model_name_or_path`; a GGUF base (the embedded model) has none and the
+    # hub is offline, so it assumes "not resized", which is right: medtune never resizes it.
+    (UserWarning, r"Could not find a config file in .* will assume that the vocabulary was not modified"),
     # transformers deprecations that concern its internals, not a call medtune makes.
     (FutureWarning, r".*(is deprecated|will be removed).*"),
 )
