@@ -18,12 +18,11 @@ from medtune.publish.plan import (
     RepoPlan,
     parse_kinds,
     plan_push,
-    repo_ids,
     stage_plan,
 )
 from medtune.publish.upload import PublishError, RepoOutcome, push, require_token
 
 __all__ = [
     "CARD_FILE", "KINDS", "PublishError", "PushPlan", "RepoOutcome", "RepoPlan", "attach_cards", "build_card", "card_data",
-    "parse_kinds", "plan_push", "push", "repo_ids", "require_token", "stage_plan",
+    "parse_kinds", "plan_push", "push", "require_token", "stage_plan",
 ]

@@ -63,7 +63,6 @@ class PushPlan:
     language: list[str]
     repos: list[RepoPlan]
     eval_rows: list[dict[str, Any]] = field(default_factory=list)  # eval/results.json rows, when current
-    eval_meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def repo_id(self, kind: str) -> str:
@@ -71,11 +70,6 @@ class PushPlan:
 
     def kinds(self) -> list[str]:
         return [r.kind for r in self.repos]
-
-
-def repo_ids(repo: str) -> dict[str, str]:
-    """The repo of each kind for --repo OWNER/NAME: NAME, NAME-LoRA, NAME-GGUF."""
-    return {kind: repo + suffix for kind, suffix in REPO_SUFFIX.items()}
 
 
 def parse_kinds(what: str | None) -> list[str] | None:
@@ -114,9 +108,9 @@ def plan_push(
     repos = [_repo_plan(run, manifest, kind, repo + REPO_SUFFIX[kind]) for kind in wanted]
     if "gguf" in wanted and "merged" not in wanted:
         notes.append(f"the GGUF card names {repo} as its base_model: a push checks that it exists on the Hub")
-    rows, meta = _current_eval(run, manifest, wanted)
+    rows = _current_eval(run, manifest, wanted)
     if rows is None:
-        rows, meta = [], {}
+        rows = []
         notes.append("the eval results are older than the artifacts pushed: the cards carry no scores; "
                      "rerun `medtune eval CONFIG` first to include them")
     return PushPlan(
@@ -127,7 +121,6 @@ def plan_push(
         language=language or ["en"],
         repos=repos,
         eval_rows=rows,
-        eval_meta=meta,
         notes=notes,
     )
 
@@ -220,29 +213,25 @@ def _verified(run: RunDir, record: dict[str, Any], folder: Path) -> PlannedFile:
     return PlannedFile(path, path.relative_to(folder).as_posix(), record["size"], record["sha256"])
 
 
-def _current_eval(
-    run: RunDir, manifest: dict[str, Any], kinds: list[str]
-) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+def _current_eval(run: RunDir, manifest: dict[str, Any], kinds: list[str]) -> list[dict[str, Any]] | None:
     """eval/results.json's rows ([] when eval has not finished; None when it finished before one of
     the pushed artifacts was made, so its scores are of another model). The file must still match
     its manifest record."""
     entry = manifest.get("eval", {})
     if entry.get("status") != "done":
-        return [], {}
+        return []
     evaluated = _recorded_at(entry)
     for kind in kinds:
         made = _recorded_at(manifest.get(_source_stage(manifest, kind), {}))
         if evaluated and made and made > evaluated:
-            return None, {}
+            return None
     wanted = run.relative(run.eval_results)
     record = next((r for r in entry.get("outputs") or [] if r["path"] == wanted), None)
     if record is None:
-        return [], {}
+        return []
     results = _verified(run, record, run.eval)
     data = json.loads(results.source.read_text(encoding="utf-8"))
-    rows = data.get("results") or data.get("rows") or []
-    meta = {k: v for k, v in data.items() if k not in ("results", "rows", "comparisons")}
-    return [r for r in rows if isinstance(r, dict)], meta
+    return [r for r in data.get("results") or [] if isinstance(r, dict)]
 
 
 def _base_hub_id(saved: dict[str, Any]) -> str:
