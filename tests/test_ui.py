@@ -29,3 +29,30 @@ def test_a_table_that_fits_keeps_its_columns(monkeypatch):
     text = _printed(monkeypatch, 200, [ROW], COLUMNS)
     header = next(line for line in text.splitlines() if "artifact" in line)
     assert all(name in header for name in ("artifact", "benchmark", "parse fail", "seconds"))
+
+
+def test_the_cli_quiets_known_library_noise_and_nothing_else():
+    import logging
+    import warnings
+
+    from medtune.quiet import quiet_known_noise
+
+    quiet_known_noise()
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    for name in ("bitsandbytes.backends.cpu.ops", "medtune.test"):
+        logger = logging.getLogger(name)
+        logger.addHandler(Keep())
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: offline")
+        logger.warning("a real problem")
+    assert records == ["a real problem", "Failed to load CPU gemm_4bit_forward from kernels-community: offline", "a real problem"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_noise()
+        warnings.warn("Could not find a config file in /x - will assume that the vocabulary was not modified.")
+        warnings.warn("something else")
+    assert [str(w.message) for w in caught] == ["something else"]

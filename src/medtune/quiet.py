@@ -42,16 +42,11 @@ class _DropMatching(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
-_installed = False
-
-
 def quiet_known_noise() -> None:
-    """Hide the messages listed above (idempotent)."""
-    global _installed
-    if _installed:
-        return
+    """Hide the messages listed above (idempotent: a second call adds nothing)."""
     for name, pattern in HARMLESS_LOG_RECORDS:
-        logging.getLogger(name).addFilter(_DropMatching(pattern))
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) and f.pattern.pattern == pattern for f in logger.filters):
+            logger.addFilter(_DropMatching(pattern))
     for category, pattern in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern, category=category)
-    _installed = True
+        warnings.filterwarnings("ignore", message=pattern, category=category)  # replaces an identical filter
