@@ -25,6 +25,8 @@ from medtune.embedded import HUB_ID as EMBEDDED_HUB_ID
 from medtune.errors import ArtifactError, ConfigError
 from medtune.rundir import RunDir
 
+# Pushed in this order: the GGUF card's base_model is the merged repo, which must exist by then
+# (the Hub checks a card's base_model when it validates README.md).
 KINDS = ("merged", "adapter", "gguf")
 REPO_SUFFIX = {"merged": "", "adapter": "-LoRA", "gguf": "-GGUF"}
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
