@@ -73,7 +73,12 @@ def make_tiny_llama32(out_dir: Path, *, seed: int = 0) -> Path:
     """A tiny random Llama 3.2 1B Instruct look-alike saved as a Hugging Face folder: model, tokenizer
     (as shipped; the chat template comes from `model.chat_template: builtin:llama3_2_instruct`)."""
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     arch = meta_arch_1b()
     write_tokenizer(out_dir)

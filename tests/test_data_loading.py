@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import REPO
 from llama32_fixtures import write_reasonmed_json
+
 from medtune.config import SAMPLE_DATA, DataConfig, load_config
 from medtune.data.loading import (
     REASONMED_HUB_ID,

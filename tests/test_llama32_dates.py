@@ -8,14 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
-
 from llama32_fixtures import llama32_dir  # noqa: F401  (a fixture)
+
 from medtune import pipeline
 from medtune.config import DataConfig, ModelConfig, RunConfig
 from medtune.data.prepare import load_prepared, read_report
 from medtune.errors import ModelError
 from medtune.rundir import RunDir
-from medtune.tokenizer import PINNED_TEMPLATE_DATE, load_tokenizer, pin_template_date, template_pinned_date
+from medtune.tokenizer import (
+    PINNED_TEMPLATE_DATE,
+    load_tokenizer,
+    pin_template_date,
+    template_pinned_date,
+)
 
 # The date logic and system preamble of the hub's Llama 3.2 Instruct template, written out for the test:
 # a caller's date_string wins, else strftime_now (today), else a fixed fallback.

@@ -8,11 +8,9 @@ with Meta's `ChatFormat.encode_dialog_prompt` plus the reply and <|eot_id|>.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from llama32_fixtures import (
     BOS,
     EOT,
@@ -26,6 +24,7 @@ from llama32_fixtures import (
     tokenizer_files,
     write_reasonmed_json,
 )
+
 from medtune import pipeline
 from medtune.config import DataConfig, ModelConfig, RunConfig
 from medtune.data.prepare import load_prepared, read_report
@@ -124,7 +123,7 @@ def _trimmed(messages):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, llama32_dir):
+def prepared(tmp_path_factory, llama32_dir):  # noqa: F811
     """Prepare (the pipeline's real stage) over the chats (JSON lines) and ReasonMed records (a JSON array)."""
     folder = tmp_path_factory.mktemp("llama32-data")
     chats = folder / "chats.jsonl"
@@ -189,7 +188,7 @@ def test_reasonmed_records_become_instruction_and_options_then_the_chain_of_thou
         assert (user["role"], user["content"], assistant["role"]) == ("user", question, "assistant")
 
 
-def test_padding_uses_finetune_right_pad_never_an_eos(prepared, llama32_dir):
+def test_padding_uses_finetune_right_pad_never_an_eos(prepared, llama32_dir):  # noqa: F811
     config, rows = prepared
     tokenizer = load_tokenizer(config.model)
     pad = tokenizer.pad_token_id
@@ -214,7 +213,7 @@ def test_end_of_turn_is_eot_although_the_shipped_tokenizer_names_end_of_text_as_
     assert ChatRenderer.from_tokenizer(tokenizer).eot_token == EOT
 
 
-def test_leading_whitespace_is_why_the_template_trims(llama32_dir):
+def test_leading_whitespace_is_why_the_template_trims(llama32_dir):  # noqa: F811
     """Meta's encoder tokenizes the header's "\\n\\n" and the content separately; a string tokenizer
     (Hugging Face, llama.cpp, Ollama) sees them joined and merges a leading newline into one token.
     Trimming (as the hub template does) makes both agree; without it they cannot."""
@@ -229,7 +228,7 @@ def test_leading_whitespace_is_why_the_template_trims(llama32_dir):
     assert "| trim" in read_chat_template(TEMPLATE)
 
 
-def test_builtin_template_renders_the_text_prompt_format_of_llama_models(llama32_dir):
+def test_builtin_template_renders_the_text_prompt_format_of_llama_models(llama32_dir):  # noqa: F811
     """The exact example of llama_models/llama3_2/text_prompt_format.md."""
     from importlib import resources
 
@@ -244,7 +243,7 @@ def test_builtin_template_renders_the_text_prompt_format_of_llama_models(llama32
     assert rendered == example
 
 
-def test_shipped_tokenizer_has_the_vision_image_token_the_1b_model_lacks(llama32_dir):
+def test_shipped_tokenizer_has_the_vision_image_token_the_1b_model_lacks(llama32_dir):  # noqa: F811
     """Why the fixture drops one token (llama32_fixtures.write_tokenizer)."""
     from transformers import AutoTokenizer
 
