@@ -31,6 +31,7 @@ from pathlib import Path
 from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig
 from medtune.eval.stage import Target, evaluate_targets
 from medtune.eval.stats import paired_difference
+from medtune.rundir import EvalFiles
 from medtune.tasks import expand
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +56,7 @@ def specs(entries: list[str], limit: int | None) -> list[BenchmarkSpec]:
     return out
 
 
-def pooled(spec: BenchmarkSpec, predictions: Path, label: str, mode: str, samples: int, seed: int) -> dict | None:
+def pooled(spec: BenchmarkSpec, eval_files: EvalFiles, label: str, mode: str, samples: int, seed: int) -> dict | None:
     """The paired difference over every item of a group's members (e.g. all of mmlu_medical)."""
     members = expand(spec.name)
     if len(members) < 2:
@@ -63,7 +64,7 @@ def pooled(spec: BenchmarkSpec, predictions: Path, label: str, mode: str, sample
     mine, theirs = [], []
     for member in members:
         def correct(artifact: str) -> dict[str, bool]:
-            file = predictions / f"{artifact}__{member}__{mode}.jsonl"
+            file = eval_files.predictions_file(artifact, member, mode)
             return {r["id"]: r["correct"] for r in map(json.loads, file.read_text().splitlines())}
         a, b = correct(label), correct("base")
         shared = [i for i in a if i in b]
@@ -96,9 +97,9 @@ def main() -> None:
     started = time.perf_counter()
     result = evaluate_targets(targets, benchmark_specs, cfg, Path(args.work), meta={"finetuned": args.finetuned},
                               on_event=print)
-    modes = [r["mode"] for r in result.rows]
+    modes = [r.mode for r in result.rows]
     groups = [p for spec in benchmark_specs for mode in dict.fromkeys(modes)
-              if (p := pooled(spec, Path(args.work) / "predictions", targets[1].label, mode, cfg.bootstrap_samples,
+              if (p := pooled(spec, EvalFiles(Path(args.work)), targets[1].label, mode, cfg.bootstrap_samples,
                               cfg.subset_seed))]
     keep = ("artifact", "benchmark", "mode", "n", "accuracy", "ci95", "macro_f1", "recall", "predicted",
             "majority_baseline", "degenerate", "seconds")
@@ -107,7 +108,7 @@ def main() -> None:
         "machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
         "base": args.base, "finetuned": args.finetuned, "benchmarks": args.benchmarks, "limit": args.limit,
         "seconds": round(time.perf_counter() - started, 1),
-        "rows": [{k: r.get(k) for k in keep} for r in result.rows],
+        "rows": [{k: r.to_json().get(k) for k in keep} for r in result.rows],
         "comparisons": result.comparisons,
         "pooled": groups,
     }
@@ -117,7 +118,7 @@ def main() -> None:
     print(f"\n{'benchmark':<28}{'mode':<19}{'n':>6}{'base %':>8}{'tuned %':>9}{'difference':>12}  paired 95% CI")
     lines = [(c["benchmark"], c["mode"], c["n"], c["difference"], c["ci95"]) for c in result.comparisons]
     lines += [(f"{g['benchmark']} (pooled)", g["mode"], g["n"], g["difference"], g["ci95"]) for g in groups]
-    accuracy = {(r["artifact"], r["benchmark"], r["mode"]): r["accuracy"] for r in result.rows}
+    accuracy = {(r.artifact, r.benchmark, r.mode): r.accuracy for r in result.rows}
     pooled_accuracy = {(g["benchmark"] + " (pooled)", g["mode"]): (g["versus_accuracy"], g["accuracy"]) for g in groups}
     for name, mode, n, diff, (low, high) in lines:
         base, tuned = pooled_accuracy.get((name, mode)) or (accuracy[("base", name, mode)],

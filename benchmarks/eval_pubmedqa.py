@@ -94,25 +94,25 @@ def main() -> None:
         wall = time.perf_counter() - started
         cpu_seconds = time.process_time() - cpu_started  # all threads; on a shared CPU, wall time alone misleads
         for row in result.rows:
-            backends[f"{backend}-{'cuda' if gpu and backend == 'hf' else 'cpu'}/{row['mode']}"] = {
+            backends[f"{backend}-{'cuda' if gpu and backend == 'hf' else 'cpu'}/{row.mode}"] = {
                 "backend": label,
                 "device": device if backend == "hf" else f"{platform.machine()}, {args.threads or os.cpu_count()} threads",
                 "dtype": (args.dtype if backend == "hf" else "Q8_0"),
                 "batch_size": batch if backend == "hf" else 1,
                 "model": model,
-                "mode": row["mode"],
-                "accuracy": row["accuracy"],
-                "ci95": row["ci95"],
-                "n": row["n"],
-                "seconds": row["seconds"],
-                "items_per_second": row["items_per_second"],
-                "parse_failure_rate": row["parse_failure_rate"],
+                "mode": row.mode,
+                "accuracy": row.accuracy,
+                "ci95": list(row.ci95),
+                "n": row.n,
+                "seconds": row.seconds,
+                "items_per_second": row.items_per_second,
+                "parse_failure_rate": row.parse_failure_rate,
                 "wall_seconds_with_loading": round(wall, 1),
                 "process_cpu_seconds_with_loading": round(cpu_seconds, 1),
                 "cpu_load_before": load_before,
                 "cpu_load_after": cpu_load(),
             }
-    majority = result.rows[0]["majority_baseline"] if result.rows else None
+    majority = result.rows[0].majority_baseline if result.rows else None
     out = Path(args.out)
     record = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
     record.update({

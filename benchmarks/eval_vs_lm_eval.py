@@ -115,7 +115,7 @@ def run_medtune(folder: Path, pubmedqa: Path, style: str, limit: int | None, see
     result = evaluate_model(str(folder), [spec], cfg, out)
     seconds = time.perf_counter() - started
     records = [json.loads(line) for line in next((out / "predictions").glob("*.jsonl")).read_text().splitlines()]
-    return {"row": result.rows[0], "seconds": round(seconds, 1), "load_before": before, "load_after": load(),
+    return {"row": result.rows[0].to_json(), "seconds": round(seconds, 1), "load_before": before, "load_after": load(),
             "items": {r["id"]: r for r in records}}
 
 

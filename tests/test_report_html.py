@@ -144,6 +144,7 @@ def test_eval_table_has_every_artifact_and_mode_with_ci_and_class_figures(report
     assert "A 0%, B 0%, C 0%, D 100%" in text  # its per-class recall
     gold = rows[0]["gold"]  # the held-out set's letters, as the stage counted them
     assert "majority label" in text and ", ".join(f"{label} {gold[label]}" for label in sorted(gold)) in text
+    assert len(set(gold.values())) == 1 and "any (all tied)" in text  # a four-way tie names no label, as report.md
 
 
 def test_comparisons_and_gguf_table_render_what_is_there(report):

@@ -173,7 +173,8 @@ def _comparisons(comparisons: Sequence[dict[str, Any]]) -> str:
 
 def _gguf(export: dict[str, Any]) -> str:
     files = [f for f in export.get("files") or [] if isinstance(f, dict)]
-    if not files:
+    quality = quality_table(export)
+    if not files and not quality:
         return "<section><h2>GGUF files</h2><p>Not exported yet.</p></section>"
     columns = [k for k in dict.fromkeys(k for f in files for k in f) if k not in _GGUF_LONG]
     rows = [[_size(f[k]) if k == "size_bytes" and isinstance(f.get(k), int) else _figure(f.get(k)) for k in columns]
@@ -184,14 +185,13 @@ def _gguf(export: dict[str, Any]) -> str:
         for f in files if f.get("answer")
     )
     notes = "".join(f"<li>{_e(n)}</li>" for n in export.get("notes") or [])
-    quality = quality_table(export)
     quality_html = (f"<h3>Quality on held-out text</h3><p>{_e(quality[0])}</p>" + _table(QUALITY_HEAD, quality[1])
                     if quality else "")
     return (
         "<section><h2>GGUF files</h2>"
         f"<p>Next-token agreement (top-1) and mean KL against the file each was made from, over "
         f"{_e(export.get('positions', '?'))} positions of {_e(export.get('prompts', '?'))} prompts ({_e(export.get('prompt_source', ''))}).</p>"
-        + _table(head, rows) + answers + quality_html + (f"<ul>{notes}</ul>" if notes else "") + "</section>"
+        + (_table(head, rows) if files else "") + answers + quality_html + (f"<ul>{notes}</ul>" if notes else "") + "</section>"
     )
 
 
