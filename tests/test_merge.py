@@ -155,3 +155,20 @@ def test_merging_the_same_inputs_again_is_already_merged(tmp_path, tiny_llama_di
     config.merge.verify_prompts = 2  # another recipe: merged again, verified on two prompts
     redone = merge_adapter(config, run)
     assert ALREADY_MERGED not in redone.notes and redone.prompts == 2
+
+
+def test_agreement_measures_on_known_distributions():
+    """medtune.verify's top-1 agreement and KL (nats per position), as merge, export and the benchmarks use them."""
+    import math
+
+    import numpy as np
+
+    from medtune.verify import log_softmax, mean_kl, top1_agreement, top1_tokens
+
+    p = log_softmax(np.log(np.array([[0.5, 0.5], [0.9, 0.1]], dtype=np.float64)))
+    q = log_softmax(np.log(np.array([[0.25, 0.75], [0.9, 0.1]], dtype=np.float64)))
+    assert mean_kl([p], [p]) == 0.0
+    expected = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)) / 2  # the second position agrees exactly
+    assert abs(mean_kl([p], [q]) - expected) < 1e-12
+    assert top1_agreement(top1_tokens([p]), top1_tokens([q])) == 0.5  # [0.5, 0.5] picks token 0, q picks 1
+    assert top1_agreement(top1_tokens([p, q]), top1_tokens([p, q])) == 1.0

@@ -29,10 +29,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medtune.artifacts import atomic_file
 from medtune.errors import ConfigError, ToolError
 
 if TYPE_CHECKING:
@@ -475,8 +477,6 @@ def convert_to_gguf(
     general.license, general.base_model.0.name), passed through its --metadata file.
     The output appears atomically at out_path. Raises ToolError with the converter's last lines.
     """
-    from medtune.artifacts import atomic_file
-
     script = find_converter()
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     if outtype not in ("f16", "bf16", "f32", "q8_0", "auto"):
@@ -510,8 +510,6 @@ def quantize_gguf(
     a quantized one). The output appears atomically at dst. Raises ConfigError for unknown types (or
     one that needs an imatrix without one), ToolError if llama.cpp fails.
     """
-    from medtune.artifacts import atomic_file
-
     (name,) = normalize_quant_types([type_name], outtype="none", imatrix=imatrix is not None)
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -554,8 +552,6 @@ def convert_lora_to_gguf(
     only the architecture from it, not the weights). The output appears atomically at out_path.
     Raises ToolError with the converter's last lines.
     """
-    from medtune.artifacts import atomic_file
-
     script = find_lora_converter()
     if outtype not in ("f16", "bf16", "f32", "q8_0"):
         raise ConfigError(f"LoRA converter output type {outtype!r} is not one of f16, bf16, f32, q8_0")
@@ -585,10 +581,6 @@ def compute_imatrix(
     imatrix format atomically at out_path; returns {"chunks": chunks used, "seconds": wall time}.
     Raises ToolError when the tool fails (its error lines in the message).
     """
-    import time
-
-    from medtune.artifacts import atomic_file
-
     started = time.perf_counter()
     threads = n_threads or default_threads()
     text_file = Path(text_file).resolve()
