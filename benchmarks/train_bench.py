@@ -19,7 +19,7 @@ per real token (frozen base, N = parameter count) over 790 TFLOP/s (H200 dense b
   python benchmarks/train_bench.py --recipe seed    --out results.jsonl
   python benchmarks/train_bench.py --recipe medtune --out results.jsonl
   torchrun --nproc-per-node 2 benchmarks/train_bench.py --recipe medtune --out results.jsonl
-  python benchmarks/train_bench.py --summarize results.jsonl --results-dir benchmarks/results
+  python benchmarks/train_bench.py --summarize results.jsonl     # appends to benchmarks/results/train_bench.json
   python benchmarks/train_bench.py --tiny ...       # CPU smoke test of the plumbing
 """
 
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtune.benchmarking import append_run
 from medtune.config import LoraConfig, TrainConfig
 from medtune.train.measure import (
     SEED_MAX_LENGTH,
@@ -330,47 +331,26 @@ def _result(name: str, n_params: int, seconds: float, tokens: int, world: int, a
     }
 
 
-def summarize(path: Path, results_dir: Path) -> None:
+def summarize(path: Path, results_dir: Path | None) -> None:
+    """Print a call's rows and append them, with the speed-up over the seed and the 2-GPU scaling,
+    as one run to benchmarks/results/train_bench.json (medtune.benchmarking's schema)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     seed = next((r for r in rows if r["name"] == "seed"), None)
     defaults = [r for r in rows if r["name"] == "medtune" and not r.get("overrides")]
     one = next((r for r in defaults if r["gpus"] == 1), None)
     two = next((r for r in defaults if r["gpus"] == 2), None)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    figures = {}
     if seed and one:
-        single = {
-            "gpu": one["gpu"],
-            "seed_real_tokens_per_s": seed["real_tokens_per_s"],
-            "medtune_real_tokens_per_s": one["real_tokens_per_s"],
-            "speedup": round(one["real_tokens_per_s"] / seed["real_tokens_per_s"], 2),
-            "mfu": one["mfu"],
-            "seed_mfu": seed["mfu"],
-            "seed_peak_gib": seed["peak_gib"],
-            "medtune_peak_gib": one["peak_gib"],
-            "seed": seed,
-            "medtune": one,
-        }
-        (results_dir / "train_h200.json").write_text(json.dumps(single, indent=2) + "\n")
+        figures["speedup_medtune_vs_seed_1gpu"] = round(one["real_tokens_per_s"] / seed["real_tokens_per_s"], 2)
     if one and two:
-        double = {
-            "gpus": 2,
-            "gpu": two["gpu"],
-            "real_tokens_per_s": two["real_tokens_per_s"],
-            "one_gpu_real_tokens_per_s": one["real_tokens_per_s"],
-            "scaling_vs_1gpu": round(two["real_tokens_per_s"] / one["real_tokens_per_s"], 3),
-            "mfu": two["mfu"],
-            "peak_gib_per_gpu": two["peak_gib"],
-            "medtune": two,
-        }
-        (results_dir / "train_h200x2.json").write_text(json.dumps(double, indent=2) + "\n")
+        figures["scaling_2gpu_vs_1gpu"] = round(two["real_tokens_per_s"] / one["real_tokens_per_s"], 3)
     print(f"{'run':16} {'real tok/s':>11} {'MFU':>7} {'peak GiB':>9}")
     for r in rows:
         print(f"{r['name'] + ' x' + str(r['gpus']):16} {r['real_tokens_per_s']:11.0f} {100 * r['mfu']:6.1f}% {r['peak_gib']:9.1f}"
               f"  {' '.join(r.get('overrides') or [])}")
-    if seed and one:
-        print(f"speedup medtune/seed (1 GPU): {one['real_tokens_per_s'] / seed['real_tokens_per_s']:.2f}x")
-    if one and two:
-        print(f"scaling 2 GPUs / 1 GPU: {two['real_tokens_per_s'] / one['real_tokens_per_s']:.3f}x")
+    for name, value in figures.items():
+        print(f"{name}: {value}x")
+    append_run("train_bench", rows, results_dir=results_dir, **figures)
 
 
 def main() -> None:
@@ -384,8 +364,8 @@ def main() -> None:
                         help="override a medtune TrainConfig field (e.g. max_tokens_per_batch=32768)")
     parser.add_argument("--profile", action="store_true", help="profile one extra step (medtune, rank 0)")
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU: a smoke test of the plumbing")
-    parser.add_argument("--summarize", type=Path, help="combine a results JSONL into the results JSON files")
-    parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--summarize", type=Path, help="append a call's rows (JSONL) to results/train_bench.json")
+    parser.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results")
     args = parser.parse_args()
     if args.summarize:
         summarize(args.summarize, args.results_dir)

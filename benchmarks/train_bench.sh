@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training benchmark on a GPU machine, in one go (fits a 10-minute slot):
 #   seed recipe (1 GPU) -> medtune (1 GPU, with a one-step profile) -> medtune (2 GPUs via torchrun,
-#   when the machine has them) -> results JSON files.
+#   when the machine has them) -> the call's run in $OUT/train_bench.json.
 #   OUT=/path/for/results bash benchmarks/train_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ run 200 env CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_bench.py --recipe me
 if [ "$NGPU" -ge 2 ]; then
   run 240 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/train_bench.py --recipe medtune --out "$R"
 fi
-python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"
+python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"   # back home: --summarize FILE appends to results/train_bench.json
 for extra in ${EXTRA_RUNS:-}; do run 200 env CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_bench.py --recipe medtune --train-set "$extra" --out "$R"; done
-python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"
+python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"   # back home: --summarize FILE appends to results/train_bench.json
 echo "total $SECONDS s"
