@@ -27,7 +27,6 @@ run 200 env CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_bench.py --recipe me
 if [ "$NGPU" -ge 2 ]; then
   run 240 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/train_bench.py --recipe medtune --out "$R"
 fi
-python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"   # back home: --summarize FILE appends to results/train_bench.json
 for extra in ${EXTRA_RUNS:-}; do run 200 env CUDA_VISIBLE_DEVICES=0 python3 benchmarks/train_bench.py --recipe medtune --train-set "$extra" --out "$R"; done
 python3 benchmarks/train_bench.py --summarize "$R" --results-dir "$OUT"   # back home: --summarize FILE appends to results/train_bench.json
 echo "total $SECONDS s"
