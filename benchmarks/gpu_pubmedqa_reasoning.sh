@@ -6,6 +6,10 @@
 #           whole train pool, merge, export, and score base / fine-tuned / Q8_0 on the 500 test items once
 #           (cot on the GPU, the GGUF file in llama.cpp on the CPU at the same time), then
 #           benchmarks/results/pubmedqa_reasoning.json via `pubmedqa_reasoning.py record`.
+#           The recipe comes from SWEEP, by default the committed results file (the recipe the committed
+#           figures used), so a fresh machine reproduces them; SWEEP=$WORK/sweep.json takes a sweep just run.
+#           It is printed (and kept in $OUT/recipe.txt) before anything runs; a missing or unreadable
+#           file stops the script. DRY_RUN=1: print the recipe and the command, run nothing.
 #           GGUF=0: stop after merge and score base / fine-tuned only (when llama.cpp is not carried).
 # Extra arguments go to the sweep (e.g. a second round: --variants A B --previous earlier.json) or to
 # `medtune run` (final: --set KEY=VALUE).
@@ -47,6 +51,7 @@ if [ -n "${CARRY:-}" ]; then
   WORK=/root/pubmedqa-reasoning-sweep
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+[ -d "$PQ" ] || { echo "gpu_pubmedqa_reasoning: PubMedQA release folder $PQ not found (set PQ=...)" >&2; exit 2; }
 PQ="$(cd "$PQ" && pwd)"
 
 case "$step" in
@@ -58,12 +63,20 @@ case "$step" in
     ;;
   final)
     run_dir=runs/pubmedqa-reasoning-smollm2
-    mapfile -t chosen < <("$PY" benchmarks/pubmedqa_reasoning.py choice "$WORK/sweep.json" --pubmedqa "$PQ")
-    echo "chosen overrides: ${chosen[*]:-none}" | tee "$OUT/final.log"
+    SWEEP="${SWEEP:-benchmarks/results/pubmedqa_reasoning.json}"
+    # Not `mapfile < <(...)`: a failure inside a process substitution escapes `set -e` and pipefail, and
+    # an empty recipe would silently train the config's data without the chosen overrides.
+    "$PY" benchmarks/pubmedqa_reasoning.py choice "$SWEEP" --pubmedqa "$PQ" > "$OUT/recipe.txt"
+    mapfile -t chosen < "$OUT/recipe.txt"
+    [ "${#chosen[@]}" -gt 0 ] || { echo "gpu_pubmedqa_reasoning: no recipe in $SWEEP" >&2; exit 2; }
+    echo "recipe from $SWEEP: ${chosen[*]}" | tee "$OUT/final.log"
     start=$(date +%s)
     common=(configs/pubmedqa-reasoning-smollm2.yaml
-      --set "data.files=[\"pubmedqa-reasoning:$PQ\"]" --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]"
-      "${chosen[@]}" "${@:2}")
+      --set "eval.benchmarks=[{name: pubmedqa, path: \"$PQ\"}]" "${chosen[@]}" "${@:2}")
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+      echo "would run: $PY -m medtune.cli run ${common[*]}" | tee -a "$OUT/final.log"
+      exit 0
+    fi
     if [ "${GGUF:-1}" = 1 ]; then
       "$PY" -m medtune.cli run "${common[@]}" 2>&1 | tee -a "$OUT/final.log"
     else
@@ -73,7 +86,7 @@ case "$step" in
       "$PY" -m medtune.cli eval "${common[@]}" --set "eval.artifacts=[base, merged]" 2>&1 | tee -a "$OUT/final.log"
     fi
     echo "final run: $(( $(date +%s) - start )) s" | tee -a "$OUT/final.log"
-    "$PY" benchmarks/pubmedqa_reasoning.py record --sweep "$WORK/sweep.json" --run "$run_dir" \
+    "$PY" benchmarks/pubmedqa_reasoning.py record --sweep "$SWEEP" --run "$run_dir" \
       --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPU cores" \
       --out "$OUT/pubmedqa_reasoning.json" | tee -a "$OUT/final.log"
     # The adapter travels back in parts (16 MiB per returned file, 64 MiB in all), with the run's eval

@@ -9,11 +9,13 @@ the test split once with the chosen recipe.
           by side on one GPU. The pooled out-of-fold predictions (500 items per variant) give each
           variant's accuracy, macro-F1, per-class recall and paired difference vs the base model; the
           variant with the best (cot accuracy + cot macro-F1) / 2 is chosen. The test split is never read.
-  choice  print the --set overrides of the chosen variant (for `medtune run`), one per line.
-  record  benchmarks/results/pubmedqa_reasoning.json from the sweep JSON and the final run's folder.
+  choice  print the --set overrides of the chosen variant (for `medtune run`), one per line, from a sweep
+          JSON or from the committed results file (its "sweep" part: the recipe the committed figures used).
+  record  benchmarks/results/pubmedqa_reasoning.json from the sweep (either file) and the final run's folder.
 
   python benchmarks/pubmedqa_reasoning.py sweep --pubmedqa ../shared/data/pubmedqa --workers 12 --out sweep.json
-  mapfile -t chosen < <(python benchmarks/pubmedqa_reasoning.py choice sweep.json)
+  python benchmarks/pubmedqa_reasoning.py choice sweep.json > recipe.txt   # fails loudly on a missing file
+  mapfile -t chosen < recipe.txt
   medtune run configs/pubmedqa-reasoning-smollm2.yaml "${chosen[@]}"
   python benchmarks/pubmedqa_reasoning.py record --sweep sweep.json --run runs/pubmedqa-reasoning-smollm2
 
@@ -403,8 +405,23 @@ def save_base_model(folder: Path) -> str:
 # --- choice and record -------------------------------------------------------------------------------
 
 
+def read_sweep(path: str) -> dict[str, Any]:
+    """A sweep's results: a sweep JSON, or the committed results file that holds one under "sweep".
+    Exits with a message naming the file when it is missing or holds no chosen variant: a recipe is
+    never guessed (issue 24: a missing sweep file once trained another recipe without a word)."""
+    file = Path(path)
+    if not file.is_file():
+        sys.exit(f"pubmedqa_reasoning: {file} does not exist; give a sweep JSON (`sweep --out`) or the committed "
+                 "benchmarks/results/pubmedqa_reasoning.json")
+    results = json.loads(file.read_text())
+    results = results.get("sweep", results)
+    if not results.get("chosen_overrides"):
+        sys.exit(f"pubmedqa_reasoning: {file} names no chosen variant (chosen_overrides); finish the sweep first")
+    return results
+
+
 def choice(args: argparse.Namespace) -> None:
-    results = json.loads(Path(args.sweep).read_text())
+    results = read_sweep(args.sweep)
     # The whole recipe (the sweep's starting point, then the chosen changes), whatever the config holds now.
     overrides = {"data.files": ["pubmedqa-reasoning:{pool}"], **SWEEP_START, **(results.get("chosen_overrides") or {})}
     pubmedqa = args.pubmedqa
@@ -418,7 +435,7 @@ def choice(args: argparse.Namespace) -> None:
 
 def record(args: argparse.Namespace) -> None:
     """The committed results file: the sweep table, then per artifact and mode of the final run."""
-    sweep_results = json.loads(Path(args.sweep).read_text())
+    sweep_results = read_sweep(args.sweep)
     run_dir = Path(args.run)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -75,3 +75,47 @@ def test_gguf_check_joins_the_results_file_whole(tmp_path):
     assert "predictions" not in check["rows"][0] and check["rows"][0]["accuracy"] == 0.658
     assert check["paired"] == [paired] and check["export"] == {"quality": [{"type": "Q8_0"}]}
     assert not results.with_suffix(".tmp").exists()
+
+
+SCRIPT = "benchmarks/gpu_pubmedqa_reasoning.sh"
+
+
+def _final(tmp_path, **env):
+    """`gpu_pubmedqa_reasoning.sh final` with DRY_RUN (no GPU here): the recipe it would train, or its error."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "pubmedqa").mkdir(exist_ok=True)
+    variables = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "no-sweep"),
+                 "PQ": str(tmp_path / "pubmedqa"), "DRY_RUN": "1", **env}
+    return subprocess.run(["bash", str(repo / SCRIPT), "final"], cwd=repo, env=variables, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_final_on_a_fresh_machine_takes_the_committed_recipe(tmp_path):
+    """No sweep file from this machine: the committed results file's recipe is printed and used (issue 24)."""
+    done = _final(tmp_path)
+    assert done.returncode == 0, done.stderr
+    committed = json.loads(open("benchmarks/results/pubmedqa_reasoning.json").read())["sweep"]["chosen_overrides"]
+    recipe = (tmp_path / "out" / "recipe.txt").read_text().splitlines()
+    pq = tmp_path / "pubmedqa"
+    assert recipe[0] == f'--set=data.files=["pubmedqa-train:{pq}"]' == f"--set=data.files={json.dumps([committed['data.files'][0].format(pool=pq)])}"
+    for key in ("train.learning_rate", "lora.r", "lora.alpha"):
+        assert f"--set={key}={json.dumps(committed[key])}" in recipe
+    assert f"recipe from benchmarks/results/pubmedqa_reasoning.json: {' '.join(recipe)}" in done.stdout
+    assert "medtune.cli run configs/pubmedqa-reasoning-smollm2.yaml" in done.stdout and "pubmedqa-reasoning:" not in done.stdout
+
+
+def test_final_stops_when_the_named_sweep_file_is_missing(tmp_path):
+    done = _final(tmp_path, SWEEP=str(tmp_path / "no-sweep" / "sweep.json"))
+    assert done.returncode != 0
+    assert f"{tmp_path / 'no-sweep' / 'sweep.json'} does not exist" in done.stderr + done.stdout
+    assert "medtune.cli run" not in done.stdout  # nothing was trained
+
+
+def test_final_stops_when_the_pubmedqa_folder_is_missing(tmp_path):
+    done = _final(tmp_path, PQ=str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "PubMedQA release folder" in done.stderr
