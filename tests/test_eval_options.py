@@ -125,4 +125,4 @@ def test_results_written_before_chance_was_recorded_still_read(tmp_path):
     (row,) = read_results(tmp_path / "results.json").rows
     assert row.chance is None and row.bar == 0.75 and row.below_bar and row.extra == {"calibration_error": 0.01}
     assert row.to_json()["calibration_error"] == 0.01
-    assert list(summary_rows([old]))[0][-1] == "25.0% is below the majority-label line (75.0%): worse than always giving one answer"
+    assert next(iter(summary_rows([old])))[-1] == "25.0% is below the majority-label line (75.0%): worse than always giving one answer"

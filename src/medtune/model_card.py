@@ -8,7 +8,13 @@ from typing import Any
 
 from medtune.artifacts import atomic_write_text
 from medtune.config import EMBEDDED_MODEL, SAMPLE_DATA, RunConfig
-from medtune.eval.examples import NOT_RECORDED, SEED_TITLE, HeldoutExample, heldout_example, seed_answer
+from medtune.eval.examples import (
+    NOT_RECORDED,
+    SEED_TITLE,
+    HeldoutExample,
+    heldout_example,
+    seed_answer,
+)
 from medtune.eval.rows import read_results
 from medtune.rundir import RunDir
 

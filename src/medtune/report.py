@@ -18,7 +18,14 @@ from typing import Any
 
 from medtune.artifacts import atomic_write_text
 from medtune.errors import ArtifactError
-from medtune.eval.examples import NOT_RECORDED, SEED_TITLE, heldout_example, option_text, read_predictions, seed_answer
+from medtune.eval.examples import (
+    NOT_RECORDED,
+    SEED_TITLE,
+    heldout_example,
+    option_text,
+    read_predictions,
+    seed_answer,
+)
 from medtune.eval.report import BAR_TITLE, benchmark_rows
 from medtune.eval.rows import EvalResults, EvalRow, options_text, read_results
 from medtune.model_card import QUALITY_HEAD, quality_table
@@ -275,7 +282,7 @@ def _e(value: Any) -> str:
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = lambda row, tag: "".join(f"<{tag}>{c if isinstance(c, _Html) else _e(c)}</{tag}>" for c in row)  # noqa: E731
+    cells = lambda row, tag: "".join(f"<{tag}>{c if isinstance(c, _Html) else _e(c)}</{tag}>" for c in row)
     body = "".join(f"<tr>{cells(row, 'td')}</tr>" for row in rows)
     return f"<table><thead><tr>{cells(head, 'th')}</tr></thead><tbody>{body}</tbody></table>"
 

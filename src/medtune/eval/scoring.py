@@ -19,7 +19,11 @@ from typing import Any
 
 from medtune.eval.answers import extract_answer
 from medtune.tasks import LOGLIK_ANSWER_PREFIX, Item, user_message
-from medtune.tasks.prompts import LM_EVAL_TARGET_DELIMITER, PROMPT_STYLES, lm_eval_prompt
+from medtune.tasks.prompts import (
+    LM_EVAL_TARGET_DELIMITER,
+    PROMPT_STYLES,
+    lm_eval_prompt,
+)
 
 MODES = ("loglik", "cot")
 

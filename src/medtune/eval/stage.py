@@ -23,7 +23,13 @@ from medtune.errors import ArtifactError, ConfigError
 from medtune.eval import report
 from medtune.eval.compare import paired_comparisons
 from medtune.eval.metrics import class_report
-from medtune.eval.rows import SUMMARY_COLUMNS, EvalRow, chance_level, option_counts, summary_rows
+from medtune.eval.rows import (
+    SUMMARY_COLUMNS,
+    EvalRow,
+    chance_level,
+    option_counts,
+    summary_rows,
+)
 from medtune.eval.scoring import Prediction, prompt_ids, score
 from medtune.eval.stats import accuracy, bootstrap_ci
 from medtune.rundir import Artifact, EvalFiles, RunDir, open_artifact, stem_has_type
@@ -228,7 +234,10 @@ def _score_one(backend, items: list[Item], mode: str, eval_cfg: EvalConfig, adva
                   prompt_style=eval_cfg.prompt_style)
     scored = [(mode, preds, time.perf_counter() - began, {})]
     if mode == "loglik" and eval_cfg.calibrate:
-        from medtune.eval.calibration import CALIBRATED_MODE, calibrated_predictions  # scores through a backend
+        from medtune.eval.calibration import (  # scores through a backend
+            CALIBRATED_MODE,
+            calibrated_predictions,
+        )
 
         began = time.perf_counter()
         calibrated, prior = calibrated_predictions(backend, items, preds, eval_cfg.prompt_style)

@@ -9,6 +9,7 @@ from medtune.errors import DataError
 from medtune.tasks.files import find_file, mc_item, read_jsonl
 from medtune.tasks.registry import LETTERS, Benchmark, Item, register
 
+
 def _medmcqa_answer(cop: Any, one_based: bool, where: str) -> str:
     if isinstance(cop, str) and cop.strip().upper() in LETTERS:
         return cop.strip().upper()

@@ -9,6 +9,7 @@ from medtune.errors import DataError
 from medtune.tasks.files import find_file, lettered_options, mc_item, read_jsonl
 from medtune.tasks.registry import OPTION_LETTERS, Benchmark, Item, register
 
+
 def load_medqa_local(path: Path) -> list[Item]:
     """MedQA (USMLE) JSONL: `question`, `options` {A..D} or {A..E}, `answer_idx` per line.
 
