@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.errors import ModelError, ToolError
+from medtune.tokenizer import fix_pad_token, load_tokenizer, resolve_model_source
 
 
 @dataclass
@@ -209,14 +210,14 @@ def resolve_dtype(dtype: str, device: str):
 def _load_causal_lm(model_cfg, torch_dtype, device: str):
     """The base model through medtune.modeling when present, else directly through transformers."""
     try:
-        from medtune.modeling import load_base_model
+        from medtune.modeling import (
+            load_base_model,  # heavy: torch, imported when a model is loaded
+        )
     except ImportError:
         load_base_model = None
     if load_base_model is not None:
         return load_base_model(model_cfg, dtype=torch_dtype, device=device).eval()
     from transformers import AutoModelForCausalLM
-
-    from medtune.tokenizer import resolve_model_source
 
     source = resolve_model_source(model_cfg.base)
     try:
@@ -231,8 +232,6 @@ def _load_causal_lm(model_cfg, torch_dtype, device: str):
 
 def _eval_tokenizer(model_cfg, folder: Path | None = None):
     """The tokenizer rendering prompts: the artifact's own when it ships one, else the base model's."""
-    from medtune.tokenizer import fix_pad_token, load_tokenizer
-
     if folder is not None and (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
@@ -295,8 +294,6 @@ def open_llamacpp(gguf: Path, tokenizer, *, n_ctx: int = 4096, n_threads: int | 
 def gguf_tokenizer(gguf: Path):
     """The HF tokenizer stored inside a GGUF file (with a pad token distinct from EOS)."""
     from transformers import AutoTokenizer
-
-    from medtune.tokenizer import fix_pad_token
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

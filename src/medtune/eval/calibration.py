@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
+from medtune.eval.scoring import score_loglik
 from medtune.tasks import Item
 
 CALIBRATED_MODE = "loglik_calibrated"
@@ -52,8 +53,6 @@ def normalise(logprobs: Sequence[float]) -> list[float]:
 
 def content_free_prior(backend, template: Item, prompt_style: str = "chat") -> dict[str, float]:
     """p_cf: the mean renormalised label probabilities over the content-free versions of `template`."""
-    from medtune.eval.scoring import score_loglik
-
     labels = list(template.options)
     rows = [normalise([p.scores[label] for label in labels])
             for p in score_loglik(backend, content_free_items(template), prompt_style=prompt_style)]

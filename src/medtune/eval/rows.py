@@ -97,7 +97,7 @@ class EvalRow:
         return {**data, **extra}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str = "results.json") -> EvalRow:
+    def from_json(cls, data: dict[str, Any], where: str = "an eval result") -> EvalRow:
         """A row from results.json, as written by this or an earlier version. Raises ArtifactError
         naming `where` when a field every version wrote is missing."""
         known = {f.name for f in fields(cls)} - {"extra"}

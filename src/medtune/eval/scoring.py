@@ -24,6 +24,7 @@ from medtune.tasks.prompts import (
     PROMPT_STYLES,
     lm_eval_prompt,
 )
+from medtune.tokenizer import end_of_turn_token
 
 MODES = ("loglik", "cot")
 
@@ -101,8 +102,6 @@ def candidate_tokens(tokenizer, prompt: str, labels: Sequence[str], style: str =
 
 def stop_token_ids(tokenizer) -> list[int]:
     """End-of-turn and EOS ids: generation stops at whichever the template emits."""
-    from medtune.tokenizer import end_of_turn_token
-
     ids = []
     try:
         ids.append(tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)))

@@ -20,7 +20,8 @@ from typing import Any
 from medtune.artifacts import atomic_dir, atomic_write_json, atomic_write_text
 from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig, RunConfig
 from medtune.errors import ArtifactError, ConfigError
-from medtune.eval import report
+from medtune.eval import backends, report
+from medtune.eval.calibration import CALIBRATED_MODE, calibrated_predictions
 from medtune.eval.compare import paired_comparisons
 from medtune.eval.metrics import class_report
 from medtune.eval.rows import (
@@ -193,8 +194,6 @@ def target_modes(target: Target, eval_cfg: EvalConfig) -> list[str]:
 
 def _open(target: Target, eval_cfg: EvalConfig, benchmarks: Benchmarks):
     """Open a backend; llama.cpp gets a context long enough for the longest prompt plus generation."""
-    from medtune.eval import backends  # heavy: torch / llama.cpp
-
     if target.kind == "gguf":
         if target.tokenizer_dir is not None:
             from transformers import AutoTokenizer  # heavy
@@ -234,11 +233,6 @@ def _score_one(backend, items: list[Item], mode: str, eval_cfg: EvalConfig, adva
                   prompt_style=eval_cfg.prompt_style)
     scored = [(mode, preds, time.perf_counter() - began, {})]
     if mode == "loglik" and eval_cfg.calibrate:
-        from medtune.eval.calibration import (  # scores through a backend
-            CALIBRATED_MODE,
-            calibrated_predictions,
-        )
-
         began = time.perf_counter()
         calibrated, prior = calibrated_predictions(backend, items, preds, eval_cfg.prompt_style)
         scored.append((CALIBRATED_MODE, calibrated, time.perf_counter() - began, {"content_free_prior": prior}))
@@ -280,12 +274,10 @@ def _predictions_key(artifact: str, benchmark: str, mode: str) -> str:
 def _side_by_side(targets: list[Target], eval_cfg: EvalConfig) -> list[int]:
     """Indices of the GGUF targets to evaluate beside the transformers targets: all of them when the
     transformers backend runs on a GPU (so the two groups use different hardware), else none."""
-    from medtune.eval.backends import resolve_device  # heavy: torch
-
     gguf = [i for i, target in enumerate(targets) if target.kind == "gguf"]
     if not gguf or len(gguf) == len(targets) or not eval_cfg.parallel_gguf:
         return []
-    return gguf if resolve_device(eval_cfg.device).startswith("cuda") else []
+    return gguf if backends.resolve_device(eval_cfg.device).startswith("cuda") else []
 
 
 def result_row(target: Target, backend_name: str, benchmark: str, mode: str, preds: list[Prediction],

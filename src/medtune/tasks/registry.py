@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from medtune.errors import ConfigError, DataError
+from medtune.sample_data import builtin_path
+from medtune.tasks.packaged import packaged_path
 
 LETTERS = ("A", "B", "C", "D")
 OPTION_LETTERS = tuple("ABCDEFGHIJ")
@@ -119,12 +121,8 @@ def load_items(name: str, path: str | Path | None = None, limit: int | None = No
         benchmark = REGISTRY[member]
         source = path if path is not None else benchmark.default_path
         if source is not None and str(source).startswith("builtin:"):
-            from medtune.sample_data import builtin_path
-
             source = builtin_path(str(source))  # a data file shipped with medtune
         elif source is not None and str(source).startswith("package:"):
-            from medtune.tasks.packaged import packaged_path
-
             source = packaged_path(str(source))  # a data file another installed package ships
         loaded = benchmark.load_local(Path(source)) if source is not None else benchmark.load_hub()
         if not loaded:
