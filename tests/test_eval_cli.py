@@ -176,3 +176,29 @@ def test_cot_artifacts_select_gguf_files_the_way_artifacts_does(tmp_path):
     assert target_modes(gguf("run-Q8_0"), eval_cfg) == ["loglik", "cot"]
     assert target_modes(gguf("run-Q4_K_M"), eval_cfg) == ["loglik"]
     assert target_modes(Target("merged", "hf", ModelConfig()), EvalConfig(modes=["cot"])) == ["cot"]
+
+
+def test_model_targets_come_from_open_artifact(tmp_path, yes_model):
+    """--model on a run folder evaluates its merged model and GGUF files (labelled by quant type); on a
+    folder of GGUF files, each file; on a path that is not a model, a message naming what is accepted."""
+    from medtune.eval.stage import model_targets
+
+    run = RunDir(tmp_path / "demo")
+    run.gguf.mkdir(parents=True)
+    run.config_file.write_text("name: demo\n")
+    for quant in ("Q8_0", "Q4_K_M"):
+        run.gguf_file(quant).write_bytes(b"GGUF" + b"\0" * 16)
+    for file in yes_model.iterdir():
+        if file.is_file():
+            run.merged.mkdir(exist_ok=True)
+            (run.merged / file.name).write_bytes(file.read_bytes())
+    targets = model_targets(str(run.root))
+    assert [(t.label, t.kind) for t in targets] == [("merged", "hf"), ("gguf:Q4_K_M", "gguf"), ("gguf:Q8_0", "gguf")]
+    assert all(t.tokenizer_dir == run.merged for t in targets[1:])  # prompts rendered by the run's own tokenizer
+    assert [t.label for t in model_targets(str(run.gguf))] == ["gguf:Q4_K_M", "gguf:Q8_0"]
+    assert model_targets("HuggingFaceTB/SmolLM2-135M-Instruct")[0].model_cfg.base == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="not a .gguf file, a run directory, a merged model folder"):
+        model_targets(str(tmp_path / "empty"))
+    with pytest.raises(ArtifactError, match="does not exist"):
+        model_targets(str(tmp_path / "missing.gguf"))

@@ -71,19 +71,23 @@ class EvalRow:
     def majority_text(self) -> str:
         return "any (all tied)" if self.tied_majority else self.majority_label
 
-    def below_bar_note(self) -> str:
+    @property
+    def bar_name(self) -> str:
+        return "chance" if self.bar == self.chance and self.chance != self.majority_baseline else "the majority-label line"
+
+    def below_bar_note(self, short: bool = False) -> str:
         if not self.below_bar:
             return ""
-        line = "chance" if self.bar == self.chance and self.chance != self.majority_baseline else "the majority-label line"
-        return (f"{100 * self.accuracy:.1f}% is below {line} ({100 * self.bar:.1f}%): worse than always giving one "
-                "answer")
+        if short:  # a table cell
+            return f"below {self.bar_name.removeprefix('the ')} ({100 * self.bar:.1f}%)"
+        return f"{100 * self.accuracy:.1f}% is below {self.bar_name} ({100 * self.bar:.1f}%): worse than always giving one answer"
 
-    def warnings(self) -> list[str]:
+    def warnings(self, short: bool = False) -> list[str]:
         """The flags a reader must see next to the accuracy: a constant answer, a score under the bar."""
-        return [note for note in (degenerate_note(self.degenerate), self.below_bar_note()) if note]
+        return [note for note in (degenerate_note(self.degenerate), self.below_bar_note(short)) if note]
 
-    def note(self) -> str:
-        return "; ".join(self.warnings())
+    def note(self, short: bool = False) -> str:
+        return "; ".join(self.warnings(short))
 
     @property
     def key(self) -> str:
@@ -178,7 +182,7 @@ def summary_rows(rows: Iterable[EvalRow | dict[str, Any]]) -> Iterator[tuple[Any
     for row in map(as_row, rows):
         yield (row.artifact, row.benchmark, row.mode, f"{100 * row.accuracy:.1f}",
                f"{100 * row.ci95[0]:.1f}-{100 * row.ci95[1]:.1f}", _f1(row.macro_f1), _pct(row.majority_baseline),
-               row.n, f"{100 * row.parse_failure_rate:.1f}", f"{row.seconds:.1f}", row.note())
+               row.n, f"{100 * row.parse_failure_rate:.1f}", f"{row.seconds:.1f}", row.note(short=True))
 
 
 def _pct(value: float | None) -> str:
