@@ -64,7 +64,12 @@ total_seconds=$(( $(date +%s) - start ))
 
 "$PY" - "$run_dir" "$OUT" "$run_seconds" "$total_seconds" <<'EOF'
 import json, sys, pathlib
+from medtune.eval.compare import paired_comparisons
+from medtune.eval.rows import EvalRow
+from medtune.rundir import EvalFiles, RunDir
 run_dir, out, run_seconds, total_seconds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+run = RunDir(run_dir)
+cot_files = {name: EvalFiles(run_dir / f"eval-cot-{name}") for name in ("base", "finetuned")}
 rows = []
 def collect(path, label_override=None):
     if not path.is_file():
@@ -73,34 +78,32 @@ def collect(path, label_override=None):
     results = json.loads(path.read_text())
     for row in results.get("results", results if isinstance(results, list) else []):
         rows.append({**row, **({"artifact": label_override} if label_override else {})})
-collect(run_dir / "eval" / "results.json")
-collect(run_dir / "eval-cot-base" / "results.json", "base")
-collect(run_dir / "eval-cot-finetuned" / "results.json", "merged")
-manifest = json.loads((run_dir / "manifest.json").read_text())
-def predicted(folder, label, mode="loglik"):
-    path = folder / "predictions" / f"{label.replace(':', '-')}__pubmedqa__{mode}.jsonl"
+collect(run.eval_results)
+collect(cot_files["base"].results, "base")
+collect(cot_files["finetuned"].results, "merged")
+manifest = run.manifest()
+def predicted(label, mode="loglik"):
+    path = run.predictions_file(label, "pubmedqa", mode)
     return [json.loads(line)["predicted"] for line in path.read_text().splitlines()] if path.is_file() else None
 
 # Paired agreement: the share of test items on which two artifacts predict the same label.
-merged_preds = predicted(run_dir / "eval", "merged")
+merged_preds = predicted("merged")
 f16_label = next((r["artifact"] for r in rows if r["artifact"].lower().endswith("f16")), None)
-f16_preds = predicted(run_dir / "eval", f16_label) if f16_label else None
+f16_preds = predicted(f16_label) if f16_label else None
 for row in rows:
     if row["mode"] != "loglik" or not row["artifact"].startswith("gguf:"):
         continue
-    mine = predicted(run_dir / "eval", row["artifact"])
+    mine = predicted(row["artifact"])
     for name, other in (("agreement_with_merged", merged_preds), ("agreement_with_f16", f16_preds)):
         if mine and other:
             row[name] = round(sum(a == b for a, b in zip(mine, other)) / len(mine), 4)
 # Paired differences: the eval stage's chain (merged vs base, F16 vs merged, quants vs F16) plus
 # cot fine-tuned vs base from the two cot folders, matched item by item.
-from medtune.eval.compare import paired_comparisons
-comparisons = json.loads((run_dir / "eval" / "results.json").read_text()).get("comparisons", []) \
-    if (run_dir / "eval" / "results.json").is_file() else []
+comparisons = json.loads(run.eval_results.read_text()).get("comparisons", []) if run.eval_results.is_file() else []
 def cot_records(name):
-    files = sorted((run_dir / f"eval-cot-{name}" / "predictions").glob("*__pubmedqa__cot.jsonl"))
+    files = sorted(cot_files[name].predictions.glob("*__pubmedqa__cot.jsonl"))
     return [json.loads(line) for line in files[0].read_text().splitlines()] if files else []
-cot_rows = [{"artifact": label, "benchmark": "pubmedqa", "mode": "cot"} for label in ("base", "merged")]
+cot_rows = [EvalRow.from_json(r) for r in rows if r["mode"] == "cot" and r["artifact"] in ("base", "merged")]
 comparisons += paired_comparisons(cot_rows, {"base__pubmedqa__cot": cot_records("base"),
                                              "merged__pubmedqa__cot": cot_records("finetuned")})
 # Wall times of this invocation only: after a resumed rerun, the manifest's stage seconds tell more.
