@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtune import benchmarking
+from medtune import benchmarking, llamacpp
 from medtune.rundir import open_artifact
 from medtune.serve import resolve_serve_target
 from medtune.tasks.prompts import user_message
@@ -284,7 +284,8 @@ def eog_logit_bias(file: Path) -> dict[str, int]:
     """logit_bias banning the file's end-of-generation tokens (EOS, EOT, ChatML's markers)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(file), vocab_only=True, verbose=False)
+    with llamacpp.quiet_runtime():
+        llm = llama_cpp.Llama(model_path=str(file), vocab_only=True, verbose=False)
     try:
         ids = {llm.token_eos()}
         for text in STOP_TOKENS:
@@ -297,22 +298,21 @@ def eog_logit_bias(file: Path) -> dict[str, int]:
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """Median over repetitions per server x concurrency, and llama_server / llama_cpp_python."""
+    """Per server x concurrency: the median over repetitions, and llama_server's throughput over llama_cpp_python's."""
     out = []
     for n in sorted({r["concurrency"] for r in rows}):
-        med = {}
         for name in SERVERS:
             picked = [r for r in rows if r["server"] == name and r["concurrency"] == n]
-            if picked:
-                med[name] = {k: statistics.median(r[k] for r in picked if r[k] is not None)
-                             for k in ("completion_tokens_per_second", "ttft_p50_s", "p50_s")}
-                med[name]["failed_or_hung"] = sum(r["failed"] + r["hung"] for r in picked)
-                med[name]["repetitions"] = len(picked)
-        row = {"concurrency": n, **{f"{name}_{k}": v for name, m in med.items() for k, v in m.items()}}
-        if len(med) == 2 and med["llama_cpp_python"]["completion_tokens_per_second"]:
-            row["throughput_ratio"] = round(med["llama_server"]["completion_tokens_per_second"]
-                                            / med["llama_cpp_python"]["completion_tokens_per_second"], 2)
-        out.append(row)
+            if not picked:
+                continue
+            med = {k: statistics.median(r[k] for r in picked if r[k] is not None) if any(r[k] is not None for r in picked) else None
+                   for k in ("completion_tokens_per_second", "ttft_p50_s", "ttft_p95_s", "p50_s", "p95_s")}
+            out.append({"concurrency": n, "server": name, **med, "failed": sum(r["failed"] for r in picked),
+                        "hung": sum(r["hung"] for r in picked), "repetitions": len(picked)})
+        pair = {r["server"]: r for r in out if r["concurrency"] == n}
+        if len(pair) == 2 and pair["llama_cpp_python"]["completion_tokens_per_second"]:
+            pair["llama_server"]["throughput_vs_llama_cpp_python"] = round(
+                pair["llama_server"]["completion_tokens_per_second"] / pair["llama_cpp_python"]["completion_tokens_per_second"], 2)
     return out
 
 
@@ -362,7 +362,8 @@ def main() -> None:
                 if rep == 0 and len(files) > 1:
                     switching.append(switch_cost(server, model, next(m for m in files if m != model), args))
     table = summary(rows)
-    benchmarking.print_table(table, title="median over repetitions")
+    benchmarking.print_table(table, ["concurrency", "server", "completion_tokens_per_second", "ttft_p50_s", "p50_s", "p95_s",
+                                     "failed", "hung", "throughput_vs_llama_cpp_python"], title="median over repetitions")
     if switching:
         benchmarking.print_table(switching, title="cost of switching quants")
     run = benchmarking.append_run(

@@ -13,11 +13,19 @@
 #   3. Builds llama-cpp-python from that sdist into the active Python, once, and caches the wheel
 #      under $CACHE/wheels/ keyed by version + CMake flags + compiler; later runs reinstall it.
 #      Plain quantization goes through llama.cpp's C API (llama_model_quantize) in that library.
-#   4. Builds three of llama.cpp's own tools from the same tree with the same flags, once, cached
+#   4. Builds four of llama.cpp's own tools from the same tree with the same flags, once, cached
 #      under $CACHE/tools/llama.cpp-tools-VERSION-KEY/bin (KEY = the wheel's key):
-#      llama-imatrix (importance matrix on calibration text), llama-quantize (quantizing with it)
-#      and llama-perplexity (perplexity and KL divergence against the 16-bit file). Only these
-#      targets (and the static ggml/llama/common libraries they link) are compiled.
+#      llama-imatrix (importance matrix on calibration text), llama-quantize (quantizing with it),
+#      llama-perplexity (perplexity and KL divergence against the 16-bit file) and llama-server
+#      (what `medtune serve` runs for GGUF files: continuous batching, OpenAI API, /metrics). Only
+#      these targets (and the static ggml/llama/common libraries they link) are compiled, in one
+#      build tree, so ggml and llama are compiled once for all four. The server is built offline:
+#      LLAMA_USE_PREBUILT_UI=OFF (its default downloads llama.cpp's web UI; medtune has its own
+#      page), no curl, no OpenSSL. What the server adds, measured from the build's own timings
+#      (ninja's log) on 2 cores shared with other jobs (load average 6-8): the four tools took
+#      1497 s; the server's own sources (464 CPU-s) and the mtmd library only it links (482 CPU-s)
+#      are 946 of the 2991 CPU-seconds compiled, about a third, so ~470 s of that wall time
+#      (cpp-httplib is not counted: llama-common links it for the other tools too).
 #      MEDTUNE_LLAMA_TOOLS=0 skips this step (export then needs LLAMA_CPP_TOOLS_DIR).
 #
 # Why these build flags (x86-64):
@@ -169,11 +177,11 @@ shutil.copy(sys.argv[1], pathlib.Path(dist.locate_file("llama_cpp")) / "medtune_
 EOF
 fi
 
-# ---- 4. llama.cpp's tools: llama-imatrix, llama-quantize, llama-perplexity --------------------
+# ---- 4. llama.cpp's tools: llama-imatrix, llama-quantize, llama-perplexity, llama-server ------
 # Same tree, same CMake flags as the wheel (so the tools and the runtime agree on kernels and
-# numerics), static libraries so the binaries stand alone. Only the three targets are built.
-TOOLS="llama-imatrix llama-quantize llama-perplexity"
-TOOLS_RECIPE="tools-v1: $TOOLS; -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF"
+# numerics), static libraries so the binaries stand alone. Only these four targets are built.
+TOOLS="llama-imatrix llama-quantize llama-perplexity llama-server"
+TOOLS_RECIPE="tools-v2: $TOOLS; -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF"
 tools_dir="$CACHE/tools/llama.cpp-tools-$VERSION-$key"
 if [ "${MEDTUNE_LLAMA_TOOLS:-1}" = "0" ]; then
   say "skipping llama.cpp's tools (MEDTUNE_LLAMA_TOOLS=0); export needs LLAMA_CPP_TOOLS_DIR then"
@@ -193,7 +201,7 @@ else
   # shellcheck disable=SC2086  # $cmake_args is a list of flags
   { cmake -S "$src" -B "$tmp/build" "${generator[@]}" $cmake_args -DBUILD_SHARED_LIBS=OFF \
       -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
     && cmake --build "$tmp/build" --config Release -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" --target $TOOLS; } \
     > "$tmp/build.log" 2>&1 || { tail -40 "$tmp/build.log" >&2; die "building llama.cpp's tools failed; full log: $tmp/build.log"; }
   rm -rf "$tools_dir"; mkdir -p "$tools_dir/bin"
@@ -207,6 +215,8 @@ fi
 if [ "${MEDTUNE_LLAMA_TOOLS:-1}" != "0" ]; then
   "$tools_dir/bin/llama-quantize" --help > /dev/null 2>&1 || [ $? -eq 1 ] \
     || die "$tools_dir/bin/llama-quantize does not run; rebuild with MEDTUNE_LLAMA_REBUILD=1"
+  "$tools_dir/bin/llama-server" --version > /dev/null 2>&1 \
+    || die "$tools_dir/bin/llama-server does not run; rebuild with MEDTUNE_LLAMA_REBUILD=1"
 fi
 
 # ---- smoke check: the library loads and has no AMX kernels -----------------------------------

@@ -7,6 +7,7 @@ test's tmp dir."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,14 @@ def test_page_asks_for_the_key_before_showing_models(page, tiny_gguf_run):
 
 @pytest.mark.slow
 def test_page_fits_a_phone_screen(page, tiny_gguf_run, tmp_path):
-    with running_server(str(tiny_gguf_run), "--n-ctx", "256", "--parallel", "2") as server:
+    # Named as the demo's run is ("demo", Q4_K_M and Q8_0, context 4096): that header overflowed 420 px.
+    run = tmp_path / "demo"
+    (run / "gguf").mkdir(parents=True)
+    for quant, source in (("Q4_K_M", "tiny-Q8_0.gguf"), ("Q8_0", "tiny-F16.gguf")):
+        shutil.copy(tiny_gguf_run / "gguf" / source, run / "gguf" / f"demo-{quant}.gguf")
+    (run / "config.yaml").write_text("name: demo\n")
+    (run / "manifest.json").write_text('{"stages": {}}\n')
+    with running_server(str(run), "--n-ctx", "4096", "--parallel", "1") as server:
         page.set_viewport_size({"width": 420, "height": 860})
         page.goto(server.url + "/")
         page.wait_for_function("document.querySelectorAll('#model option').length === 2")
