@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from medtune.commands.common import SetOption, load_run_config, options_from
 from medtune.config import BenchmarkSpec, EvalConfig
 from medtune.errors import ConfigError
-from medtune.eval.rows import SUMMARY_COLUMNS, summary_rows
+from medtune.eval.rows import print_eval_summary
 from medtune.eval.stage import EvalResult, evaluate_model
 from medtune.pipeline import run_stage
 from medtune.rundir import EvalFiles, RunDir
-from medtune.ui import console, print_summary
+from medtune.ui import console
 
 NAME = "eval"
 # EvalConfig fields `--model` takes as options (their help and defaults are the config's own).
@@ -68,7 +68,7 @@ def command(
         result = _evaluate_run(config, overrides)
     else:
         result = _evaluate_model(model, _specs(benchmark or [], path, limit), mode or ["loglik"], settings, out)
-    print_summary("eval", list(summary_rows(result.rows)), SUMMARY_COLUMNS)
+    print_eval_summary(result)
     console.print(f"report: {EvalFiles(result.out_dir).report}")
 
 

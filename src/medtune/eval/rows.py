@@ -17,6 +17,7 @@ from typing import Any
 from medtune.errors import ArtifactError
 from medtune.eval.metrics import degenerate_note
 from medtune.tasks import Item
+from medtune.ui import print_summary
 
 
 @dataclass
@@ -183,6 +184,11 @@ def summary_rows(rows: Iterable[EvalRow | dict[str, Any]]) -> Iterator[tuple[Any
         yield (row.artifact, row.benchmark, row.mode, f"{100 * row.accuracy:.1f}",
                f"{100 * row.ci95[0]:.1f}-{100 * row.ci95[1]:.1f}", _f1(row.macro_f1), _pct(row.majority_baseline),
                row.n, f"{100 * row.parse_failure_rate:.1f}", f"{row.seconds:.1f}", row.note(short=True))
+
+
+def print_eval_summary(result: Any) -> None:
+    """The eval summary table on the console, from an EvalResult (its `rows`) or a list of rows."""
+    print_summary("eval", list(summary_rows(getattr(result, "rows", result))), SUMMARY_COLUMNS)
 
 
 def _pct(value: float | None) -> str:
