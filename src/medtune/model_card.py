@@ -160,7 +160,7 @@ def _files_section(config: RunConfig, run: RunDir, manifest: dict[str, Any]) -> 
         lines += [
             "",
             f"GGUF verification on chat prompts (next-token agreement over {verification.get('positions', '?')} positions "
-            f"of {verification.get('prompts', '?')} validation prompts; each file answers the seed test question greedily):",
+            f"of {verification.get('prompts', '?')} validation prompts; each file answers the seed project's test question greedily: outside the training data, its right answer is in the Training section):",
             "",
             "| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
             "|" + "---|" * len(keys),

@@ -188,7 +188,8 @@ def _gguf(export: dict[str, Any]) -> str:
             for f in files]
     head = ["size MiB" if k == "size_bytes" else k.replace("_", " ") for k in columns]
     answers = "".join(
-        f"<details><summary>{_e(f.get('type', f.get('file', '?')))}: test answer</summary><blockquote>{_e(f['answer'])}</blockquote></details>"
+        f"<details><summary>{_e(f.get('type', f.get('file', '?')))}: answer to the seed question (outside the training "
+        f"data; its right answer is under Training)</summary><blockquote>{_e(f['answer'])}</blockquote></details>"
         for f in files if f.get("answer")
     )
     notes = "".join(f"<li>{_e(n)}</li>" for n in export.get("notes") or [])
