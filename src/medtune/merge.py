@@ -109,10 +109,15 @@ def check_agreement(dtype_name: str, max_diff: float, top1: float, tolerance: fl
         )
 
 
+def merged_adapter(config: RunConfig, run: RunDir) -> Path:
+    """The adapter merge folds in: the RL stage's when the config has an `rl` section, else the SFT adapter."""
+    return run.rl_adapter if config.rl is not None else run.adapter
+
+
 def merge_inputs_digest(config: RunConfig, run: RunDir) -> str:
     """A digest of everything the merged folder is made from: the adapter folder's files and the
     model and merge sections of the config."""
-    files = {p.name: sha256_file(p) for p in sorted(run.adapter.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(merged_adapter(config, run).iterdir()) if p.is_file()}
     return fingerprint({"adapter": files, "model": config.section_dump("model"), "merge": config.section_dump("merge")})
 
 
@@ -125,14 +130,15 @@ def merge_adapter(config: RunConfig, run: RunDir) -> MergeResult:
     ModelError (base/adapter do not load or do not fit each other).
     """
     started = time.perf_counter()
-    check_adapter(run.adapter)
+    adapter = merged_adapter(config, run)
+    check_adapter(adapter)
     digest = merge_inputs_digest(config, run)
     previous = _already_merged(run, digest)
     if previous is not None:
         return previous
     device, dtype_name = _device_and_dtype(config.merge.dtype)
-    adapter_tokenizer = _load_adapter_tokenizer(run.adapter)
-    adapted = _load_adapted(config, run.adapter, adapter_tokenizer.tokenizer, device)
+    adapter_tokenizer = _load_adapter_tokenizer(adapter)
+    adapted = _load_adapted(config, adapter, adapter_tokenizer.tokenizer, device)
     prompts, prompt_source = verification_prompts(run, adapter_tokenizer.tokenizer, config.merge.verify_prompts)
     threads = _threads(device)
     with torch_threads(threads):

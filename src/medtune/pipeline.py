@@ -43,6 +43,7 @@ from medtune.export import export_gguf
 from medtune.merge import merge_adapter
 from medtune.model_card import write_model_card
 from medtune.report import write_html_report
+from medtune.rl.stage import rl_stage
 from medtune.rundir import RunDir
 from medtune.train.trainer import checkpoint_step, resume_message, train_adapter
 
@@ -68,6 +69,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare_data, ("data", "model"), ()),
     Stage("train", train_adapter, ("model", "lora", "train"), ("prepare",), 
           resume_note=lambda run: resume_message(checkpoint_step(run))),
+    # On when the config has an `rl` section: GRPO continuing the SFT adapter; merge then takes its adapter.
+    Stage("rl", rl_stage, ("model", "lora", "rl"), ("prepare", "train"), enabled=lambda config: config.rl is not None,
+          resume_note=lambda run: "resuming from the last RL checkpoint"),
     Stage("merge", merge_adapter, ("model", "merge"), ("train",)),
     # export reads data/ too: the train split calibrates the imatrix, the val split is the quality corpus.
     Stage("export", export_gguf, ("model", "export"), ("prepare", "merge")),
@@ -116,13 +120,18 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
     if stage.name == "prepare" and config.data.files:
         # Local data files are inputs too: editing one redoes prepare (hub data is identified by id).
         inputs["files"] = [record["sha256"] for record in source_digest(config.data)]
+    sections = list(stage.sections)
+    if stage.name == "merge" and config.rl is not None:
+        # merge takes the RL adapter when there is one: its output and settings are merge's inputs too
+        inputs["rl"] = manifest.get("stages", {}).get("rl", {}).get("outputs_digest")
+        sections.append("rl")
     if stage.name == "export" and config.export.imatrix not in ("auto", "off"):
         inputs["imatrix"] = sha256_file(Path(config.export.imatrix).expanduser())  # a given imatrix file is an input
     return fingerprint(
         {
             "stage": stage.name,
             "run": {"name": config.name, "seed": config.seed},
-            "sections": {section: _result_fields(config, section) for section in stage.sections},
+            "sections": {section: _result_fields(config, section) for section in sections},
             "inputs": inputs,
         }
     )

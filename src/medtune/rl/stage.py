@@ -248,11 +248,20 @@ def grpo_arguments(config: RunConfig, run: RunDir, device: str, n_prompts: int) 
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device == "cpu",
-        gradient_checkpointing=False,  # a small policy fits; checkpointing would double the backward
+        # GRPOConfig turns activation checkpointing on by default; a small policy fits without, and it would
+        # redo the forward in every backward (named activation_checkpointing from transformers 5.2x).
+        **{_checkpointing_field(): False},
         **precision.trainer_flags(),
         remove_unused_columns=False,
         log_completions=False,
     )
+
+
+def _checkpointing_field() -> str:
+    from transformers import TrainingArguments  # heavy: only when the stage runs
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 def build_grpo_trainer(model, tokenizer, prompts: list[RLPrompt], config: RunConfig, run: RunDir, device: str,
