@@ -21,7 +21,6 @@ from medtune.config import BenchmarkSpec, EvalConfig
 from medtune.errors import ConfigError
 from medtune.eval.rows import print_eval_summary
 from medtune.eval.stage import EvalResult, evaluate_model
-from medtune.pipeline import run_stage
 from medtune.rundir import EvalFiles, RunDir
 from medtune.ui import console
 
@@ -73,6 +72,10 @@ def command(
 
 
 def _evaluate_run(config: Path, overrides: list[str] | None) -> EvalResult:
+    # The pipeline imports every stage (torch, transformers, peft, trl): loaded when the command runs,
+    # so that `medtune --help` answers at once.
+    from medtune.pipeline import run_stage
+
     run_config = load_run_config(config, overrides)
     console.print(f"[bold]medtune eval[/bold] {config} -> {RunDir.of(run_config).eval}")
     return run_stage(run_config, "eval").result
