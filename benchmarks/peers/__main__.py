@@ -75,8 +75,11 @@ def table(args) -> None:
     print("\n".join(lines))
     for call in new if args.append else []:
         commands = list(dict.fromkeys(r["command"] for r in call["rows"] if r.get("command")))
+        measured = next((r for r in call["rows"] if r.get("machine")), {})
+        # The rows were measured on the GPU machine, not on the one recording them: its card and versions.
         append_run(BENCHMARK, call["rows"], results_dir=args.results_dir, command=commands[-1] if commands else command_line(),
-                   extra_versions=PEER_PACKAGES, call=call["call"],
+                   machine={"gpu": measured.get("machine"), "date": measured.get("date")},
+                   versions=measured.get("versions") or versions(PEER_PACKAGES), call=call["call"],
                    ratios={k: v for k, v in ratios.items() if v["call"] == call["call"]},
                    mfu_definition="4 * N FLOPs per real token / 790e12 FLOP/s (H200 dense bf16 measured)")
         print(f"recorded as call {call['call']} in {BENCHMARK}.json")
