@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,11 +38,7 @@ from typing import Any
 
 from medtune import llamacpp
 from medtune.errors import ArtifactError, ToolError
-from medtune.serve.requests import (
-    SERVE_HINT,
-    context_length_exceeded,
-    unknown_model,
-)
+from medtune.serve.requests import SERVE_HINT, context_length_exceeded, unknown_model
 from medtune.serve.targets import ServedModel, ServePlan
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
@@ -247,8 +244,10 @@ def _load_failure(server: ModelServer) -> str:
         lines = server.log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
-    reasons = [line.strip() for line in lines if "error" in line.lower() or "failed" in line.lower()]
-    said = "; ".join(reasons[-2:]) or f"exit code {server.process.returncode}"
+    # llama.cpp logs "<time> E <function>: <message>"; its first error line is the cause, the rest follow from it.
+    errors = [re.sub(r"^[\d.]+ E\s+", "", line.strip()) for line in lines if re.match(r"^[\d.]+ E ", line.strip())]
+    errors = errors or [line.strip() for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    said = errors[0] if errors else f"exit code {server.process.returncode}"
     return (f"{server.model.path}: llama.cpp cannot load this GGUF file ({said}); it is truncated or corrupt "
             "(or the machine is out of memory): copy it again or rerun `medtune export`")
 
