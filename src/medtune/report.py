@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from medtune.eval.report import BAR_TITLE, benchmark_rows
 from medtune.eval.rows import EvalResults, EvalRow, options_text, read_results
 from medtune.model_card import QUALITY_HEAD, quality_table
 from medtune.plots import accuracy_png, plot_loss_curve
-from medtune.rundir import RunDir
+from medtune.rundir import EvalFiles, RunDir
 
 DISCLAIMER = ("Models produced by medtune are research artifacts, not medical devices: they can be wrong with confidence "
               "and must not replace professional medical judgement.")
@@ -57,6 +58,7 @@ def write_html_report(run: RunDir | str | Path, *, output: str | Path | None = N
         _training(run, stages),
         _evaluation(results),
         _comparisons(results.comparisons),
+        _guard(run),
         _heldout(run, results.rows),
         _gguf(stages.get("export") or {}),
         _examples(run, results.rows, examples),
@@ -144,6 +146,31 @@ def _evaluation(results: EvalResults) -> str:
         f"95% CI: percentile bootstrap over items{f' ({samples} resamples)' if samples else ''}.</p>"
         "</section>"
     )
+
+
+def _guard(run: RunDir) -> str:
+    """The forgetting guard (eval.guard): flagged subjects first, then every subject's paired difference."""
+    guard = _read_guard(EvalFiles(run.eval).guard)
+    if guard is None:
+        return ""
+    flagged = [s for s in guard["subjects"] if s["flagged"]]
+    items = "".join(f"<li><strong>Forgetting:</strong> {_e(s['subject'])} {100 * s['difference']:+.1f} points "
+                    f"(CI {100 * s['ci95'][0]:+.1f}..{100 * s['ci95'][1]:+.1f}), answers {_e(_spread(s['final_spread']))} "
+                    f"(base {_e(_spread(s['base_spread']))}){'; ' + _e(s['letter_shift']) if s['letter_shift'] else ''}</li>"
+                    for s in flagged)
+    rows = [[s["subject"], s["group"], s["n"], _pct(s["base_accuracy"]), _pct(s["final_accuracy"]),
+             f"{100 * s['difference']:+.1f} ({100 * s['ci95'][0]:+.1f}..{100 * s['ci95'][1]:+.1f})",
+             "drop" if s["flagged"] else ""] for s in guard["subjects"]]
+    table = _table(["subject", "group", "n", "base", guard["artifact"], "difference (95% CI)", "flag"], rows)
+    return (f"<h2>Forgetting guard ({_e(guard['artifact'])} vs base, loglik)</h2>"
+            f"{f'<ul>{items}</ul>' if items else '<p>No subject dropped beyond the guard.</p>'}{table}")
+
+
+def _read_guard(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _warnings(rows: Sequence[EvalRow]) -> str:

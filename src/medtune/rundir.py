@@ -264,6 +264,11 @@ class EvalFiles:
         return self.folder / "accuracy.png"
 
     @property
+    def guard(self) -> Path:
+        """The forgetting guard's figures (eval.guard): base vs the final artifact outside the training domain."""
+        return self.folder / "guard.json"
+
+    @property
     def predictions(self) -> Path:
         return self.folder / "predictions"
 

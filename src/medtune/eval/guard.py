@@ -73,7 +73,9 @@ class GuardReport:
                 "subjects": [asdict(s) for s in self.subjects], "flagged": [s.subject for s in self.flagged]}
 
     def markdown(self) -> str:
-        lines = [f"## Forgetting guard ({self.artifact} vs base, loglik)", "",
+        flags = [f"- **{line}**" for line in self.summary_lines()] or [
+            f"No subject dropped by more than {100 * self.max_drop:.0f} points with a CI excluding 0."]
+        lines = [f"## Forgetting guard ({self.artifact} vs base, loglik)", "", *flags, "",
                  "| subject | group | n | base | final | difference (95% CI) | flag |", "|---|---|---|---|---|---|---|"]
         for s in self.subjects:
             flag = "**drop**" + (f" ({s.letter_shift})" if s.letter_shift else "") if s.flagged else ""
@@ -178,17 +180,17 @@ def compare_guard(artifact: str, groups: dict[str, str], base: dict[str, list[di
     return GuardReport(artifact, max_drop, subjects, pooled)
 
 
-def run_guard(guard: GuardConfig, score: Callable[[str, list[Item]], list[dict[str, Any]]], *, artifact: str,
-              samples: int = 1000, seed: int = 0) -> GuardReport:
-    """Score every guard subject with `score(model_label, items)` for "base" and `artifact`, then compare.
+def run_guard(guard: GuardConfig, score: Callable[[str, dict[str, list[Item]]], dict[str, list[dict[str, Any]]]], *,
+              artifact: str, samples: int = 1000, seed: int = 0) -> GuardReport:
+    """Score every guard subject for "base" and `artifact`, then compare them.
 
-    `score` returns per-item prediction records (Prediction.to_json()); the eval stage passes one that
-    opens each model once and scores in loglik mode."""
+    `score(model_label, items_by_subject)` opens the model once and returns each subject's per-item
+    prediction records (Prediction.to_json(): id, predicted, correct) in loglik mode."""
     chosen = guard_items(guard, seed)
     groups = {subject: group for subject, (group, _) in chosen.items()}
-    predictions = {label: {s: score(label, items) for s, (_, items) in chosen.items()} for label in ("base", artifact)}
-    return compare_guard(artifact, groups, predictions["base"], predictions[artifact], guard.max_drop,
-                         samples=samples, seed=seed)
+    items = {subject: subject_items for subject, (_, subject_items) in chosen.items()}
+    base, final = score("base", items), score(artifact, items)
+    return compare_guard(artifact, groups, base, final, guard.max_drop, samples=samples, seed=seed)
 
 
 def _spread(predictions: Sequence[dict[str, Any]]) -> dict[str, int]:

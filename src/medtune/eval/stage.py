@@ -23,6 +23,7 @@ from medtune.errors import ArtifactError, ConfigError
 from medtune.eval import backends, report
 from medtune.eval.calibration import CALIBRATED_MODE, calibrated_predictions
 from medtune.eval.compare import paired_comparisons
+from medtune.eval.guard import GuardReport, run_guard
 from medtune.eval.metrics import class_report
 from medtune.eval.rows import (
     SUMMARY_COLUMNS,
@@ -65,9 +66,12 @@ class EvalResult:
     rows: list[EvalRow] = field(default_factory=list)
     seconds: float = 0.0
     comparisons: list[dict[str, Any]] = field(default_factory=list)
+    guard: GuardReport | None = None  # the forgetting guard, when eval.guard is on
 
     def figures(self) -> dict[str, Any]:
+        guard = {"guard_flagged": [s.subject for s in self.guard.flagged]} if self.guard else {}
         return {
+            **guard,
             "accuracy": {row.key: row.accuracy for row in self.rows},
             "paired_difference": {
                 f"{c['artifact']}-vs-{c['versus']}/{c['benchmark']}/{c['mode']}": [c["difference"], *c["ci95"]]
@@ -427,7 +431,33 @@ def evaluate(config: RunConfig, run: RunDir, *, resume: bool = False) -> EvalRes
     )
     if run.eval_partial.exists():
         shutil.rmtree(run.eval_partial)
+    result.guard = forgetting_guard(config, run) if config.eval.guard.enabled else None
     return result
+
+
+def forgetting_guard(config: RunConfig, run: RunDir) -> GuardReport:
+    """Score eval.guard's subjects on base and on eval.guard.artifact (loglik), write guard.json and the
+    guard's table under report.md in the run's eval folder, and print each flagged subject."""
+    guard = config.eval.guard
+    targets = {t.label: t for t in run_targets(config.model_copy(update={"eval": config.eval.model_copy(
+        update={"artifacts": ["base", guard.artifact], "cot_artifacts": None, "modes": ["loglik"]})}), run)}
+
+    def score_subjects(label: str, items: dict[str, list[Item]]) -> dict[str, list[dict[str, Any]]]:
+        target = targets[label] if label in targets else next(t for t in targets.values() if t.label != "base")
+        backend = _open(target, config.eval, [(subject, subject_items, None) for subject, subject_items in items.items()])
+        found = {subject: [p.to_json() for p in score(backend, subject_items, "loglik")] for subject, subject_items in items.items()}
+        del backend
+        gc.collect()
+        return found
+
+    report_ = run_guard(guard, score_subjects, artifact=guard.artifact, samples=config.eval.bootstrap_samples,
+                        seed=config.eval.subset_seed)
+    files = EvalFiles(run.eval)
+    atomic_write_json(files.guard, report_.to_json())
+    atomic_write_text(files.report, files.report.read_text(encoding="utf-8") + "\n" + report_.markdown())
+    for line in report_.summary_lines() or ["forgetting guard: no subject dropped beyond eval.guard.max_drop"]:
+        console.print(f"[yellow]    eval[/yellow]  {line}")
+    return report_
 
 
 def evaluate_model(model: str, specs: list[BenchmarkSpec], eval_cfg: EvalConfig, out_dir: Path,
