@@ -7,6 +7,7 @@ import pytest
 from medtune.eval.compare import comparison_note
 from medtune.eval.metrics import class_report, degenerate_note
 from medtune.eval.report import markdown_table
+from medtune.eval.rows import EvalRow
 
 YNM = ("yes", "no", "maybe")
 
@@ -48,12 +49,13 @@ def test_ninety_percent_threshold():
 
 
 def test_report_and_comparison_name_the_constant_answer():
-    row = {"artifact": "base", "backend": "transformers", "benchmark": "medtune_sample", "mode": "loglik", "n": 16,
-           "accuracy": 0.25, "ci95": [0.06, 0.44], "parse_failure_rate": 0.0, "seconds": 1.0,
-           **class_report(list("ABCD" * 4), ["D"] * 16, "ABCD")}
+    fields = {"artifact": "base", "backend": "transformers", "benchmark": "medtune_sample", "mode": "loglik", "n": 16,
+              "accuracy": 0.25, "ci95": [0.06, 0.44], "parse_failure_rate": 0.0, "seconds": 1.0,
+              **class_report(list("ABCD" * 4), ["D"] * 16, "ABCD")}
+    row = EvalRow.from_json(fields)
     table = markdown_table([row])
     assert 'answers "D" on 16/16 items: no signal' in table and "A 0 / B 0 / C 0 / D 16" in table
-    merged = {**row, "artifact": "merged"}
+    merged = EvalRow.from_json({**fields, "artifact": "merged"})
     assert "no signal" in comparison_note(merged, row) and "both" in comparison_note(merged, row)
-    mixed = {**row, "artifact": "merged", "degenerate": None}
+    mixed = EvalRow.from_json({**fields, "artifact": "merged", "degenerate": None})
     assert comparison_note(mixed, row) == 'base answers "D" on 16/16 items: no signal'
