@@ -46,6 +46,39 @@ def json_settings(items: list[str]) -> dict:
     return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
 
 
+def medtune_base(args, plan, device: torch.device):
+    """The base model as medtune loads it: the shared base folder, or an in-memory random base of
+    --shape (the 3B/8B rows: no 16 GB written to disk), 4-bit when the plan says nf4."""
+    if args.base:
+        return load_base_model(ModelConfig(base=args.base), dtype=plan.precision.model_dtype,
+                               attn_implementation=plan.attention, quantize=plan.quantize_base, device=str(device))
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(SEED)
+    with torch.device(device):
+        base = AutoModelForCausalLM.from_config(llama_config(args.shape), dtype=plan.precision.model_dtype,
+                                                attn_implementation=plan.attention)
+    if plan.quantize_base == "nf4":
+        quantize_nf4_in_place(base, plan.precision.model_dtype)
+    return base
+
+
+def apply_ablations(args, model) -> None:
+    """The on/off measurements that change medtune's model rather than a setting."""
+    if args.no_input_cast:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
+    if args.fuse_frozen_mlp:  # the frozen gate/up pair as one GEMM as well
+        import functools
+
+        import medtune.train.trainer as trainer_module
+
+        trainer_module.fuse_projections = functools.partial(trainer_module.fuse_projections, frozen_mlp=True)
+
+
 def run_medtune(args, row: dict) -> dict:
     device = device_for(args)
     fields = {
@@ -64,35 +97,13 @@ def run_medtune(args, row: dict) -> dict:
     row["plan"] = plan.describe()
     log(f"  plan: {row['plan']}")
     reset_peak()
-    if args.base:
-        base = load_base_model(ModelConfig(base=args.base), dtype=plan.precision.model_dtype,
-                               attn_implementation=plan.attention, quantize=plan.quantize_base, device=str(device))
-    else:  # an in-memory random base (the 3B/8B memory rows: no 16 GB written to disk)
-        from transformers import AutoModelForCausalLM
-
-        torch.manual_seed(SEED)
-        with torch.device(device):
-            base = AutoModelForCausalLM.from_config(llama_config(args.shape), dtype=plan.precision.model_dtype,
-                                                    attn_implementation=plan.attention)
-        if plan.quantize_base == "nf4":
-            quantize_nf4_in_place(base, plan.precision.model_dtype)
+    base = medtune_base(args, plan, device)
     row["n_params"] = full_param_count(base.config)
     row["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2) if device.type == "cuda" else None
     lora = lora_shape(args)
     torch.manual_seed(SEED)
     model = prepare_lora_model(base, LoraConfig(**lora))
-    if args.no_input_cast:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for module in model.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.cast_input_dtype_enabled = False
-    if args.fuse_frozen_mlp:  # ablation: the frozen gate/up pair as one GEMM as well
-        import functools
-
-        import medtune.train.trainer as trainer_module
-
-        trainer_module.fuse_projections = functools.partial(trainer_module.fuse_projections, frozen_mlp=True)
+    apply_ablations(args, model)
     train, heldout = workload(args, base.config.vocab_size)
     examples = [{"input_ids": t, "labels": t} for t in train]
     holder: dict = {}

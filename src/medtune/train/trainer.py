@@ -316,24 +316,68 @@ def build_trainer(
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    train_set, eval_set, collator, per_device = _batches(train_data, eval_data, train, plan, seed, pad_token_id)
+    has_eval = eval_set is not None and len(eval_set) > 0
+    arguments = _training_arguments(model, train, plan, seed, output_dir, per_device, has_eval, eval_on_start)
+    arguments.update(trainer_arguments or {})
+    args = TrainingArguments(**arguments)
+    # Packed rows are single sequences: only a launcher (torchrun / accelerate) spreads work over
+    # GPUs. Without one, transformers would wrap the model in DataParallel over every visible GPU.
+    if args.device.type == "cuda" and args.n_gpu > 1:
+        args._n_gpu = 1
+    if plan.fused_projections:
+        report = fuse_projections(model)
+        for skipped in report.skipped:
+            print(f"train.fused_projections: {skipped}; that block runs unfused", file=sys.stderr)
+    if plan.compile:
+        compile_regions(model)
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set if has_eval else None,
+        data_collator=collator,
+        callbacks=list(callbacks or []),
+    )
+    if plan.fsdp and not getattr(trainer, "is_fsdp_enabled", False):
+        raise ConfigError("train.distributed: fsdp, but accelerate did not set up FSDP (is accelerate >= 1.10 installed?)")
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    # Padded batches only: Liger's fused loss already skips the full logits, and packed batches go
+    # through flash-attention kwargs this path is not checked with.
+    trainer.labels_only_logits = not plan.packing and not plan.liger and accepts_logits_to_keep(model)
+    return trainer
+
+
+def _batches(train_data: Any, eval_data: Any | None, train: TrainConfig, plan: TrainPlan, seed: int, pad_token_id: int):
+    """(train set, eval set or None, collator, examples per device): packed token-budget
+    micro-batches, or padded batches of train.batch_size examples. Raises DataError when the
+    training data is empty."""
     train_rows = ExampleRows(train_data)
     if len(train_rows) == 0:
         raise DataError("the training split is empty; check the prepare stage's report")
     if plan.packing:
         train_set = PackedDataset(train_rows, train.max_tokens_per_batch, seed)
         eval_set = PackedDataset(ExampleRows(eval_data), train.max_tokens_per_batch, seed) if eval_data else None
-        collator, per_device = PackedCollator(), 1
-    else:
-        train_set = ExampleDataset(train_rows)
-        eval_set = ExampleDataset(ExampleRows(eval_data)) if eval_data else None
-        collator, per_device = PaddedCollator(pad_token_id), train.batch_size
-    has_eval = eval_set is not None and len(eval_set) > 0
+        return train_set, eval_set, PackedCollator(), 1
+    train_set = ExampleDataset(train_rows)
+    eval_set = ExampleDataset(ExampleRows(eval_data)) if eval_data else None
+    return train_set, eval_set, PaddedCollator(pad_token_id), train.batch_size
+
+
+def _training_arguments(
+    model, train: TrainConfig, plan: TrainPlan, seed: int, output_dir: Path, per_device: int, has_eval: bool,
+    eval_on_start: bool,
+) -> dict[str, Any]:
+    """TrainingArguments fields for medtune's choices (before a benchmark's overrides)."""
+    from transformers import TrainingArguments
+
     if train.optimizer == "adafactor":
         optim = "adafactor"
     else:
         optim = "adamw_torch_fused" if plan.device_type == "cuda" else "adamw_torch"
     on_gpu = plan.device_type == "cuda"
-    arguments: dict[str, Any] = dict(
+    return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
         per_device_eval_batch_size=per_device,
@@ -376,34 +420,6 @@ def build_trainer(
         **(fsdp_arguments(model, train.gradient_checkpointing) if plan.fsdp
            else _checkpointing_args(TrainingArguments, train.gradient_checkpointing)),
     )
-    arguments.update(trainer_arguments or {})
-    args = TrainingArguments(**arguments)
-    # Packed rows are single sequences: only a launcher (torchrun / accelerate) spreads work over
-    # GPUs. Without one, transformers would wrap the model in DataParallel over every visible GPU.
-    if args.device.type == "cuda" and args.n_gpu > 1:
-        args._n_gpu = 1
-    if plan.fused_projections:
-        report = fuse_projections(model)
-        for skipped in report.skipped:
-            print(f"train.fused_projections: {skipped}; that block runs unfused", file=sys.stderr)
-    if plan.compile:
-        compile_regions(model)
-    trainer = _trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set if has_eval else None,
-        data_collator=collator,
-        callbacks=list(callbacks or []),
-    )
-    if plan.fsdp and not getattr(trainer, "is_fsdp_enabled", False):
-        raise ConfigError("train.distributed: fsdp, but accelerate did not set up FSDP (is accelerate >= 1.10 installed?)")
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    # Padded batches only: Liger's fused loss already skips the full logits, and packed batches go
-    # through flash-attention kwargs this path is not checked with.
-    trainer.labels_only_logits = not plan.packing and not plan.liger and accepts_logits_to_keep(model)
-    return trainer
 
 
 def accepts_logits_to_keep(model) -> bool:
