@@ -24,7 +24,7 @@ from medtune.eval.examples import (
     SEED_TITLE,
     heldout_example,
     option_text,
-    read_predictions,
+    read_jsonl,
     seed_answer,
 )
 from medtune.eval.report import BAR_TITLE, benchmark_rows
@@ -87,7 +87,7 @@ def _overview(config: dict[str, Any], stages: dict[str, Any]) -> str:
 
 
 def _training(run: RunDir, stages: dict[str, Any]) -> str:
-    log = read_predictions(run.train_log)  # JSON lines, read the same way
+    log = read_jsonl(run.train_log)
     entry = stages.get("train") or {}
     if not log and not entry:
         return "<section><h2>Training</h2><p>Not trained yet.</p></section>"
@@ -247,7 +247,7 @@ def _examples(run: RunDir, rows: list[EvalRow], count: int) -> str:
     parts = []
     for benchmark, mode in dict.fromkeys((r.benchmark, r.mode) for r in rows):
         artifacts = [r.artifact for r in rows if r.benchmark == benchmark and r.mode == mode]
-        answers = {a: read_predictions(run.predictions_file(a, benchmark, mode)) for a in artifacts}
+        answers = {a: read_jsonl(run.predictions_file(a, benchmark, mode)) for a in artifacts}
         answers = {a: records for a, records in answers.items() if records}
         if not answers:
             continue

@@ -23,8 +23,9 @@ NOT_RECORDED = ("question text not recorded: these predictions were written befo
                 "question in them; rerun `medtune eval CONFIG` to see it")
 
 
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """One predictions file's records ([] when missing); a line cut by a kill is skipped."""
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (a predictions file, the training log); [] when missing; a line
+    cut by a kill is skipped."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -91,8 +92,8 @@ def heldout_example(run: RunDir, rows: list[EvalRow]) -> HeldoutExample | None:
             continue
         if not any(r.artifact == "base" and r.benchmark == row.benchmark and r.mode == row.mode for r in rows):
             continue
-        final = read_predictions(run.predictions_file(row.artifact, row.benchmark, row.mode))
-        base = {str(p.get("id")): p for p in read_predictions(run.predictions_file("base", row.benchmark, row.mode))}
+        final = read_jsonl(run.predictions_file(row.artifact, row.benchmark, row.mode))
+        base = {str(p.get("id")): p for p in read_jsonl(run.predictions_file("base", row.benchmark, row.mode))}
         pairs = [(p, base[str(p.get("id"))]) for p in final if str(p.get("id")) in base]
         if not pairs:
             continue
