@@ -62,6 +62,15 @@ def test_reasonmed_style_items_take_five_option_lines(tmp_path):
     assert list(item.options) == list("ABCDE") and item.answer == "E" and item.question == "Which artery?"
 
 
+def test_a_question_line_that_looks_like_an_option_stays_question_text(tmp_path):
+    path = tmp_path / "coli.jsonl"
+    instruction = "A child has bloody diarrhoea.\nE. coli O157 was cultured.\nWhat follows?\nA. HUS\nB. TTP\nC. ITP\nD. DIC"
+    path.write_text(json.dumps({"instruction": instruction, "input": "", "output": "The answer is A."}) + "\n")
+    (item,) = load_items("medtune_sample", path)
+    assert list(item.options) == list("ABCD") and item.options["A"] == "HUS"
+    assert item.question == "A child has bloody diarrhoea.\nE. coli O157 was cultured.\nWhat follows?"
+
+
 @pytest.fixture(scope="module")
 def e_model(tmp_path_factory, smollm2_tokenizer):
     return make_biased_model(smollm2_tokenizer, tmp_path_factory.mktemp("e-model"), "E")

@@ -31,18 +31,29 @@ def load_reasonmed_mcq_local(path: Path) -> list[Item]:
     items = []
     for line_no, record in read_jsonl(Path(path)):
         where = f"{path}:{line_no}"
-        text = f"{record.get('instruction', '')}\n{record.get('input', '')}"
-        lines = [m for m in map(_OPTION_LINE.match, text.splitlines()) if m]
-        letters = [m.group(1) for m in lines]
-        if letters != list(OPTION_LETTERS[: len(letters)]):
-            raise DataError(f"{where}: option lines are lettered {', '.join(letters) or 'nothing'}; expected A, B, C, ... in order")
-        options = [m.group(2) for m in lines]
-        question = "\n".join(l for l in str(record.get("instruction", "")).splitlines() if not _OPTION_LINE.match(l))
+        instruction = str(record.get("instruction", "")).splitlines()
+        lines = instruction + str(record.get("input", "")).splitlines()
+        block = _option_block(lines)
+        options = [_OPTION_LINE.match(lines[k]).group(2) for k in block]
+        question = "\n".join(line for k, line in enumerate(instruction) if k not in block)
         answer = _final_answer(str(record.get("output", "")).strip(), options)
         if not answer:
             raise DataError(f"{where}: output does not end with 'The answer is X.' (X: a letter or an option's text)")
         items.append(mc_item("medtune_sample", f"{Path(path).stem}-{line_no}", question, options, answer, where))
     return items
+
+
+def _option_block(lines: list[str]) -> list[int]:
+    """Indices of the option lines: the last run of consecutive lines lettered A, B, C, ... in order.
+    Any other line, "E. coli grows ..." in a question included, stays text."""
+    block: list[int] = []
+    for k, line in enumerate(lines):
+        match = _OPTION_LINE.match(line)
+        if match and match.group(1) == "A":
+            block = [k]
+        elif match and block and block[-1] == k - 1 and match.group(1) == OPTION_LETTERS[len(block)]:
+            block.append(k)
+    return block
 
 
 def _final_answer(output: str, options: list[str]) -> str | None:
