@@ -277,37 +277,30 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tens
     return cu, int((cu[1:] - cu[:-1]).max())
 
 
-def varlen_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers attention function (torch's varlen kernel): query [B, H, S, D] -> output [B, S, H, D].
+def _attention_function(kernel_name: str, label: str) -> Callable[..., tuple[torch.Tensor, None]]:
+    def forward(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        return packed_attention(kernel_name, module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+    forward.__name__ = f"{kernel_name}_attention_forward"
+    forward.__doc__ = f"""transformers attention function ({label}): query [B, H, S, D] -> output [B, S, H, D].
 
     Uses `cu_seq_lens_q`/`max_length_q` from the batch (see `medtune.train.packing`); without them
     it derives the boundaries from `position_ids` for a single packed row, and otherwise falls back
-    to plain causal SDPA (unpacked inputs such as generation).
-    """
-    return packed_attention("varlen", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    to plain causal SDPA (unpacked inputs such as generation)."""
+    return forward
 
 
-def fa4_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers attention function (FlashAttention-4), otherwise as `varlen_attention_forward`."""
-    return packed_attention("fa4", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+varlen_attention_forward = _attention_function("varlen", "torch's varlen kernel")
+fa4_attention_forward = _attention_function("fa4", "FlashAttention-4")
 
 
 def packed_attention(
