@@ -1,19 +1,20 @@
 """The train stage: LoRA supervised fine-tuning of the base model on the prepared data.
 
-`train_adapter(config)` reads runs/<name>/data (the prepare stage's tokenized splits), trains a
-PEFT LoRA adapter with transformers' Trainer, checkpoints into runs/<name>/checkpoints (adapter,
-optimizer, scheduler, RNG, data position), and writes runs/<name>/adapter atomically: the adapter
-(safetensors), the tokenizer (fixed pad token, chat template), the resolved config, the JSONL
-training log, the loss curve and the adapter's answer to the seed's test question.
+`train_adapter(config, run)` reads the run's prepared splits (`RunDir.data`), trains a PEFT LoRA
+adapter with transformers' Trainer, checkpoints into `run.checkpoints` (adapter, optimizer,
+scheduler, RNG, data position; `checkpoint_step(run)` says where a resume would continue), and
+writes `run.adapter` atomically: the adapter (safetensors), the tokenizer (fixed pad token, chat
+template), the resolved config, the JSONL training log, the loss curve and the adapter's answer to
+the seed's test question. It returns a TrainResult; the pipeline records its figures.
 
-On a GPU the defaults are bf16, packed padding-free micro-batches, torch's varlen flash attention,
-Liger's fused loss when installed, torch.compile, and each layer's q/k/v projections run as one
-GEMM group (`medtune.train.fused_projections`); on CPU fp32 with padded batches.
+On a GPU the defaults are bf16, packed padding-free micro-batches, FlashAttention-4 on Hopper and
+Blackwell when flash-attn-4 is installed (else torch's varlen flash attention), Liger's fused loss
+when installed, torch.compile, and each layer's q/k/v projections run as one GEMM group
+(`medtune.train.fused_projections`); on CPU fp32 with padded batches.
 `train.quantize_base: nf4` trains QLoRA (a bitsandbytes 4-bit base). Under `accelerate launch` /
 `torchrun` the Trainer runs data parallel (`train.distributed: ddp`) or shards the base with
 accelerate's FSDP plugin (`fsdp`); only the main process logs and writes outputs.
 """
-
 from __future__ import annotations
 
 import os
