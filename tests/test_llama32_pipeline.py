@@ -34,8 +34,8 @@ def run(tmp_path_factory, llama32_dir):  # noqa: F811
         "name": "llama32",
         "output_dir": str(folder / "runs"),
         "seed": 3,
-        "data": {"files": ["builtin:reasonmed-sample"], "format": "reasonmed", "val_size": 4, "max_length": 1024, "system_prompt": "You are a careful medical assistant.",
-                 "limit": 24},
+        "data": {"files": ["builtin:reasonmed-sample"], "format": "reasonmed", "val_size": 4, "max_length": 1024,
+                 "limit": 24, "system_prompt": "You are a careful medical assistant."},
         "model": {"base": str(llama32_dir), "chat_template": TEMPLATE, "license": "llama3.2"},
         "lora": {"r": 4, "alpha": 8},
         "train": {"max_steps": 3, "batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
@@ -43,12 +43,11 @@ def run(tmp_path_factory, llama32_dir):  # noqa: F811
         "merge": {"verify_prompts": 2},
         # A random model never emits EOS: stopping is tested on the real SmolLM2 (tests/test_export.py).
         "export": {"outtype": "f16", "quant_types": ["Q8_0"], "imatrix": "off", "verify_prompts": 2,
-                   "answer_max_tokens": 16, "require_eos_stop": False, "quality_chunks": 1, "quality_ctx": 64},
+                   "answer_max_tokens": 16, "require_eos_stop": False, "quality_chunks": 2, "quality_ctx": 128},
         "eval": {"modes": ["loglik", "cot"], "artifacts": ["base", "merged", "gguf"], "max_new_tokens": 8,
                  "benchmarks": [{"name": "pubmedqa", "path": str(PUBMEDQA_DIR), "limit": 4}]},
     })
-    outcomes = pipeline.run_pipeline(config)
-    return config, RunDir.of(config), outcomes
+    return config, RunDir.of(config), pipeline.run_pipeline(config)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_converter_recognised_llama3_pre_tokenizer_and_special_ids(run):
         assert field("tokenizer.ggml.pre") == "llama-bpe"  # not "default": the converter knew this tokenizer
         assert field("tokenizer.ggml.bos_token_id") == 128000
         assert field("tokenizer.ggml.padding_token_id") == 128004
-        assert len(field("tokenizer.ggml.tokens")) == 128256
+        assert len(reader.fields["tokenizer.ggml.tokens"].data) == 128256  # one entry per token, not decoded
         assert field("llama.rope.freq_base") == 500000.0
         template = field("tokenizer.chat_template")
         assert template.endswith("{%- endif %}\n") and "| trim" in template
@@ -140,6 +139,27 @@ def test_llama_cpp_builds_the_training_prompt_from_the_gguf_template(run, gguf_v
         assert reply_ids[-1] == gguf_vocab.tokenize(EOT.encode(), add_bos=False, special=True)[0]
 
 
+def test_llama_cpp_native_chat_template_gives_the_training_prompt(run, gguf_vocab):
+    """llama.cpp's C++ llama_chat_apply_template (what llama-server without --jinja and llama-cli use):
+    it recognises the GGUF's template as Llama 3's and writes the prompt; llama.cpp's tokenizer adds BOS."""
+    import ctypes
+
+    import llama_cpp
+
+    _, rundir, _ = run
+    template = gguf_vocab.metadata["tokenizer.chat_template"].encode("utf-8")
+    for row in [row for split in load_prepared(rundir).values() for row in split]:
+        messages = json.loads(row["messages"])[:-1]
+        chat = (llama_cpp.llama_chat_message * len(messages))(
+            *[llama_cpp.llama_chat_message(m["role"].encode(), m["content"].encode("utf-8")) for m in messages]
+        )
+        buffer = ctypes.create_string_buffer(1 << 16)
+        written = llama_cpp.llama_chat_apply_template(template, chat, len(messages), True, buffer, len(buffer))
+        assert 0 < written < len(buffer), "llama.cpp does not recognise the template"
+        prompt = buffer.raw[:written]
+        assert gguf_vocab.tokenize(prompt, add_bos=True, special=True) == _prompt_and_reply(row)[0]
+
+
 def _modelfile_pieces(text: str) -> dict[str, str]:
     """The literal text medtune's Go template writes around each role (its Go string constants or bare text)."""
     template = re.search(r'TEMPLATE """(.*?)"""', text, re.DOTALL).group(1)
@@ -163,7 +183,8 @@ def test_ollama_modelfile_template_and_stops_give_the_training_prompt(run, gguf_
     _, rundir, _ = run
     text = rundir.modelfile.read_text()
     stops = [json.loads(s) for s in re.findall(r"^PARAMETER stop (\".*\")$", text, re.MULTILINE)]
-    assert stops[0] == EOT and "<|end_of_text|>" in stops
+    # <|eot_id|> first; llama.cpp also stops on every end-of-generation token of the GGUF by itself.
+    assert stops[0] == EOT and set(stops) <= {EOT, "<|end_of_text|>", "<|eom_id|>", "<|start_header_id|>"}
     assert "SYSTEM" not in text  # the built-in template invents no system message
     pieces = _modelfile_pieces(text)
     # llama.cpp (Ollama's runtime) adds BOS itself (GGUF add_bos_token), so the template must not.
@@ -180,7 +201,7 @@ def test_ollama_modelfile_template_and_stops_give_the_training_prompt(run, gguf_
 def test_eval_scored_loglik_and_cot_on_hf_and_gguf(run):
     _, rundir, _ = run
     results = json.loads(rundir.eval_results.read_text())
-    seen = {(row["artifact"].split(":")[0], row["mode"]) for row in results["rows"]}
+    seen = {(row["artifact"].split(":")[0], row["mode"]) for row in results["results"]}
     for artifact in ("base", "merged", "gguf"):
         for mode in ("loglik", "cot"):
             assert (artifact, mode) in seen, (artifact, mode, sorted(seen))
