@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from medtune.ui import progress
 
 
 def peak_memory_gib() -> float:
@@ -90,8 +91,6 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from medtune.ui import progress
-
         self._progress = progress()
         self._progress.start()
         self._task = self._progress.add_task("training", total=state.max_steps, completed=state.global_step)

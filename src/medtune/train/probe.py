@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from medtune.tokenizer import end_of_turn_token
+
 QUESTION = "A patient presents with severe headache and neck stiffness. What is the most likely diagnosis?"
 OPTIONS = {"A": "Migraine", "B": "Meningitis", "C": "Tension headache", "D": "Sinusitis"}
 EXPECTED = "B"
@@ -88,8 +90,6 @@ def answer_test_question(model, tokenizer, *, system_prompt: str | None = None, 
 
 
 def _stop_ids(tokenizer) -> list[int]:
-    from medtune.tokenizer import end_of_turn_token
-
     ids = {tokenizer.eos_token_id}
     try:
         ids.add(tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)))
