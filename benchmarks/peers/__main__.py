@@ -71,7 +71,7 @@ def table(args) -> None:
     calls = recorded_calls(args.results_dir)
     first_new = max((c["call"] for c in calls), default=0) + 1
     new = [{"call": first_new + i, "rows": read_rows_file(path)} for i, path in enumerate(args.rows)]
-    lines, ratios, bars = table_lines(calls_rows(calls + new))
+    lines, ratios, _ = table_lines(calls_rows(calls + new))
     print("\n".join(lines))
     for call in new if args.append else []:
         commands = list(dict.fromkeys(r["command"] for r in call["rows"] if r.get("command")))

@@ -502,7 +502,7 @@ def load_prepared_splits(run: RunDir) -> tuple[Any, Any | None]:
     """The prepare stage's tokenized train and val splits (datasets with input_ids and labels; val is
     None with data.val_size: 0). Raises ArtifactError when prepare has not completed."""
     splits = load_prepared(run)
-    return splits["train"], splits["val"] if "val" in splits else None
+    return splits["train"], splits.get("val")
 
 
 def _subset(data: Any, limit: int | None, seed: int) -> Any:
