@@ -202,7 +202,10 @@ def build_modelfile(
         if pieces.default_system is not None:
             lines.append(f'SYSTEM """{pieces.default_system}"""')
         template_note = "derived from the chat template and checked against it"
-        opener = next((t for t in tokenizer.all_special_tokens if t and pieces.user_prefix.startswith(t)), None)
+        # Llama 3's <|start_header_id|> is an added special token but not a named one (all_special_tokens).
+        added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        specials = [*tokenizer.all_special_tokens, *added]
+        opener = next((t for t in specials if t and pieces.user_prefix.startswith(t)), None)
         if opener and opener not in stop:
             stop.append(opener)  # a model that starts a new turn has finished its answer
     stop = [s for s in stop if s]
