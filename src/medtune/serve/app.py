@@ -145,10 +145,8 @@ class RequestCheck:
         if not isinstance(payload, dict):
             error = RequestRejected(400, "the request body is not a JSON object", "invalid_json")
             return await _send_json(send, 400, error.body())
-        from starlette.concurrency import run_in_threadpool
-
         try:
-            payload = await run_in_threadpool(self.check, scope["path"], payload)
+            payload = self.check(scope["path"], payload)  # a dictionary lookup: no thread needed
         except RequestRejected as rejected:
             return await _send_json(send, rejected.status, rejected.body())
         body = json.dumps(payload).encode("utf-8")
@@ -189,6 +187,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(f"--port {port}: {host}:{port} is already in use; stop the other server or pick another port (--port 0 picks a free one)") from exc
         raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from exc
+    # Accepted connections inherit this: without it every response (headers, then body, then each
+    # streamed token) waits on the client's delayed ACK, ~40 ms per request measured here.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.listen(128)
     sock.set_inheritable(True)
     return sock

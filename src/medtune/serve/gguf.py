@@ -187,7 +187,7 @@ class GGUFBackend:
 
     async def _forward(self, request):
         import httpx
-        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.responses import JSONResponse, Response, StreamingResponse
 
         body = await request.body()
         if request.method == "POST":
@@ -212,6 +212,11 @@ class GGUFBackend:
             data = await response.aread()
             await response.aclose()
             return _error_response(response.status_code, data, request.url.path)
+        media_type = response.headers.get("content-type")
+        if not (media_type or "").startswith("text/event-stream"):  # a whole answer: pass it on in one piece
+            data = await response.aread()
+            await response.aclose()
+            return Response(data, status_code=response.status_code, media_type=media_type)
 
         async def relay():
             try:
@@ -220,7 +225,7 @@ class GGUFBackend:
             finally:
                 await response.aclose()  # a client that went away: llama-server sees it and frees the slot
 
-        return StreamingResponse(relay(), status_code=response.status_code, media_type=response.headers.get("content-type"))
+        return StreamingResponse(relay(), status_code=response.status_code, media_type=media_type)
 
 
 def _error_response(status: int, data: bytes, path: str):
