@@ -14,6 +14,7 @@ from medtune import pipeline
 from medtune.config import DataConfig, ModelConfig, RunConfig
 from medtune.data.prepare import load_prepared, read_report
 from medtune.errors import ModelError
+from medtune.export.modelfile import build_modelfile
 from medtune.rundir import RunDir
 from medtune.tokenizer import (
     PINNED_TEMPLATE_DATE,
@@ -125,3 +126,15 @@ def test_pinned_template_is_what_the_tokenizer_saves(tmp_path, llama32_dir):  # 
     tokenizer.save_pretrained(tmp_path / "saved")
     saved = AutoTokenizer.from_pretrained(str(Path(tmp_path / "saved")))
     assert saved.chat_template == tokenizer.chat_template and template_pinned_date(saved.chat_template)
+
+
+def test_ollama_modelfile_of_a_dated_template_carries_the_pinned_date(tmp_path, llama32_dir):  # noqa: F811
+    """The Modelfile is derived from the (pinned) template at export: the system header it writes holds
+    the pinned date, not the day the export ran, and the default system message is empty."""
+    template = tmp_path / "dated.jinja"
+    template.write_text(DATED_TEMPLATE)
+    tokenizer = load_tokenizer(ModelConfig(base=str(llama32_dir), chat_template=str(template)))
+    modelfile = build_modelfile(tokenizer, "m.gguf", end_of_turn="<|eot_id|>", runtime_adds_bos=True)
+    assert modelfile.template.startswith("derived")
+    header = '"<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024'
+    assert header in modelfile.text and 'SYSTEM """"""' in modelfile.text
