@@ -495,8 +495,11 @@ class RLConfig(Section):
     logging_steps: int = Field(1, ge=1, description="Log rewards, KL and accuracy every N steps.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (adapter, optimizer, RNG, data position).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
-    generation_batch_size: int | None = Field(
-        None, ge=1, description="Completions generated per forward batch (default: prompts_per_step x num_generations)."
+    micro_batch: int = Field(
+        32, ge=1,
+        description="Completions per forward/backward pass; the step's prompts_per_step x num_generations completions "
+        "are generated at once and trained on in micro-batches of this size (gradient accumulation). 128 completions "
+        "of ~900 tokens in one pass need over 78 GiB on a 135M model.",
     )
 
 

@@ -221,18 +221,20 @@ def drop_without_spread(model, tokenizer, prompts: list[RLPrompt], rl: RLConfig)
 
 
 def grpo_arguments(config: RunConfig, run: RunDir, device: str, n_prompts: int) -> dict[str, Any]:
-    """GRPOConfig fields from the `rl` section (one optimizer step = rl.prompts_per_step prompts x
-    rl.num_generations replies, generated in one batch unless rl.generation_batch_size says otherwise)."""
+    """GRPOConfig fields from the `rl` section: one optimizer step = rl.prompts_per_step prompts x
+    rl.num_generations replies, generated in one batch, trained on in micro-batches of rl.micro_batch
+    (the largest divisor of the step's completions not above it)."""
     rl = _require_rl(config)
     precision = resolve_precision(config.train.precision, device)
     completions = rl.prompts_per_step * rl.num_generations
+    micro = next(size for size in range(min(rl.micro_batch, completions), 0, -1) if completions % size == 0)
     steps = rl.max_steps or max(1, int(rl.epochs * n_prompts / rl.prompts_per_step + 0.999))
     return dict(
         output_dir=str(run.rl_checkpoints),
-        per_device_train_batch_size=completions,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=completions // micro,
         num_generations=rl.num_generations,
-        generation_batch_size=rl.generation_batch_size or completions,
+        generation_batch_size=completions,
         max_completion_length=rl.max_completion_length,
         temperature=rl.temperature,
         learning_rate=rl.learning_rate,
@@ -248,20 +250,13 @@ def grpo_arguments(config: RunConfig, run: RunDir, device: str, n_prompts: int) 
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device == "cpu",
-        # GRPOConfig turns activation checkpointing on by default; a small policy fits without, and it would
-        # redo the forward in every backward (named activation_checkpointing from transformers 5.2x).
-        **{_checkpointing_field(): False},
+        # TRL's configs turn activation checkpointing on by default (their own field, whatever transformers
+        # calls it); a small policy in micro-batches fits without, and it would redo the forward in every backward.
+        gradient_checkpointing=False,
         **precision.trainer_flags(),
         remove_unused_columns=False,
         log_completions=False,
     )
-
-
-def _checkpointing_field() -> str:
-    from transformers import TrainingArguments  # heavy: only when the stage runs
-
-    fields = TrainingArguments.__dataclass_fields__
-    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 def build_grpo_trainer(model, tokenizer, prompts: list[RLPrompt], config: RunConfig, run: RunDir, device: str,
