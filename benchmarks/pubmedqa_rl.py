@@ -139,13 +139,14 @@ def main() -> None:
     go.add_argument("--results-dir", type=Path, default=None)
     record = commands.add_parser("record", help="append the runs of a results file made elsewhere (the device)")
     record.add_argument("file", type=Path)
+    record.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args()
     if args.command == "record":
         for found in json.loads(args.file.read_text(encoding="utf-8"))["runs"]:
             rows = found.pop("rows")
-            append_run(BENCHMARK, rows, command=found.pop("command"), **{k: v for k, v in found.items() if k not in ("machine", "versions", "date")},
-                       recorded_from={"date": found.get("date"), "machine": found.get("machine"), "versions": found.get("versions")})
-        print(f"{len(read_results(BENCHMARK)['runs'])} run(s) in {BENCHMARK}.json")
+            measured = {k: found.pop(k, None) for k in ("date", "machine", "versions")}
+            append_run(BENCHMARK, rows, results_dir=args.results_dir, command=found.pop("command"), measured=measured, **found)
+        print(f"{len(read_results(BENCHMARK, args.results_dir)['runs'])} run(s) in {BENCHMARK}.json")
         return
     result = run_benchmark(args)
     rows = result.pop("rows")
