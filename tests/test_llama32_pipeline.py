@@ -223,3 +223,57 @@ def test_chat_counts_the_training_prompt_and_replies_on_gguf_and_merged(run):
             assert 0 < reply.tokens <= 4 or reply.stopped_on_eos
         finally:
             model.close()
+
+
+def _post(url: str, body: dict, key: str) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json",
+                                                                       "Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_llama_server_as_medtune_serve_starts_it_builds_the_training_prompt(run, gguf_vocab):
+    """`medtune serve` runs llama.cpp's llama-server with --jinja on each GGUF: the prompt it builds from the
+    file's template (/apply-template) and tokenizes (adding BOS itself) is the training prompt, and a chat
+    completion counts exactly that many prompt tokens."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from medtune.llamacpp import find_tool
+    from medtune.serve.gguf import server_arguments
+    from medtune.serve.targets import ServedModel
+
+    _, rundir, _ = run
+    path = rundir.gguf_file("Q8_0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = "medtune-test"
+    arguments = server_arguments(ServedModel("llama32", path, path.stat().st_size), port, key,
+                                 n_ctx=2048, parallel=1, threads=2)
+    server = subprocess.Popen([str(find_tool("llama-server")), *arguments],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        rows = [row for split in load_prepared(rundir).values() for row in split]
+        for row in rows:
+            messages = json.loads(row["messages"])[:-1]
+            prompt_ids = _prompt_and_reply(row)[0]
+            prompt = _post(f"{url}/apply-template", {"messages": messages}, key)["prompt"]
+            assert gguf_vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True) == prompt_ids
+        completion = _post(f"{url}/v1/chat/completions", {"messages": messages, "max_tokens": 1}, key)
+        assert completion["usage"]["prompt_tokens"] == len(prompt_ids)
+    finally:
+        server.terminate()
+        server.wait(30)
