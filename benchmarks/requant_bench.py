@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/demo")
     parser.add_argument("--types", default=DEFAULT_TYPES)
     parser.add_argument("--texts", type=int, default=6, help="held-out texts to score (first 400 tokens each)")
+    parser.add_argument("--results-dir", type=Path, help="where requant_demo.json is (default: benchmarks/results)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -73,7 +74,7 @@ def main() -> None:
     prompts = heldout_prompts(AutoTokenizer.from_pretrained(str(run.merged)), args.texts)
     threads = llamacpp.default_threads()
     rows = measure(f16, args.types.split(","), prompts, threads)
-    append_run(BENCHMARK, rows, what="each quant type vs the F16 GGUF of the demo model (fine-tuned from the "
+    append_run(BENCHMARK, rows, results_dir=args.results_dir, what="each quant type vs the F16 GGUF of the demo model (fine-tuned from the "
                "Q4_1-quantized embedded SmolLM2)", threads=threads, positions=sum(len(p) for p in prompts))
     print_table(rows, ["type", "size_bytes", "top1_agreement", "mean_kl", "score_seconds"], title=f"quant types vs {f16.name}")
 
