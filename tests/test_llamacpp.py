@@ -250,3 +250,36 @@ def test_run_child_returns_output_and_exit_status(tmp_path):
     done = llamacpp.run_child([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
                               cwd=tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+
+
+@pytest.mark.slow
+@needs_runtime
+@needs_converter
+@pytest.mark.skipif(not llamacpp.tools_available() or not Path("/proc/self/stat").is_file(),
+                    reason=f"needs Linux and llama.cpp's tools: {llamacpp.SETUP_HINT} (CI does)")
+def test_kill_9_during_llama_imatrix_leaves_no_tool_writing(tmp_path, tiny_llama_dir):
+    """The issue-24 case on the real tool: medtune (here a process running compute_imatrix, as export
+    does) is killed with SIGKILL while llama-imatrix works; the tool dies with it instead of running
+    on and writing its temporary file. (llama-imatrix reports progress often, so it would also die
+    of SIGPIPE at its next write; a tool that stays quiet for seconds, like the converter writing
+    tensors, is what test_a_tool_dies_when_medtune_is_killed stands in for.)"""
+    import subprocess
+    import sys
+
+    f16 = llamacpp.convert_to_gguf(tiny_llama_dir, tmp_path / "m-F16.gguf", "f16")
+    text = tmp_path / "calibration.txt"
+    text.write_text("The kidney filters the blood and regulates electrolytes. " * 200_000)  # minutes of work
+    code = (f"from medtune import llamacpp\n"
+            f"llamacpp.compute_imatrix({str(f16)!r}, {str(text)!r}, {str(tmp_path / 'm.imatrix')!r}, ctx=128, "
+            f"chunks=100000, n_threads=1)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    try:
+        assert _wait_for(lambda: children.is_file() and children.read_text().split(), 60), "llama-imatrix never started"
+        tool = int(children.read_text().split()[0])
+        assert Path(f"/proc/{tool}/comm").read_text().strip() == "llama-imatrix" and _alive(tool)
+        parent.kill()
+        parent.wait()
+        assert _wait_for(lambda: not _alive(tool), 5), f"llama-imatrix ({tool}) outlived the killed medtune process"
+    finally:
+        parent.kill()
