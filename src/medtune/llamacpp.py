@@ -129,7 +129,7 @@ def find_converter() -> Path:
         if os.environ.get("LLAMA_CPP_DIR"):
             raise ToolError(f"LLAMA_CPP_DIR={folder} has no {CONVERTER}; point it at a llama.cpp checkout or unset it")
         raise ToolError(f"llama.cpp converter not found at {script}: {SETUP_HINT}")
-    if not (folder / "gguf-py" / "gguf").is_dir():
+    if not folder.joinpath("gguf-py", "gguf").is_dir():  # the converter's own gguf-py package
         raise ToolError(f"{folder} has no gguf-py/ next to {CONVERTER}; the converter needs its own gguf-py")
     return script
 
