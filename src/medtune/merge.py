@@ -24,7 +24,7 @@ from medtune.artifacts import atomic_dir, atomic_write_json, fingerprint, sha256
 from medtune.config import RunConfig
 from medtune.errors import ArtifactError, ModelError
 from medtune.llamacpp import default_threads
-from medtune.modeling import load_base_model
+from medtune.modeling import load_base_model, merged_adapter
 from medtune.rundir import RunDir
 from medtune.tokenizer import end_of_turn_token
 from medtune.verify import compare_logits, hf_logits, save_reference_top1, torch_threads, verification_prompts
@@ -107,11 +107,6 @@ def check_agreement(dtype_name: str, max_diff: float, top1: float, tolerance: fl
             f"merged {dtype_name} model agrees with base + adapter on only {top1:.2%} of next tokens "
             f"(need {LOW_PRECISION_MIN_TOP1:.0%}); try merge.dtype=fp32"
         )
-
-
-def merged_adapter(config: RunConfig, run: RunDir) -> Path:
-    """The adapter merge folds in: the RL stage's when the config has an `rl` section, else the SFT adapter."""
-    return run.rl_adapter if config.rl is not None else run.adapter
 
 
 def merge_inputs_digest(config: RunConfig, run: RunDir) -> str:

@@ -10,12 +10,14 @@ rebuilt from its config (without the marker) and its dequantized state dict.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medtune.config import ModelConfig
+from medtune.config import ModelConfig, RunConfig
 from medtune.errors import ConfigError, ModelError
+from medtune.rundir import RunDir
 from medtune.tokenizer import resolve_model_source
 
 if TYPE_CHECKING:
@@ -75,6 +77,12 @@ def load_base_model(
     if quantize_after_load:
         quantize_nf4_in_place(loaded, dtype)
     return loaded
+
+
+def merged_adapter(config: RunConfig, run: RunDir) -> Path:
+    """The adapter the run's model is made of (merge folds it in, export converts it to GGUF): the
+    RL stage's when the config has an `rl` section, else the SFT adapter."""
+    return run.rl_adapter if config.rl is not None else run.adapter
 
 
 def nf4_config(compute_dtype: torch.dtype):

@@ -1,6 +1,7 @@
 """The LoRA adapter as a GGUF file (`export.adapter_gguf: true`), for runtimes that apply it at load time.
 
-llama.cpp's `convert_lora_to_gguf.py` turns the run's adapter/ into gguf/adapter/<name>-lora-F16.gguf.
+llama.cpp's `convert_lora_to_gguf.py` turns the adapter the merged model was made of (the run's
+adapter/, or rl-adapter/ after an RL stage) into gguf/adapter/<name>-lora-F16.gguf.
 An adapter GGUF is applied to a base GGUF, so the base goes along as <name>-base-F16.gguf: the same
 full-precision base the merge used (a GGUF base such as the embedded Q4_1 SmolLM2 is dequantized
 first, see `medtune.modeling`), converted with the run's tokenizer and chat template, so base +
@@ -26,7 +27,7 @@ from medtune.config import RunConfig
 from medtune.errors import ArtifactError
 from medtune.export.modelfile import build_modelfile
 from medtune.export.staging import gguf_metadata, staged_model_folder
-from medtune.modeling import load_base_model
+from medtune.modeling import load_base_model, merged_adapter
 from medtune.rundir import RunDir
 from medtune.verify import gguf_logprobs, mean_kl, top1_agreement, top1_tokens
 
@@ -108,5 +109,6 @@ def _convert_base_and_adapter(config: RunConfig, run: RunDir, folder: Path, toke
         metadata = gguf_metadata(config, description=f"base model of the {config.name} LoRA adapter (medtune)")
         with staged_model_folder(base_hf, config) as staged:
             base_path = llamacpp.convert_to_gguf(staged, folder / run.adapter_base_gguf_file(out_type).name, out_type, metadata)
-            adapter_path = llamacpp.convert_lora_to_gguf(run.adapter, staged, folder / run.adapter_gguf_file(out_type).name, out_type)
+            adapter_path = llamacpp.convert_lora_to_gguf(merged_adapter(config, run), staged,
+                                                         folder / run.adapter_gguf_file(out_type).name, out_type)
     return base_path, adapter_path
