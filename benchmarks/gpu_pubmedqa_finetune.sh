@@ -9,7 +9,7 @@
 # On a machine with medtune installed and the PubMedQA release in PQ (default ../shared/data/pubmedqa):
 #   bash benchmarks/gpu_pubmedqa_finetune.sh
 # On the lent H200 (no network), the inputs arrive as carried folders, staged by
-# benchmarks/stage_gpu_carry.sh and copied by the device calls into $CARRY (see BENCHMARKS.md):
+# scripts/stage_gpu_carry.sh and copied by the device calls into $CARRY (see BENCHMARKS.md):
 #   {a,b,c}/smol.part         the embedded SmolLM2 GGUF split in three (sha256 checked below)
 #   */*.whl                   wheels the GPU image lacks (datasets, gguf, pydantic, transformers, llama-cpp-python)
 #   d/llama.cpp/              the pinned llama.cpp converter tree; a/pubmedqa/ the PubMedQA release

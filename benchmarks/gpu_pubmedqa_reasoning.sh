@@ -17,7 +17,7 @@
 # parts of <= 15 MiB) with the run's eval folder, so the fine-tuned model can be rebuilt elsewhere.
 #
 # On a machine with medtune installed:  bash benchmarks/gpu_pubmedqa_reasoning.sh sweep && ... final
-# On the lent H200 (no network), inputs arrive in $CARRY, staged by benchmarks/stage_gpu_carry.sh:
+# On the lent H200 (no network), inputs arrive in $CARRY, staged by scripts/stage_gpu_carry.sh:
 #   a/ b/ [c/] smol.part the embedded SmolLM2 GGUF in three (or two: SPLIT=2) parts (sha256 checked)
 #   */*.whl              wheels the GPU image lacks
 #   a/pubmedqa/          the PubMedQA release;  d/llama.cpp/  the pinned converter tree
