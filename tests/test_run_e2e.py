@@ -161,6 +161,28 @@ def test_kill_during_training_resumes_to_the_same_adapter(reference_run, tmp_pat
     _no_partial_artifacts(run_dir)
 
 
+def test_kill_before_the_first_checkpoint_says_it_starts_over(reference_run, tmp_path, tiny_llama_dir):
+    ref_tmp, _, _ = reference_run
+    config = _write_config(tmp_path, tiny_llama_dir, "ref")
+    run_dir = tmp_path / "runs" / "ref"
+
+    def training_started() -> bool:
+        try:
+            return json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["status"] == "running"
+        except (OSError, ValueError, KeyError):
+            return False
+
+    _kill_when(config, tmp_path, training_started, "training")
+    assert not any((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    out = _run_to_end(config, tmp_path)
+    train_lines = [line.strip() for line in out.splitlines() if line.strip().startswith("train ")]
+    assert train_lines[0] == "train  no checkpoint yet, starting over", out
+    assert "resuming from the last checkpoint" not in out
+    reference, rerun = _adapter_tensors(ref_tmp / "runs" / "ref"), _adapter_tensors(run_dir)
+    for key in reference:
+        assert (reference[key] - rerun[key]).abs().max().item() < 1e-5, key
+
+
 def test_kill_during_export_leaves_no_partial_gguf(reference_run, tmp_path, tiny_llama_dir):
     config = _write_config(tmp_path, tiny_llama_dir, "ref")
     run_dir = tmp_path / "runs" / "ref"
