@@ -66,7 +66,7 @@ def test_two_rl_steps_through_the_pipeline_resume_after_a_kill(tmp_path, tiny_ll
     outcomes = pipeline.run_pipeline(config, until="rl", on_event=lambda stage, message: events.append((stage, message)))
     rl = outcomes[-1]
     assert rl.name == "rl" and rl.action == "resumed"
-    assert ("rl", "resuming from the last RL checkpoint") in events
+    assert ("rl", "resuming from step 1") in events
     assert rl.figures["rl_steps"] == 2 and rl.figures["resumed_from_step"] == 1
     assert rl.figures["rl_val_prompts"] == 2 and rl.figures["rl_val_reward_difference"]["n"] == 2
     log = [json.loads(line) for line in (run.rl_adapter / "rl_log.jsonl").read_text().splitlines()]

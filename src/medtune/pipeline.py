@@ -71,8 +71,9 @@ STAGES: tuple[Stage, ...] = (
           resume_note=lambda run: resume_message(checkpoint_step(run))),
     # On when the config has an `rl` section: GRPO continuing the SFT adapter; merge then takes its adapter.
     Stage("rl", rl_stage, ("model", "lora", "rl"), ("prepare", "train"), enabled=lambda config: config.rl is not None,
-          resume_note=lambda run: "resuming from the last RL checkpoint"),
-    Stage("merge", merge_adapter, ("model", "merge"), ("train",)),
+          resume_note=lambda run: resume_message(checkpoint_step(run, run.rl_checkpoints))),
+    # merge folds in the RL adapter when the run has an rl stage (its section and output join merge's inputs).
+    Stage("merge", merge_adapter, ("model", "merge", "rl"), ("train", "rl")),
     # export reads data/ too: the train split calibrates the imatrix, the val split is the quality corpus.
     Stage("export", export_gguf, ("model", "export"), ("prepare", "merge")),
     Stage("eval", evaluate, ("model", "eval"), ("prepare", "train", "merge", "export"), needs_inputs=False,
@@ -114,17 +115,14 @@ def _result_fields(config: RunConfig, section: str) -> dict[str, Any]:
 def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any]) -> str:
     """Hash of everything the stage's result depends on."""
     inputs: dict[str, Any] = {}
-    for dependency in stage.after:
+    for dependency in _active_dependencies(config, stage):
         entry = manifest.get("stages", {}).get(dependency, {})
         inputs[dependency] = entry.get("outputs_digest")
     if stage.name == "prepare" and config.data.files:
         # Local data files are inputs too: editing one redoes prepare (hub data is identified by id).
         inputs["files"] = [record["sha256"] for record in source_digest(config.data)]
-    sections = list(stage.sections)
-    if stage.name == "merge" and config.rl is not None:
-        # merge takes the RL adapter when there is one: its output and settings are merge's inputs too
-        inputs["rl"] = manifest.get("stages", {}).get("rl", {}).get("outputs_digest")
-        sections.append("rl")
+    # An optional section that is not set (no `rl:`) is left out, so runs without it keep their fingerprints.
+    sections = [section for section in stage.sections if getattr(config, section) is not None]
     if stage.name == "export" and config.export.imatrix not in ("auto", "off"):
         inputs["imatrix"] = sha256_file(Path(config.export.imatrix).expanduser())  # a given imatrix file is an input
     return fingerprint(
@@ -135,6 +133,12 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
             "inputs": inputs,
         }
     )
+
+
+def _active_dependencies(config: RunConfig, stage: Stage) -> tuple[str, ...]:
+    """The earlier stages `stage` reads that this config runs (an optional stage that is off is not an input)."""
+    active = {s.name for s in active_stages(config)}
+    return tuple(name for name in stage.after if name in active)
 
 
 def outputs_verify(run: RunDir, entry: dict[str, Any]) -> tuple[bool, str]:
@@ -171,7 +175,7 @@ def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOut
     stage = stage_by_name(name)
     run = RunDir.of(config)
     _open_run(config, run)
-    _require_inputs(run, stage)
+    _require_inputs(config, run, stage)
     current = stage_fingerprint(config, stage, read_manifest(run.root))
     record_stage(run.root, stage.name, {"status": "running", "fingerprint": current})
     started = time.perf_counter()
@@ -219,11 +223,11 @@ def _open_run(config: RunConfig, run: RunDir) -> list[Path]:
     return remove_stale_temporaries(run.root)
 
 
-def _require_inputs(run: RunDir, stage: Stage) -> None:
+def _require_inputs(config: RunConfig, run: RunDir, stage: Stage) -> None:
     if not stage.needs_inputs:
         return
     manifest = read_manifest(run.root).get("stages", {})
-    for dependency in stage.after:
+    for dependency in _active_dependencies(config, stage):
         if manifest.get(dependency, {}).get("status") != "done":
             raise MedtuneError(
                 f"stage '{stage.name}' needs the output of '{dependency}', which has not completed in {run.root}; "

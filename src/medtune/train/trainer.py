@@ -486,10 +486,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def checkpoint_step(run: RunDir) -> int | None:
-    """The optimizer step of the newest complete checkpoint in the run's checkpoints folder, the one
-    a resume continues from (None when there is none)."""
-    checkpoint = latest_checkpoint(run.checkpoints)
+def checkpoint_step(run: RunDir, folder: Path | None = None) -> int | None:
+    """The optimizer step of the newest complete checkpoint in the run's checkpoints folder (or
+    `folder`, e.g. the rl stage's), the one a resume continues from (None when there is none)."""
+    checkpoint = latest_checkpoint(folder or run.checkpoints)
     return int(_CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint else None
 
 
