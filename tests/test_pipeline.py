@@ -153,3 +153,14 @@ def test_speed_only_settings_redo_nothing(tmp_path, fake_stages):
     faster = faster.model_copy(update={"eval": faster.eval.model_copy(update={"n_threads": 5})})
     outcomes = pipeline.run_pipeline(faster)
     assert [o.action for o in outcomes] == ["skipped"] * 5
+
+
+def test_a_feature_added_later_leaves_fingerprints_alone_while_off(tmp_path, fake_stages):
+    # eval.guard came after run folders existed: off, it is not part of eval's fingerprint.
+    config = _config(tmp_path)
+    manifest = read_manifest(config.run_dir)
+    eval_stage = pipeline.stage_by_name("eval")
+    before = pipeline.stage_fingerprint(config, eval_stage, manifest)
+    assert "guard" not in pipeline._result_fields(config, "eval")
+    guarded = config.model_copy(update={"eval": config.eval.model_copy(update={"guard": config.eval.guard.model_copy(update={"enabled": True})})})
+    assert pipeline.stage_fingerprint(guarded, eval_stage, manifest) != before

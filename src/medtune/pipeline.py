@@ -83,6 +83,9 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 # Settings that change how fast a stage runs, never what it produces: editing them redoes nothing.
 SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads", "parallel_gguf"}}
+# Switchable features added after run folders existed: while switched off they change nothing, and are
+# left out of the fingerprint so that older runs are not redone for a setting they never had.
+ABSENT_WHILE_OFF = {"eval": {"guard"}}
 
 
 @dataclass
@@ -109,7 +112,8 @@ def active_stages(config: RunConfig) -> tuple[Stage, ...]:
 
 def _result_fields(config: RunConfig, section: str) -> dict[str, Any]:
     speed_only = SPEED_ONLY_FIELDS.get(section, set())
-    return {k: v for k, v in config.section_dump(section).items() if k not in speed_only}
+    off = {k for k in ABSENT_WHILE_OFF.get(section, set()) if not getattr(getattr(config, section), k).enabled}
+    return {k: v for k, v in config.section_dump(section).items() if k not in speed_only | off}
 
 
 def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any]) -> str:
