@@ -29,6 +29,7 @@ import numpy as np
 
 from medtune import llamacpp
 from medtune.artifacts import atomic_write_json
+from medtune.data.prepare import chat_messages, read_split
 from medtune.errors import ArtifactError
 from medtune.rundir import RunDir
 
@@ -90,17 +91,10 @@ def validation_conversations(val_dir: Path, limit: int) -> list[list[dict[str, s
     ([] when the split does not exist)."""
     if not val_dir.is_dir():
         return []
-    from datasets import load_from_disk  # heavy (pyarrow): only when there is a split to read
-
-    try:
-        dataset = load_from_disk(str(val_dir))
-    except (OSError, ValueError, FileNotFoundError) as exc:
-        raise ArtifactError(f"{val_dir}: cannot read the validation split ({exc}); rerun `medtune prepare`") from exc
-    if "messages" not in dataset.column_names:
-        raise ArtifactError(f"{val_dir}: no 'messages' column (has {dataset.column_names}); rerun `medtune prepare`")
+    dataset = read_split(val_dir)
     conversations = []
     for raw in dataset.select(range(min(limit, len(dataset))))["messages"]:
-        messages = json.loads(raw) if isinstance(raw, str) else list(raw)
+        messages = chat_messages(raw)
         last_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:last_assistant]]
         if prompt:

@@ -392,6 +392,27 @@ def read_report(run: RunDir, missing_ok: bool = False) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_split(split_dir: Path) -> Dataset:
+    """One prepared split (train/ or val/) as a `datasets.Dataset` with its `messages` column.
+
+    Raises ArtifactError when it is missing, unreadable, or lacks the column (another version's folder)."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise ArtifactError(f"no prepared split in {split_dir}; run `medtune prepare CONFIG` first")
+    try:
+        dataset = load_from_disk(str(split_dir))
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        raise ArtifactError(f"{split_dir}: cannot read the split ({exc}); rerun `medtune prepare`") from exc
+    if "messages" not in dataset.column_names:
+        raise ArtifactError(f"{split_dir}: no 'messages' column (has {dataset.column_names}); rerun `medtune prepare`")
+    return dataset
+
+
+def chat_messages(cell: Any) -> list[dict[str, str]]:
+    """A split row's `messages` cell (the normalised chat, stored as a JSON string) as messages."""
+    return json.loads(cell) if isinstance(cell, str) else list(cell)
+
+
 def load_prepared(run: RunDir):
     """The prepared splits as a `datasets.DatasetDict` with keys 'train' and 'val' ('val' absent
     with data.val_size: 0).

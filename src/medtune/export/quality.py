@@ -20,6 +20,7 @@ from typing import Any
 
 from medtune import llamacpp
 from medtune.config import RunConfig
+from medtune.data.prepare import chat_messages, read_split
 from medtune.errors import ArtifactError
 from medtune.rundir import RunDir
 from medtune.sample_data import builtin_path
@@ -78,21 +79,11 @@ def split_text(split_dir: Path, *, max_tokens: int | None = None) -> CorpusText:
     max_tokens: stop once the records' token counts (column `length`) reach this many. Raises
     ArtifactError when the split is missing or unreadable.
     """
-    from datasets import load_from_disk  # heavy (pyarrow): only when a split is read
-
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise ArtifactError(f"no prepared split in {split_dir}; run `medtune prepare CONFIG` first")
-    try:
-        dataset = load_from_disk(str(split_dir))
-    except (OSError, ValueError, FileNotFoundError) as exc:
-        raise ArtifactError(f"{split_dir}: cannot read the split ({exc}); rerun `medtune prepare`") from exc
-    if "messages" not in dataset.column_names:
-        raise ArtifactError(f"{split_dir}: no 'messages' column (has {dataset.column_names}); rerun `medtune prepare`")
+    dataset = read_split(split_dir)
     lengths = dataset["length"] if "length" in dataset.column_names else None
     parts, total = [], 0
     for index, raw in enumerate(dataset["messages"]):
-        messages = json.loads(raw) if isinstance(raw, str) else list(raw)
+        messages = chat_messages(raw)
         text = "\n\n".join(m["content"].strip() for m in messages if m["role"] != "system" and m["content"].strip())
         if text:
             parts.append(text)
