@@ -37,6 +37,12 @@ STAGE_FOLDERS = {
     "prepare": "data", "train": "adapter", "rl": "rl-adapter", "merge": "merged", "export": "gguf", "eval": "eval",
 }
 SCRATCH_FOLDERS = {"train": "checkpoints", "rl": "rl-checkpoints", "eval": "eval-partial"}
+MODELFILE = "Modelfile"
+
+
+def _layout(*parts: str, doc: str | None = None) -> property:
+    """A fixed path of a folder's layout: `parts` below its base folder (the run, or an eval folder)."""
+    return property(lambda self: self._base().joinpath(*parts), doc=doc)
 
 
 @dataclass(frozen=True)
@@ -51,24 +57,34 @@ class RunDir:
         """The run folder of a RunConfig (`<output_dir>/<name>`)."""
         return cls(Path(config.output_dir) / config.name)
 
-    # ---- files at the top ----------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.root / "config.yaml"
+    def _base(self) -> Path:
+        return self.root
 
-    @property
-    def manifest_file(self) -> Path:
-        return self.root / "manifest.json"
+    # ---- the fixed layout ------------------------------------------------------------------------
+    config_file = _layout("config.yaml")
+    manifest_file = _layout("manifest.json")
+    model_card = _layout("MODEL_CARD.md")
+    report_html = _layout("report.html")
+    data = _layout(STAGE_FOLDERS["prepare"])
+    data_report = _layout(STAGE_FOLDERS["prepare"], "report.json")
+    checkpoints = _layout(SCRATCH_FOLDERS["train"])
+    adapter = _layout(STAGE_FOLDERS["train"])
+    train_log = _layout(STAGE_FOLDERS["train"], "train_log.jsonl")
+    loss_curve = _layout(STAGE_FOLDERS["train"], "loss_curve.png")
+    test_answer = _layout(STAGE_FOLDERS["train"], "test_answer.json")
+    rl_adapter = _layout(STAGE_FOLDERS["rl"], doc="The adapter after the RL stage (SFT adapter + RL), when the config has an `rl` section.")
+    rl_checkpoints = _layout(SCRATCH_FOLDERS["rl"])
+    merged = _layout(STAGE_FOLDERS["merge"])
+    gguf = _layout(STAGE_FOLDERS["export"])
+    modelfile = _layout(STAGE_FOLDERS["export"], MODELFILE)
+    adapter_gguf_folder = _layout(STAGE_FOLDERS["export"], "adapter")
+    adapter_modelfile = _layout(STAGE_FOLDERS["export"], "adapter", MODELFILE,
+                                doc="The Ollama Modelfile that builds base + adapter (FROM the base, ADAPTER the LoRA GGUF).")
+    eval = _layout(STAGE_FOLDERS["eval"])
+    eval_partial = _layout(SCRATCH_FOLDERS["eval"])
+    publish = _layout("publish", doc="Where `medtune push` stages each Hub repo's folder (hard links of verified files + its card).")
 
-    @property
-    def model_card(self) -> Path:
-        return self.root / "MODEL_CARD.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    # ---- stage folders -------------------------------------------------------------------------
+    # ---- paths that depend on a name -------------------------------------------------------------
     def stage_folder(self, stage: str) -> Path:
         """The folder stage `stage` writes. Raises KeyError for an unknown stage."""
         return self.root / STAGE_FOLDERS[stage]
@@ -78,54 +94,9 @@ class RunDir:
         name = SCRATCH_FOLDERS.get(stage)
         return self.root / name if name else None
 
-    @property
-    def data(self) -> Path:
-        return self.stage_folder("prepare")
-
     def split(self, name: str) -> Path:
         """A tokenized split written by prepare: 'train' or 'val'."""
         return self.data / name
-
-    @property
-    def data_report(self) -> Path:
-        return self.data / "report.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / SCRATCH_FOLDERS["train"]
-
-    @property
-    def adapter(self) -> Path:
-        return self.stage_folder("train")
-
-    @property
-    def train_log(self) -> Path:
-        return self.adapter / "train_log.jsonl"
-
-    @property
-    def loss_curve(self) -> Path:
-        return self.adapter / "loss_curve.png"
-
-    @property
-    def test_answer(self) -> Path:
-        return self.adapter / "test_answer.json"
-
-    @property
-    def rl_adapter(self) -> Path:
-        """The adapter after the RL stage (SFT adapter + RL), when the config has an `rl` section."""
-        return self.stage_folder("rl")
-
-    @property
-    def rl_checkpoints(self) -> Path:
-        return self.root / SCRATCH_FOLDERS["rl"]
-
-    @property
-    def merged(self) -> Path:
-        return self.stage_folder("merge")
-
-    @property
-    def gguf(self) -> Path:
-        return self.stage_folder("export")
 
     def gguf_file(self, type_name: str) -> Path:
         """The model file of one GGUF type: gguf/<name>-<TYPE>.gguf."""
@@ -136,17 +107,9 @@ class RunDir:
         return sorted(self.gguf.glob("*.gguf")) if self.gguf.is_dir() else []
 
     @property
-    def modelfile(self) -> Path:
-        return self.gguf / MODELFILE
-
-    @property
     def imatrix(self) -> Path:
         # Not *.gguf (although it is GGUF inside): gguf/*.gguf are the model files.
         return self.gguf / f"{self.name}.imatrix"
-
-    @property
-    def adapter_gguf_folder(self) -> Path:
-        return self.gguf / "adapter"
 
     def adapter_gguf_file(self, type_name: str) -> Path:
         return self.adapter_gguf_folder / f"{self.name}-lora-{type_name.upper()}.gguf"
@@ -154,19 +117,6 @@ class RunDir:
     def adapter_base_gguf_file(self, type_name: str) -> Path:
         """The base model the adapter GGUF is applied to, converted beside it."""
         return self.adapter_gguf_folder / f"{self.name}-base-{type_name.upper()}.gguf"
-
-    @property
-    def adapter_modelfile(self) -> Path:
-        """The Ollama Modelfile that builds base + adapter (FROM the base, ADAPTER the LoRA GGUF)."""
-        return self.adapter_gguf_folder / MODELFILE
-
-    @property
-    def eval(self) -> Path:
-        return self.stage_folder("eval")
-
-    @property
-    def eval_partial(self) -> Path:
-        return self.root / SCRATCH_FOLDERS["eval"]
 
     def eval_partial_file(self, artifact: str) -> Path:
         """One finished artifact's rows and predictions, kept while an eval attempt is unfinished."""
@@ -177,30 +127,15 @@ class RunDir:
         --model`'s output folder, which has the same files)."""
         return EvalFiles(Path(folder) if folder is not None else self.eval)
 
-    @property
-    def eval_results(self) -> Path:
-        return self.eval_files().results
-
-    @property
-    def eval_report(self) -> Path:
-        return self.eval_files().report
-
-    @property
-    def accuracy_plot(self) -> Path:
-        return self.eval_files().accuracy_plot
-
-    @property
-    def predictions(self) -> Path:
-        return self.eval_files().predictions
+    # The eval folder's own files, named once in EvalFiles.
+    eval_results = property(lambda self: self.eval_files().results)
+    eval_report = property(lambda self: self.eval_files().report)
+    accuracy_plot = property(lambda self: self.eval_files().accuracy_plot)
+    predictions = property(lambda self: self.eval_files().predictions)
 
     def predictions_file(self, artifact: str, benchmark: str, mode: str, folder: Path | None = None) -> Path:
         """One artifact x benchmark x mode's per-item answers (under eval/predictions/, or `folder`)."""
         return (folder or self.predictions) / predictions_name(artifact, benchmark, mode)
-
-    @property
-    def publish(self) -> Path:
-        """Where `medtune push` stages each Hub repo's folder (hard links of verified files + its card)."""
-        return self.root / "publish"
 
     def relative(self, path: Path) -> str:
         """`path` relative to the run folder, as the manifest and the card write it (posix)."""
@@ -242,8 +177,6 @@ class RunDir:
         return quant_name(gguf_file, self.name)
 
 
-MODELFILE = "Modelfile"
-
 
 @dataclass(frozen=True)
 class EvalFiles:
@@ -251,26 +184,14 @@ class EvalFiles:
 
     folder: Path
 
-    @property
-    def results(self) -> Path:
-        return self.folder / "results.json"
+    def _base(self) -> Path:
+        return self.folder
 
-    @property
-    def report(self) -> Path:
-        return self.folder / "report.md"
-
-    @property
-    def accuracy_plot(self) -> Path:
-        return self.folder / "accuracy.png"
-
-    @property
-    def guard(self) -> Path:
-        """The forgetting guard's figures (eval.guard): base vs the final artifact outside the training domain."""
-        return self.folder / "guard.json"
-
-    @property
-    def predictions(self) -> Path:
-        return self.folder / "predictions"
+    results = _layout("results.json")
+    report = _layout("report.md")
+    accuracy_plot = _layout("accuracy.png")
+    guard = _layout("guard.json", doc="The forgetting guard's figures (eval.guard): base vs the final artifact outside the training domain.")
+    predictions = _layout("predictions")
 
     def predictions_file(self, artifact: str, benchmark: str, mode: str) -> Path:
         return self.predictions / predictions_name(artifact, benchmark, mode)

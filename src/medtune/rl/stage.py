@@ -38,7 +38,7 @@ from medtune.rundir import RunDir
 from medtune.tokenizer import load_tokenizer
 from medtune.train.callbacks import read_log
 from medtune.train.precision import resolve_precision
-from medtune.train.trainer import latest_checkpoint
+from medtune.train.trainer import latest_checkpoint, run_bookkeeping_arguments
 
 LOG_NAME = "rl_log.jsonl"
 CURVE_NAME = "reward_curve.png"
@@ -242,13 +242,7 @@ def grpo_arguments(config: RunConfig, run: RunDir, device: str, n_prompts: int) 
         beta=rl.beta,
         max_steps=steps,
         logging_steps=rl.logging_steps,
-        save_strategy="steps",
-        save_steps=rl.save_steps,
-        save_total_limit=rl.save_total_limit,
-        report_to="none",
-        disable_tqdm=True,
-        seed=config.seed,
-        data_seed=config.seed,
+        **run_bookkeeping_arguments(rl.save_steps, rl.save_total_limit, config.seed),
         use_cpu=device == "cpu",
         # TRL's configs turn activation checkpointing on by default (their own field, whatever transformers
         # calls it); a small policy in micro-batches fits without, and it would redo the forward in every backward.

@@ -366,6 +366,15 @@ def _batches(train_data: Any, eval_data: Any | None, train: TrainConfig, plan: T
     return train_set, eval_set, PaddedCollator(pad_token_id), train.batch_size
 
 
+
+def run_bookkeeping_arguments(save_steps: int, save_total_limit: int | None, seed: int) -> dict[str, Any]:
+    """What every medtune trainer (SFT here, GRPO in medtune.rl) asks of transformers' Trainer alike:
+    a resumable checkpoint every `save_steps`, no outside loggers or tqdm (medtune logs itself), and
+    the run's seed for initialisation and data order."""
+    return dict(save_strategy="steps", save_steps=save_steps, save_total_limit=save_total_limit,
+                report_to="none", disable_tqdm=True, seed=seed, data_seed=seed)
+
+
 def _training_arguments(
     model, train: TrainConfig, plan: TrainPlan, seed: int, output_dir: Path, per_device: int, has_eval: bool,
     eval_on_start: bool,
@@ -397,11 +406,7 @@ def _training_arguments(
         eval_steps=train.eval_steps,
         eval_on_start=eval_on_start and has_eval,
         prediction_loss_only=True,
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        save_total_limit=train.save_total_limit,
-        report_to="none",
-        disable_tqdm=True,
+        **run_bookkeeping_arguments(train.save_steps, train.save_total_limit, seed),
         dataloader_num_workers=train.dataloader_workers,
         dataloader_pin_memory=on_gpu,
         # Pinned batches copied without blocking: the host builds the next micro-batch while the
@@ -409,8 +414,6 @@ def _training_arguments(
         **({"accelerator_config": {"non_blocking": True}} if on_gpu else {}),
         remove_unused_columns=False,
         label_names=["labels"],
-        seed=seed,
-        data_seed=seed,
         use_cpu=plan.device_type == "cpu",
         use_liger_kernel=plan.liger,
         **({"liger_kernel_config": liger_kernel_config(plan)} if plan.liger else {}),
