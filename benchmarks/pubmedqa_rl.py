@@ -140,12 +140,15 @@ def main() -> None:
     record = commands.add_parser("record", help="append the runs of a results file made elsewhere (the device)")
     record.add_argument("file", type=Path)
     record.add_argument("--results-dir", type=Path, default=None)
+    record.add_argument("--note", default=None, help="what this run was and what it shows, kept with it")
     args = parser.parse_args()
     if args.command == "record":
         for found in json.loads(args.file.read_text(encoding="utf-8"))["runs"]:
             rows = found.pop("rows")
             measured = {k: found.pop(k, None) for k in ("date", "machine", "versions")}
-            append_run(BENCHMARK, rows, results_dir=args.results_dir, command=found.pop("command"), measured=measured, **found)
+            note = {"note": args.note} if args.note else {}
+            append_run(BENCHMARK, rows, results_dir=args.results_dir, command=found.pop("command"), measured=measured,
+                       **note, **found)
         print(f"{len(read_results(BENCHMARK, args.results_dir)['runs'])} run(s) in {BENCHMARK}.json")
         return
     result = run_benchmark(args)
