@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from medtune import pipeline
 from medtune.config import RunConfig
 from medtune.merge import merged_adapter
+from medtune.report import write_html_report
 from medtune.rl.stage import rl_stage
 from medtune.rundir import RunDir
 
@@ -69,11 +70,13 @@ def test_two_rl_steps_through_the_pipeline_resume_after_a_kill(tmp_path, tiny_ll
     assert ("rl", "resuming from step 1") in events
     assert rl.figures["rl_steps"] == 2 and rl.figures["resumed_from_step"] == 1
     assert rl.figures["rl_val_prompts"] == 2 and rl.figures["rl_val_reward_difference"]["n"] == 2
-    log = [json.loads(line) for line in (run.rl_adapter / "rl_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in run.rl_log.read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all("reward" in r and "rewards/correct/mean" in r for r in log)
-    assert (run.rl_adapter / "reward_curve.png").stat().st_size > 1000
+    assert run.reward_curve.stat().st_size > 1000 and run.rl_summary.is_file()
     assert (run.rl_adapter / "adapter_model.safetensors").is_file() and not (run.rl_adapter / "ref").exists()
     assert run.stage_entry("rl")["status"] == "done"
     # merge folds in the RL adapter, and its fingerprint follows the rl stage's output
     assert merged_adapter(config, run) == run.rl_adapter
     assert pipeline.is_current(config, "rl")[0]
+    page = write_html_report(run).read_text()
+    assert "Reinforcement learning (GRPO)" in page and "held-out reward change" in page

@@ -56,6 +56,7 @@ def write_html_report(run: RunDir | str | Path, *, output: str | Path | None = N
         f'<p class="disclaimer">{_e(DISCLAIMER)}</p>',
         _overview(config, stages),
         _training(run, stages),
+        _rl(run, stages),
         _evaluation(results),
         _comparisons(results.comparisons),
         _guard(run),
@@ -99,6 +100,21 @@ def _training(run: RunDir, stages: dict[str, Any]) -> str:
     probe = (f"<p>{_e(SEED_TITLE)}: <strong>{_e(seed.verdict())}</strong>.</p><blockquote>{_e(seed.question)}\n\n"
              f"Answer: {_e(seed.answer[:800])}</blockquote>" if seed else "")
     return f"<section><h2>Training</h2><div class=\"side\"><div>{plot}</div><div>{facts}</div></div>{probe}</section>"
+
+
+def _rl(run: RunDir, stages: dict[str, Any]) -> str:
+    """The RL stage (when the run has one): its reward curves and its figures (held-out reward before/after)."""
+    entry = stages.get("rl") or {}
+    if not entry:
+        return ""
+    shown = {k: v for k, v in entry.items() if k.startswith("rl_") and isinstance(v, (int, float, str))}
+    difference = entry.get("rl_val_reward_difference") or {}
+    if difference:
+        shown["held-out reward change (95% CI)"] = (f"{difference.get('difference', 0):+.3f} "
+                                                    f"({difference['ci95'][0]:+.3f}..{difference['ci95'][1]:+.3f})")
+    facts = _table(["figure", "value"], [[k.replace("_", " "), _num(v)] for k, v in shown.items()])
+    plot = _img(run.reward_curve.read_bytes() if run.reward_curve.is_file() else None, "GRPO reward, correctness and KL")
+    return f"<section><h2>Reinforcement learning (GRPO)</h2><div class=\"side\"><div>{plot}</div><div>{facts}</div></div></section>"
 
 
 def _loss_png(run: RunDir, log: list[dict[str, Any]]) -> bytes | None:

@@ -40,10 +40,6 @@ from medtune.train.callbacks import read_log
 from medtune.train.precision import resolve_precision
 from medtune.train.trainer import latest_checkpoint, run_bookkeeping_arguments
 
-LOG_NAME = "rl_log.jsonl"
-CURVE_NAME = "reward_curve.png"
-SUMMARY_NAME = "rl_summary.json"
-
 
 @dataclass
 class ValReward:
@@ -128,7 +124,7 @@ def rl_stage(config: RunConfig, run: RunDir, *, resume: bool = False, callbacks:
         val_difference=paired_difference(val_after.correct, val_before.correct, seed=config.seed) if val_prompts else None,
         peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         resumed_from_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None,
-        last_log=_last_metrics(read_log(run.rl_checkpoints / LOG_NAME)),
+        last_log=_last_metrics(read_log(run.rl_scratch_log)),
     )
     write_rl_adapter(config, run, model, tokenizer, result)
     return result
@@ -272,7 +268,7 @@ def build_grpo_trainer(model, tokenizer, prompts: list[RLPrompt], config: RunCon
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[RLLogger(run.rl_checkpoints / LOG_NAME), *(callbacks or [])],
+        callbacks=[RLLogger(run.rl_scratch_log), *(callbacks or [])],
     )
 
 
@@ -282,15 +278,16 @@ def build_grpo_trainer(model, tokenizer, prompts: list[RLPrompt], config: RunCon
 def write_rl_adapter(config: RunConfig, run: RunDir, model, tokenizer, result: RLResult) -> None:
     """run.rl_adapter, atomically: the trained adapter (not GRPO's frozen reference copy), tokenizer,
     resolved config, log, reward curves and summary."""
-    records = read_log(run.rl_checkpoints / LOG_NAME)
+    records = read_log(run.rl_scratch_log)
     tokenizer.padding_side = "right"  # as the SFT adapter's tokenizer was saved
     with atomic_dir(run.rl_adapter) as out:
         model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
         tokenizer.save_pretrained(out)
-        save_resolved_config(config, out / "config.yaml")
-        (out / LOG_NAME).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        plot_rl_curves(records, out / CURVE_NAME, title=f"{config.name}: GRPO")
-        atomic_write_json(out / SUMMARY_NAME, {**result.figures(), "adapter_dir": str(result.adapter_dir)})
+        save_resolved_config(config, out / run.config_file.name)
+        inside = {path: out / path.relative_to(run.rl_adapter) for path in (run.rl_log, run.reward_curve, run.rl_summary)}
+        inside[run.rl_log].write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        plot_rl_curves(records, inside[run.reward_curve], title=f"{config.name}: GRPO")
+        atomic_write_json(inside[run.rl_summary], {**result.figures(), "adapter_dir": str(result.adapter_dir)})
 
 
 def _last_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
