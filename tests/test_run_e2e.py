@@ -164,15 +164,13 @@ def test_kill_during_training_resumes_to_the_same_adapter(reference_run, tmp_pat
 def test_kill_before_the_first_checkpoint_says_it_starts_over(reference_run, tmp_path, tiny_llama_dir):
     ref_tmp, _, _ = reference_run
     config = _write_config(tmp_path, tiny_llama_dir, "ref")
+    # The same recipe with its only checkpoint at the last step, so a kill lands before it.
+    recipe = yaml.safe_load(config.read_text())
+    recipe["train"]["save_steps"] = recipe["train"]["max_steps"]
+    config.write_text(yaml.safe_dump(recipe))
     run_dir = tmp_path / "runs" / "ref"
-
-    def training_started() -> bool:
-        try:
-            return json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["status"] == "running"
-        except (OSError, ValueError, KeyError):
-            return False
-
-    _kill_when(config, tmp_path, training_started, "training")
+    # Training has begun (its log lives in checkpoints/) but has saved nothing a resume could use.
+    _kill_when(config, tmp_path, lambda: (run_dir / "checkpoints").is_dir(), "training")
     assert not any((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     out = _run_to_end(config, tmp_path)
     train_lines = [line.strip() for line in out.splitlines() if line.strip().startswith("train ")]
