@@ -28,7 +28,7 @@ def command(
 ) -> None:
     # The pipeline imports every stage (torch, transformers, peft, trl): loaded when a command runs,
     # so that `medtune --help` answers at once.
-    from medtune.eval.rows import print_eval_summary
+    from medtune.eval.rows import print_eval_summary, read_results
     from medtune.pipeline import run_pipeline
 
     run_config = load_run_config(config, overrides)
@@ -41,9 +41,12 @@ def command(
     outcomes = run_pipeline(run_config, force=force, until=until, on_event=show)
     rows = [(o.name, o.action, f"{o.seconds:.1f}") for o in outcomes]
     print_summary(f"run {run_config.name}", rows, ("stage", "action", "seconds"))
-    evaluated = next((o.result for o in outcomes if o.name == "eval" and o.result is not None), None)
+    evaluated = next((o for o in outcomes if o.name == "eval"), None)
     if evaluated is not None:
-        print_eval_summary(evaluated)
+        # A skipped eval shows the results it verified (results.json), as a run that evaluated does.
+        shown = evaluated.result if evaluated.result is not None else read_results(run.eval_results)
+        if shown is not None:
+            print_eval_summary(shown)
     if run.model_card.is_file():
         console.print(f"model card: {run.model_card}")
     if until is None and run.report_html.is_file():
