@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from rich.console import Console
 
 from medtune import ui
@@ -11,7 +13,7 @@ ROW = ("gguf:Q4_K_M", "medtune_sample", "loglik", "62.5%", "50.2–73.4", "28.3%
 
 
 def _printed(monkeypatch, width: int, rows, columns) -> str:
-    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console = Console(width=width, record=True, file=io.StringIO())
     monkeypatch.setattr(ui, "console", console)
     ui.print_summary("eval", rows, columns)
     return console.export_text()
