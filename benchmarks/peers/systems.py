@@ -41,6 +41,18 @@ from .workload import (
 # --------------------------------------------------------------------------- (a) medtune
 
 
+
+def timed_training(trainer, timer, row: dict) -> None:
+    """Train, recording wall time, the timed window's seconds and real tokens, and peak memory, the same
+    way for every system compared."""
+    reset_peak()
+    started = time.perf_counter()
+    trainer.train()
+    row["wall_train_s"] = round(time.perf_counter() - started, 1)
+    seconds, tokens = timer.window()
+    row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2))
+
+
 def json_settings(items: list[str]) -> dict:
     """NAME=JSON options (--trainer-arg, --inductor) as a dict of parsed values."""
     return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
@@ -130,13 +142,8 @@ def run_medtune(args, row: dict) -> dict:
     holder["trainer"] = trainer
     # FlashAttention-4 compiles per head shape at its first call: paid here, before the timed steps.
     row["attention_warmup_s"] = warm_up_attention(plan.attention, model, plan.precision.model_dtype)
-    reset_peak()
-    started = time.perf_counter()
-    trainer.train()
-    row["wall_train_s"] = round(time.perf_counter() - started, 1)
-    seconds, tokens = timer.window()
-    row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2),
-               real_tokens_trained=trainer.real_tokens_trained(),
+    timed_training(trainer, timer, row)
+    row.update(real_tokens_trained=trainer.real_tokens_trained(),
                pack_fill=round(trainer.train_dataset.fill(train_cfg.max_tokens_per_batch), 4),
                settings=dict(fields, lora=args.lora, dropout=lora["dropout"], trainer_args=args.trainer_arg,
                              **({"inductor": args.inductor} if args.inductor else {}),
@@ -197,13 +204,8 @@ def _train_peer(args, row: dict, model, tokenizer, trainer_factory) -> dict:
     timer = StepTimer(args.warmup, args.steps, lambda: counter.real, log)
     trainer.add_callback(timer)
     row["packed_rows"] = len(trainer.train_dataset)
-    reset_peak()
-    started = time.perf_counter()
-    trainer.train()
-    row["wall_train_s"] = round(time.perf_counter() - started, 1)
-    seconds, tokens = timer.window()
-    row.update(seconds=seconds, timed_real_tokens=tokens, peak_gib=round(peak_gib(), 2),
-               real_tokens_trained=counter.trained(trainer.state.global_step * args.accumulation))
+    timed_training(trainer, timer, row)
+    row.update(real_tokens_trained=counter.trained(trainer.state.global_step * args.accumulation))
     if not args.no_heldout:
         os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # Unsloth skips logits in training forwards; the held-out loss needs them
         row["loss_at_equal_tokens"] = heldout_loss(model, heldout, device)
