@@ -14,7 +14,10 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medtune.artifacts import atomic_write_text
 from medtune.errors import ConfigError
+from medtune.llamacpp import NEEDS_IMATRIX, normalize_quant_types
+from medtune.tasks import benchmark_names
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 SAMPLE_DATA = "builtin:reasonmed-sample"
@@ -283,8 +286,6 @@ class ExportConfig(Section):
     @field_validator("quant_types")
     @classmethod
     def _known_quant_types(cls, value: list[str]) -> list[str]:
-        from medtune.llamacpp import normalize_quant_types
-
         try:  # names come from llama.cpp's own type list (the pinned runtime's enum); imatrix is checked below
             return normalize_quant_types(value, outtype="none", imatrix=True)
         except ConfigError as exc:
@@ -293,8 +294,6 @@ class ExportConfig(Section):
     @field_validator("max_mean_kl")
     @classmethod
     def _bars_name_types(cls, value: dict[str, float]) -> dict[str, float]:
-        from medtune.llamacpp import normalize_quant_types
-
         bars = {}
         for name, bar in value.items():
             try:
@@ -323,8 +322,6 @@ class ExportConfig(Section):
 
     @model_validator(mode="after")
     def _quant_not_outtype(self) -> ExportConfig:
-        from medtune.llamacpp import NEEDS_IMATRIX
-
         if self.outtype.upper() in self.quant_types:
             raise ValueError(f"quant_types lists {self.outtype.upper()}, the 16-bit file export.outtype already writes")
         if self.modelfile_type and self.modelfile_type.upper() not in {*self.quant_types, self.outtype.upper()}:
@@ -350,8 +347,6 @@ class BenchmarkSpec(Section):
     @field_validator("name")
     @classmethod
     def _registered(cls, value: str) -> str:
-        from medtune.tasks import benchmark_names
-
         if value not in benchmark_names():
             raise ValueError(f"unknown benchmark; known: {', '.join(benchmark_names())}")
         return value
@@ -655,7 +650,5 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
 
 def save_resolved_config(config: RunConfig, destination: Path) -> None:
     """Write the fully resolved config (defaults filled in) as YAML, atomically."""
-    from medtune.artifacts import atomic_write_text
-
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     atomic_write_text(destination, text)

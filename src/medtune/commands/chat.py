@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from medtune.ui import err_console
+
 NAME = "chat"
 
 
@@ -25,8 +27,8 @@ def command(
     n_ctx: Annotated[int, typer.Option("--n-ctx", min=256, help="Context length (GGUF).")] = 4096,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (GGUF; default: automatic).")] = None,  # noqa: UP045
 ) -> None:
+    # chat loads llama.cpp or torch: only when the command runs, so that `medtune --help` answers at once.
     from medtune.chat import ChatModel, Reply, Sampling
-    from medtune.ui import err_console
 
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     with err_console.status(f"loading {target}"):

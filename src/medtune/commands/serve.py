@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from medtune.ui import console, err_console
+
 NAME = "serve"
 
 
@@ -27,8 +29,8 @@ def command(
     threads: Annotated[Optional[int], typer.Option(min=1, help="GGUF: CPU threads per model (default: all cores).")] = None,  # noqa: UP045
     log_level: Annotated[str, typer.Option(help="Server log level (info shows every request).")] = "warning",
 ) -> None:
+    # serve pulls the server's packages (the serve extra): only when the command runs.
     from medtune.serve import ServeOptions, serve
-    from medtune.ui import console, err_console
 
     def ready(plan, url: str) -> None:
         models = ", ".join(plan.names)
