@@ -1,4 +1,4 @@
-"""Run the whole pipeline (prepare, train, [rl], merge, export, eval) and write MODEL_CARD.md and report.html.
+"""Run the whole pipeline (prepare, train, rl when configured, merge, export, eval) and write MODEL_CARD.md and report.html.
 
 Stages whose inputs are unchanged and whose outputs verify are skipped; an interrupted run
 continues where it stopped (training from its last checkpoint)."""
