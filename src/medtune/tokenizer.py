@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from medtune.config import EMBEDDED_MODEL, ModelConfig
+from medtune.embedded import smollm2_gguf_path
 from medtune.errors import ModelError
 
 # Reserved tokens that are never produced by chat templates, tried in order as the pad token.
@@ -58,8 +59,6 @@ class ModelSource:
 def resolve_model_source(base: str) -> ModelSource:
     """Classify `model.base`: the embedded default, a .gguf file, a local directory, or a hub id."""
     if base == EMBEDDED_MODEL:
-        from medtune.embedded import smollm2_gguf_path
-
         gguf = smollm2_gguf_path()
         return ModelSource("gguf", str(gguf.parent), gguf.name)
     path = Path(base).expanduser()

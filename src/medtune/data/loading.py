@@ -18,6 +18,7 @@ from typing import Any
 
 from medtune.artifacts import sha256_file
 from medtune.config import DataConfig
+from medtune.data.sources import resolve_source
 from medtune.data.validation import RecordProblem
 from medtune.errors import DataError
 from medtune.sample_data import BUILTIN, builtin_path  # noqa: F401  (re-exported for callers)
@@ -46,7 +47,6 @@ class RawRecord:
 def resolve_files(files: list[str]) -> list[Path]:
     """Turn `data.files` entries into existing paths. Raises DataError for missing or unsupported files."""
     paths = []
-    from medtune.data.sources import resolve_source
 
     for entry in files:
         derived = resolve_source(entry)  # e.g. pubmedqa-train:FOLDER, converted once into the cache

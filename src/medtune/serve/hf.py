@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medtune.chat import ChatModel, Reply, Sampling
 from medtune.serve.requests import (
     RequestRejected,
     context_length_exceeded,
@@ -60,8 +61,6 @@ class HFBackend:
     def __init__(self, plan: ServePlan, *, n_ctx: int):
         from fastapi import FastAPI
 
-        from medtune.chat import ChatModel
-
         self.plan = plan
         self.name = plan.models[0].name
         self.model = ChatModel(plan.models[0].path)
@@ -77,8 +76,6 @@ class HFBackend:
     def _chat(self, body: ChatCompletionRequest):
         from fastapi.responses import JSONResponse
         from sse_starlette.sse import EventSourceResponse
-
-        from medtune.chat import Sampling
 
         try:
             if body.model and body.model != self.name:
@@ -129,8 +126,6 @@ class HFBackend:
 
         Fills `outcome` with "tokens" (completion tokens) and "finish_reason" when done.
         """
-        from medtune.chat import Reply
-
         with self._turn:
             reply, text, sent = Reply(), "", 0
             stream = self.model.stream(messages, sampling, reply)
