@@ -161,17 +161,22 @@ def outputs_verify(run: RunDir, entry: dict[str, Any]) -> tuple[bool, str]:
     return True, "outputs verified"
 
 
-def is_current(config: RunConfig, name: str) -> tuple[bool, str]:
-    """Whether stage `name` finished with today's inputs and its outputs verify (why not, if not)."""
+def _finished(run: RunDir, entry: dict[str, Any], current: str) -> tuple[bool, str | None]:
+    """Whether a stage's recorded attempt is done with the fingerprint `current` and its outputs verify:
+    (True, None); (False, why) when it is done with these inputs but an output changed; else (False, None)."""
+    if entry.get("status") != "done" or entry.get("fingerprint") != current:
+        return False, None
+    ok, why = outputs_verify(run, entry)
+    return ok, None if ok else why
+
+
+def is_current(config: RunConfig, name: str) -> tuple[bool, str | None]:
+    """Whether stage `name` finished with today's inputs and its outputs verify (and which output
+    changed, when that is why not)."""
     run = RunDir.of(config)
-    stage = stage_by_name(name)
     manifest = read_manifest(run.root)
     entry = manifest.get("stages", {}).get(name, {})
-    if entry.get("status") != "done":
-        return False, "not run yet" if not entry else f"last attempt: {entry.get('status')}"
-    if entry.get("fingerprint") != stage_fingerprint(config, stage, manifest):
-        return False, "inputs changed"
-    return outputs_verify(run, entry)
+    return _finished(run, entry, stage_fingerprint(config, stage_by_name(name), manifest))
 
 
 def run_stage(config: RunConfig, name: str, *, resume: bool = False) -> StageOutcome:
@@ -291,12 +296,12 @@ def _walk_stage(
     manifest = read_manifest(run.root)
     entry = manifest.get("stages", {}).get(stage.name, {})
     current = stage_fingerprint(config, stage, manifest)
-    if not forcing and entry.get("status") == "done" and entry.get("fingerprint") == current:
-        ok, why = outputs_verify(run, entry)
-        if ok:
-            on_event(stage.name, "skipped: inputs unchanged and outputs verified")
-            return StageOutcome(stage.name, "skipped", 0.0, "unchanged, outputs verified", entry)
-        on_event(stage.name, f"redoing: {why}")
+    finished, changed = _finished(run, entry, current)
+    if not forcing and finished:
+        on_event(stage.name, "skipped: inputs unchanged and outputs verified")
+        return StageOutcome(stage.name, "skipped", 0.0, "unchanged, outputs verified", entry)
+    if not forcing and changed:
+        on_event(stage.name, f"redoing: {changed}")
     resume = _resume_or_clear(run, stage, entry, current, forcing)
     on_event(stage.name, stage.resume_note(run) if resume else "running")
     try:
