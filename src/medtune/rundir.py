@@ -250,9 +250,6 @@ def require_gguf(path: Path) -> None:
         )
 
 
-ARTIFACT_KINDS = ("run", "merged", "adapter", "gguf")
-
-
 @dataclass(frozen=True)
 class Artifact:
     """What a path handed to medtune is.
