@@ -14,8 +14,6 @@ import typer
 
 from medtune.ui import err_console
 
-NAME = "chat"
-
 
 def command(
     target: Annotated[Path, typer.Argument(help="A .gguf file, a merged model folder, or an adapter folder.", show_default=False)],

@@ -24,7 +24,6 @@ from medtune.eval.stage import EvalResult, evaluate_model
 from medtune.rundir import EvalFiles, RunDir
 from medtune.ui import console
 
-NAME = "eval"
 # EvalConfig fields `--model` takes as options (their help and defaults are the config's own).
 MODEL_OPTIONS = ("device", "dtype", "batch_size", "max_new_tokens", "prompt_style", "calibrate")
 

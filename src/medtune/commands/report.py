@@ -14,8 +14,6 @@ from medtune.report import write_html_report
 from medtune.rundir import RunDir
 from medtune.ui import console
 
-NAME = "report"
-
 
 def command(
     run: Annotated[Path, typer.Argument(help="A run directory (runs/<name>).", show_default=False)],

@@ -16,8 +16,6 @@ import typer
 
 from medtune.ui import console, err_console
 
-NAME = "serve"
-
 
 def command(
     target: Annotated[Path, typer.Argument(help="A run directory, a .gguf file, a merged model folder or an adapter folder.", show_default=False)],
