@@ -7,11 +7,15 @@ each Llama head shape (1B: 32 q / 8 kv heads of 64; 3B: 24 / 8 of 128; 8B: 32 / 
 kernel it times forward + backward over the same micro-batches (wall clock between CUDA syncs,
 after warm-up) and checks the output and the q/k/v gradients against an fp32 per-example SDPA
 reference (medtune's CPU fallback, `reference_varlen_attention`), so no kernel
-wins by computing something else.
+wins by computing something else. Wall time includes each call's host-side launch cost (a training
+step hides it behind queued GPU work); `gpu ms` is the sum of the CUDA kernels' own durations in
+one profiled pass (torch.profiler), so the two columns apart show whether a kernel is host-bound here.
 
   flash       torch.nn.attention.varlen.varlen_attn (FlashAttention-2 in torch; medtune's varlen kernel)
   fa4         FlashAttention-4 (flash-attn-4's flash_attn.cute.flash_attn_varlen_func) as medtune trains
               with it: the torch.library op medtune::fa4_varlen, native GQA (k/v at their own heads)
+  fa4-direct  the same FA4 function called directly with its own autograd (no torch.library op): the
+              op's cost is the difference
   cudnn       aten._cudnn_attention_forward with cumulative sequence lengths (ragged THD layout),
               k/v repeated to the query heads
   cudnn-gqa   the same with k/v at their own head count (cuDNN's native GQA)
@@ -68,6 +72,18 @@ def flash_kernel():
     def run(q, k, v, cu, max_len, scale):
         k, v = repeat_kv(q, k, v)
         return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, window_size=(-1, 0))
+
+    return run
+
+
+def fa4_direct_kernel():
+    import flash_attn.cute  # flash-attn-4: only on the GPU machine
+
+    def run(q, k, v, cu, max_len, scale):
+        return flash_attn.cute.flash_attn_varlen_func(
+            q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len,
+            softmax_scale=scale, causal=True,
+        )[0]
 
     return run
 
@@ -144,6 +160,19 @@ def per_batch_ms(step, batches, iters: int) -> float:
     return (time.perf_counter() - start) / (iters * len(batches)) * 1e3
 
 
+def gpu_kernel_ms(step, batches) -> float:
+    """Mean ms per micro-batch of CUDA kernel time alone (no host launch cost) over one profiled pass."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for tensors, _ref in batches:
+            step(*tensors)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / len(batches)
+
+
 def measure(name, kernel, batches, scale, heads, dim, iters: int) -> dict:
     row = {"kernel": name}
     try:
@@ -166,13 +195,18 @@ def measure(name, kernel, batches, scale, heads, dim, iters: int) -> dict:
         row["forward_ms_per_micro_batch"] = round(per_batch_ms(forward, batches, iters), 3)
         flops = sum(attention_flops(b[0][-2].diff().tolist(), heads, dim) for b in batches) / len(batches)
         row.update(ms_per_micro_batch=round(train_ms, 3), tflops=round(flops / train_ms / 1e9, 1))
+        try:
+            row["gpu_kernel_ms_per_micro_batch"] = round(gpu_kernel_ms(train_step, batches), 3)
+        except Exception as error:  # the profiler is a second opinion; keep the wall-clock row without it
+            row["gpu_kernel_ms_error"] = f"{type(error).__name__}: {str(error)[:200]}"
     except Exception as error:  # a kernel that cannot run here is a row, not a crash
         row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
     return row
 
 
 def make_kernels(names: list[str]) -> dict:
-    factories = {"flash": flash_kernel, "fa4": lambda: packed_kernel("fa4"), "flex": flex_kernel,
+    factories = {"flash": flash_kernel, "fa4": lambda: packed_kernel("fa4"), "fa4-direct": fa4_direct_kernel,
+                 "flex": flex_kernel,
                  "cudnn": lambda: cudnn_kernel(False),
                  "cudnn-gqa": lambda: cudnn_kernel(True)}  # cudnn-gqa: illegal memory access in the first call
     return {name: factories[name]() for name in names}
@@ -201,7 +235,7 @@ def main() -> None:
     names = args.kernels.split(",") + (["cudnn-gqa"] if args.gqa else [])
     results = []
     print(f"{env['gpu']} torch {env['torch']} cuDNN {env['cudnn']}; rows {env['examples_per_micro_batch']}")
-    print(f"{'shape':5} {'kernel':10} {'ms/mb':>8} {'fwd ms':>8} {'TFLOP/s':>8} {'vs flash':>8}  max |err| out/dq/dk/dv")
+    print(f"{'shape':5} {'kernel':10} {'ms/mb':>8} {'gpu ms':>8} {'fwd ms':>8} {'TFLOP/s':>8} {'vs flash':>8}  max |err| out/dq/dk/dv")
     for shape in args.shapes.split(","):
         heads, kv_heads, dim = HEAD_SHAPES[shape]
         scale = dim**-0.5
@@ -224,7 +258,7 @@ def main() -> None:
             ratio = base_ms / result["ms_per_micro_batch"] if base_ms else float("nan")
             result["speedup_vs_flash"] = round(ratio, 3)
             err = result["max_abs_error_vs_fp32"]
-            print(f"{shape:5} {name:10} {result['ms_per_micro_batch']:8.3f} {result['forward_ms_per_micro_batch']:8.3f} {result['tflops']:8.1f} {ratio:7.2f}x  "
+            print(f"{shape:5} {name:10} {result['ms_per_micro_batch']:8.3f} {result.get('gpu_kernel_ms_per_micro_batch', float('nan')):8.3f} {result['forward_ms_per_micro_batch']:8.3f} {result['tflops']:8.1f} {ratio:7.2f}x  "
                   + "/".join(f"{err[key]:.4f}" for key in ("out", "dq", "dk", "dv")))
         del batches
         torch.cuda.empty_cache()
