@@ -487,6 +487,10 @@ class RLConfig(Section):
         False, description="Before training, sample each prompt and drop those the SFT model always or never gets "
         "right (no reward spread: GRPO learns nothing from them).",
     )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="How GRPO scales rewards into advantages (TRL's scale_rewards): by each group's spread "
+        "(group; this cancels balance_classes' weight, which is one per prompt), by the batch's (batch), or not (none).",
+    )
     logging_steps: int = Field(1, ge=1, description="Log rewards, KL and accuracy every N steps.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (adapter, optimizer, RNG, data position).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")

@@ -18,6 +18,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from medtune.artifacts import atomic_dir, atomic_write_json
 from medtune.config import RLConfig, RunConfig, save_resolved_config
 from medtune.errors import ArtifactError
+from medtune.eval.answers import extract_answer
 from medtune.eval.scoring import stop_token_ids
 from medtune.eval.stats import paired_difference
 from medtune.modeling import load_base_model
@@ -43,14 +45,23 @@ from medtune.train.trainer import latest_checkpoint, run_bookkeeping_arguments
 
 @dataclass
 class ValReward:
-    """Greedy replies to the held-out prompts: per-prompt correctness and format rewards."""
+    """Greedy replies to the held-out prompts: per-prompt correctness and format rewards, and the
+    answer eval reads from each reply (None: none found)."""
 
     correct: list[float]
     formatted: list[float]
+    predicted: list[str | None] = field(default_factory=list)
 
     @property
     def mean_correct(self) -> float:
         return round(sum(self.correct) / len(self.correct), 4) if self.correct else 0.0
+
+    def by_class(self, golds: list[str]) -> dict[str, dict[str, int]]:
+        """Per label: how often it was predicted and how often it was right when gold (a collapse of a
+        rare label, PubMedQA's maybe, shows here before it shows in the mean)."""
+        predicted = Counter(label or "unparsed" for label in self.predicted)
+        right = Counter(gold for gold, ok in zip(golds, self.correct) if ok)
+        return {"predicted": dict(predicted), "right": dict(right)}
 
 
 @dataclass
@@ -70,6 +81,7 @@ class RLResult:
     peak_memory_gib: float | None
     resumed_from_step: int | None
     last_log: dict[str, Any] = field(default_factory=dict)
+    val_classes: dict[str, Any] = field(default_factory=dict)
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -82,6 +94,7 @@ class RLResult:
             "rl_val_reward_before": self.val_before,
             "rl_val_reward_after": self.val_after,
             "rl_val_reward_difference": self.val_difference,
+            "rl_val_classes": dict(self.val_classes),
             "rl_peak_memory_gib": self.peak_memory_gib,
             "resumed_from_step": self.resumed_from_step,
             **{f"rl_last_{k.replace('/', '_')}": v for k, v in self.last_log.items() if k != "step"},
@@ -125,6 +138,7 @@ def rl_stage(config: RunConfig, run: RunDir, *, resume: bool = False, callbacks:
         peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         resumed_from_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None,
         last_log=_last_metrics(read_log(run.rl_scratch_log)),
+        val_classes=_val_classes(val_prompts, val_before, val_after),
     )
     write_rl_adapter(config, run, model, tokenizer, result)
     return result
@@ -186,7 +200,16 @@ def measure_val_reward(model, tokenizer, prompts: list[RLPrompt], max_new_tokens
         return ValReward([], [])
     replies = greedy_replies(model, tokenizer, prompts, max_new_tokens)
     return ValReward([correctness_reward(r, p.gold, p.options) for r, p in zip(replies, prompts)],
-                     [format_reward(r, p.options) for r, p in zip(replies, prompts)])
+                     [format_reward(r, p.options) for r, p in zip(replies, prompts)],
+                     [extract_answer(r, p.options) for r, p in zip(replies, prompts)])
+
+
+def _val_classes(prompts: list[RLPrompt], before: ValReward, after: ValReward) -> dict[str, Any]:
+    """The held-out prompts' gold labels and, before and after RL, the labels predicted and got right."""
+    if not prompts:
+        return {}
+    golds = [p.gold for p in prompts]
+    return {"gold": dict(Counter(golds)), "before": before.by_class(golds), "after": after.by_class(golds)}
 
 
 @torch.no_grad()
@@ -236,6 +259,9 @@ def grpo_arguments(config: RunConfig, run: RunDir, device: str, n_prompts: int) 
         learning_rate=rl.learning_rate,
         lr_scheduler_type="constant",
         beta=rl.beta,
+        # "group" (TRL's default) divides each group's rewards by their own spread, which cancels the
+        # class-balance weight (one weight per prompt, so per group); "batch" or "none" keep it.
+        scale_rewards=rl.scale_rewards,
         max_steps=steps,
         logging_steps=rl.logging_steps,
         **run_bookkeeping_arguments(rl.save_steps, rl.save_total_limit, config.seed),
