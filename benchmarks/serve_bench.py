@@ -131,16 +131,22 @@ def busy_cpu_seconds() -> float:
 
 
 def own_cpu_seconds(server: Server) -> float:
-    """CPU seconds used by this script and the server with its children (alive ones)."""
+    """CPU seconds used by this script and the server with its children (alive ones), each process once.
+
+    The server is this script's child, so it is among the script's descendants too: counted twice,
+    its own use would hide other processes' (the disturbance check would always read 0)."""
     import psutil
 
-    total = 0.0
-    for proc in [psutil.Process(), psutil.Process(server.process.pid)]:
+    processes: dict[int, psutil.Process] = {}
+    for root in (os.getpid(), server.process.pid):
         with contextlib.suppress(psutil.Error):
-            for p in [proc, *proc.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    t = p.cpu_times()
-                    total += t.user + t.system
+            proc = psutil.Process(root)
+            processes.update({p.pid: p for p in [proc, *proc.children(recursive=True)]})
+    total = 0.0
+    for p in processes.values():
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
     return total
 
 

@@ -227,6 +227,18 @@ def test_gguf_server_answers_400_to_an_over_long_prompt_and_keeps_serving(smollm
 
 
 @pytest.mark.slow
+def test_gguf_server_answers_a_prompt_longer_than_one_batch(smollm2_server):
+    """Prompts are prefilled PROMPT_BATCH_TOKENS at a time (so prompts arriving together start in
+    turn); one longer than that spans several batches and is answered like any other."""
+    from medtune.serve.gguf import PROMPT_BATCH_TOKENS
+
+    reply = _client(smollm2_server.url).chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", max_tokens=4, temperature=0,
+        messages=[{"role": "user", "content": "Describe the causes of fever in children. " * 35}])
+    assert PROMPT_BATCH_TOKENS < reply.usage.prompt_tokens < 512 and reply.choices[0].message.content
+
+
+@pytest.mark.slow
 def test_gguf_server_reports_metrics_and_the_context_it_enforces(smollm2_server):
     status, info = _get(f"{smollm2_server.url}/medtune/info", API_KEY)
     assert status == 200 and info["n_ctx"] == 512 and "not a medical device" in info["disclaimer"]
