@@ -1,9 +1,10 @@
-"""The README's two screenshots, made from the demo run in headless Chromium (Debian's, via Playwright).
+"""The README's screenshots, made from the demo run in headless Chromium (Debian's, via Playwright).
 
     python benchmarks/screenshots.py            # needs runs/demo (medtune run configs/demo.yaml)
 
 docs/serve-chat.png: `medtune serve runs/demo` and its chat page, one question asked to every
-quant side by side ("compare all", greedy), with each reply's reasoning opened.
+quant side by side ("compare all", greedy), with each reply's reasoning opened; docs/serve-phone.png:
+the same page 420 px wide, as a phone shows it.
 docs/report.png: the top of `medtune report runs/demo` (runs/demo/report.html).
 """
 
@@ -82,11 +83,14 @@ def main() -> None:
             page.evaluate("document.querySelectorAll('details.reasoning').forEach(d => d.open = true); "
                           "document.getElementById('chat').scrollTop = 0")
             page.screenshot(path=str(out / "serve-chat.png"))
+            page.set_viewport_size({"width": 420, "height": 900})  # a phone: the same page, no sideways scrolling
+            page.evaluate("document.getElementById('chat').scrollTop = 0")
+            page.screenshot(path=str(out / "serve-phone.png"))
         page.set_viewport_size({"width": 1100, "height": 1800})
         page.goto(report.resolve().as_uri())
         page.screenshot(path=str(out / "report.png"))
         context.close()
-    for name in ("serve-chat.png", "report.png"):
+    for name in ("serve-chat.png", "serve-phone.png", "report.png"):
         print(f"{out / name}: {(out / name).stat().st_size / 1024:.0f} KiB")
 
 
