@@ -47,12 +47,12 @@ from medtune.serve.targets import ServedModel, ServePlan
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 LOAD_TIMEOUT_S = 600  # a large F16 file on a slow disk still loads well within this
 STOP_TIMEOUT_S = 10
-# Tokens per llama-server batch (its --batch-size; llama.cpp's default is 2048). Every prompt that
-# waits in a batch gets its first token only when the whole batch is done, so with 2048, 8 chat
-# prompts arriving together (~120 tokens each) are all prefilled as one batch and all wait for all
-# of it: time to first token 1.3-1.6 s at 8 clients on 2 cores. 256 (about two such prompts a
-# batch) lets them start in turn: 0.72-0.78 s, the same tokens/s within the noise; a lone long
-# prompt prefills ~5% slower (1420 tokens: 2.9 vs 2.7 s); 128 was 0.47-0.59 s but 15% slower there.
+# Tokens per llama-server batch (its --batch-size; llama.cpp's default is 2048). A prompt in a batch
+# gets its first token only when the whole batch is done, so with 2048, 8 chat prompts arriving
+# together (~120 tokens each) were prefilled as one batch and all waited for all of it: time to
+# first token p50 1.3-1.6 s at 8 clients on 2 cores. With 256 (about two such prompts a batch) they
+# start in turn: 0.71-0.96 s (benchmarks/serve_bench.py), tokens/s the same within the noise; a lone
+# long prompt prefills ~5% slower (1420 tokens: 2.7-3.1 vs 2.6-2.9 s). 128: 0.47-0.59 s, but ~15%.
 PROMPT_BATCH_TOKENS = 256
 
 
