@@ -62,6 +62,10 @@ SETTINGS: dict[str, list[str]] = {
     "lr1e-4": ["rl.learning_rate=1e-4", "rl.beta=0"],
     "lr3e-4": ["rl.learning_rate=3e-4", "rl.beta=0"],
     "lr1e-4-batch": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.scale_rewards=batch"],
+    # The same two rates on one pass over the RL prompts (7 steps, not 13): what a short device budget affords
+    # for two settings side by side.
+    "lr1e-4-1ep": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.epochs=1"],
+    "lr3e-4-1ep": ["rl.learning_rate=3e-4", "rl.beta=0", "rl.epochs=1"],
 }
 
 
