@@ -3,8 +3,8 @@
     python benchmarks/screenshots.py            # needs runs/demo (medtune run configs/demo.yaml)
 
 docs/serve-chat.png: `medtune serve runs/demo` and its chat page, one question asked to every
-quant side by side ("compare all", greedy), with each reply's reasoning opened; docs/serve-phone.png:
-the same page 420 px wide, as a phone shows it.
+quant side by side ("compare all", greedy; on a CPU the quants answer in turn), with each reply's
+reasoning opened; docs/serve-phone.png: the same page 420 px wide, as a phone shows it.
 docs/report.png: the top of `medtune report runs/demo` (runs/demo/report.html).
 """
 
@@ -78,7 +78,7 @@ def main() -> None:
             page.press("#question", "Enter")
             page.wait_for_function(
                 "(() => { const m = document.querySelectorAll('#chat .turn .meta'); "
-                "return m.length === document.querySelectorAll('#model option').length && [...m].every(x => x.textContent); })()",
+                "return m.length === document.querySelectorAll('#model option').length && [...m].every(x => / in [0-9.]+ s/.test(x.textContent)); })()",
                 timeout=600_000)
             page.evaluate("document.querySelectorAll('details.reasoning').forEach(d => d.open = true); "
                           "document.getElementById('chat').scrollTop = 0")

@@ -7,6 +7,7 @@ test's tmp dir."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -174,3 +175,53 @@ def test_page_fits_a_phone_screen(page, tiny_gguf_run, tmp_path):
             .map(e => e.tagName + '#' + e.id + '.' + e.className)""")
         assert not wide, f"elements past the right edge: {wide}"
         page.screenshot(path=str(tmp_path / "chat-page-420.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_compare_all_answers_the_quants_in_turn_on_a_cpu(page, tiny_gguf_run):
+    """On the CPU the quants' servers would fight over the cores: the page asks them one after another,
+    the picked one first, and shows the others waiting their turn."""
+    with running_server(str(tiny_gguf_run), "--n-ctx", "512") as server:
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+        info = page.evaluate("fetch('/medtune/info').then(r => r.json())")
+        if info["devices"]:
+            pytest.skip(f"llama-server offloads to {info['devices']}: the quants answer together there")
+        assert info["compare"] == "in_turn"
+        assert "CPU" in page.locator("#backend").inner_text()
+        # When each chat request was sent, and when its answer was complete (the stream's [DONE] event).
+        page.evaluate("""() => {
+            window.__requests = [];
+            const original = window.fetch;
+            window.fetch = async (url, options) => {
+                if (url !== '/v1/chat/completions') return original(url, options);
+                const row = {model: JSON.parse(options.body).model, start: performance.now(), end: null};
+                window.__requests.push(row);
+                const response = await original(url, options);
+                const reader = response.body.getReader();
+                const stream = new ReadableStream({async pull(controller) {
+                    const {value, done} = await reader.read();
+                    if (!done && new TextDecoder().decode(value).includes('data: [DONE]')) row.end = performance.now();
+                    if (done) controller.close(); else controller.enqueue(value);
+                }});
+                return new Response(stream, {status: response.status, headers: response.headers});
+            };
+            window.__waiting = new Set();
+            new MutationObserver(() => document.querySelectorAll('#chat .msg.waiting').forEach(
+                box => window.__waiting.add(box.dataset.model + ': ' + box.querySelector('.meta').textContent))
+            ).observe(document.getElementById('chat'), {subtree: true, childList: true, characterData: true, attributes: true});
+        }""")
+        page.select_option("#model", "F16")
+        page.check("#compare")
+        page.fill("#max-tokens", "24")
+        page.fill("#question", "What causes a stiff neck with fever?")
+        page.press("#question", "Enter")
+        page.wait_for_function("[...document.querySelectorAll('#chat .meta')].filter(m => m.textContent.includes('tokens')).length === 2",
+                               timeout=90_000)
+        requests = page.evaluate("window.__requests")
+        waiting = page.evaluate("[...window.__waiting]")
+        notes = page.locator("#chat .meta").all_inner_texts()
+    assert [r["model"] for r in requests] == ["F16", "Q8_0"]  # the picked quant first
+    assert requests[1]["start"] >= requests[0]["end"], f"the second quant was asked before the first finished: {requests}"
+    assert waiting == ["Q8_0: waiting: answers after F16 (on a CPU the models answer one at a time)"]
+    assert "waited" not in notes[0] and re.search(r"waited [0-9.]+ s for its turn", notes[1]), notes

@@ -24,6 +24,7 @@ from serve_fixtures import (  # noqa: F401 - a fixture
 
 from medtune import llamacpp
 from medtune.errors import ArtifactError
+from medtune.serve.gguf import offload_devices
 
 needs_server = pytest.mark.skipif(not llama_server_available(), reason=f"llama.cpp's llama-server not built: {llamacpp.SETUP_HINT}")
 API_KEY = "test-key-123"
@@ -283,6 +284,28 @@ def test_children_die_with_a_killed_server(tmp_path):
 # ---- a run directory: every quant loaded at once, each in its own llama-server ---------------------
 
 
+def _fake_llama_server(tmp_path, listing: str):
+    """A stand-in binary that prints `listing` for --list-devices, as llama.cpp's common_print_available_devices does."""
+    binary = tmp_path / "llama-server"
+    binary.write_text(f"#!/bin/sh\nprintf '%s' '{listing}'\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_offload_devices_reads_llama_servers_device_list(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAMA_ARG_DEVICE", raising=False)
+    monkeypatch.delenv("LLAMA_ARG_N_GPU_LAYERS", raising=False)
+    gpus = "Available devices:\n  CUDA0: NVIDIA H100 80GB HBM3 (81559 MiB, 80999 MiB free)\n  BLAS: OpenBLAS (0 MiB, 0 MiB free)\n"
+    assert offload_devices(_fake_llama_server(tmp_path, gpus)) == ("CUDA0",)  # BLAS runs on the CPU
+    assert offload_devices(_fake_llama_server(tmp_path, "Available devices:\n  (none)\n")) == ()
+    monkeypatch.setenv("LLAMA_ARG_N_GPU_LAYERS", "0")  # llama.cpp's own switch keeps the servers on the CPU
+    assert offload_devices(_fake_llama_server(tmp_path, gpus)) == ()
+    monkeypatch.setenv("LLAMA_ARG_N_GPU_LAYERS", "all")
+    monkeypatch.setenv("LLAMA_ARG_DEVICE", "none")
+    assert offload_devices(_fake_llama_server(tmp_path, gpus)) == ()
+    assert offload_devices(tmp_path / "missing") == ()
+
+
 @pytest.mark.slow
 def test_run_directory_serves_every_quant_at_once_without_reloads(tiny_gguf_run):
     with running_server(str(tiny_gguf_run), "--n-ctx", "256", "--parallel", "4") as server:
@@ -302,6 +325,10 @@ def test_run_directory_serves_every_quant_at_once_without_reloads(tiny_gguf_run)
                 assert re.search(r"^llamacpp:tokens_predicted_total [1-9]", response.read().decode(), re.MULTILINE)
         _, info = _get(f"{server.url}/medtune/info")
         assert info["system_prompt"] == "Answer briefly." and info["title"] == "tiny"
+        # How the page's "compare all" asks the quants: in turn where llama-server has no device to offload to.
+        devices = offload_devices(llamacpp.find_tool("llama-server"))
+        assert info["devices"] == list(devices)
+        assert info["compare"] == ("together" if devices else "in_turn")
 
 
 @pytest.mark.slow

@@ -91,6 +91,9 @@ def create_app(backend, options: ServeOptions):
         return {
             "title": plan.title, "backend": backend.kind, "models": models, "default_model": plan.names[0],
             "system_prompt": plan.system_prompt or "", "n_ctx": backend.n_ctx, "disclaimer": DISCLAIMER,
+            # Where the models run (empty: the CPU), and so how the page's "compare all" asks them:
+            # "in_turn" on the CPU (models answering at once fight over the cores), else "together".
+            "devices": list(backend.devices), "compare": "together" if backend.models_answer_together else "in_turn",
         }
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

@@ -87,6 +87,24 @@ def server_arguments(model: ServedModel, port: int, key: str, *, n_ctx: int, par
     ]
 
 
+def offload_devices(binary: Path) -> tuple[str, ...]:
+    """The accelerators llama-server offloads the model to (its `--list-devices`), e.g. ("CUDA0",);
+    empty on a CPU-only build or machine, or when llama.cpp's own switches keep it on the CPU
+    (LLAMA_ARG_DEVICE=none, LLAMA_ARG_N_GPU_LAYERS=0: the servers inherit medtune's environment).
+
+    medtune passes no --n-gpu-layers, so llama-server's default ("auto") offloads to these when any."""
+    if os.environ.get("LLAMA_ARG_DEVICE", "").strip().lower() == "none" or os.environ.get("LLAMA_ARG_N_GPU_LAYERS", "").strip() == "0":
+        return ()
+    try:
+        listed = subprocess.run([str(binary), "--list-devices"], stdin=subprocess.DEVNULL, capture_output=True,
+                                text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    # "Available devices:" then "  CUDA0: NVIDIA H100 (81559 MiB, 80000 MiB free)" per device, or "  (none)".
+    names = [m.group(1) for m in re.finditer(r"^\s+([^\s:()]+): ", listed.stdout, re.MULTILINE)]
+    return tuple(n for n in names if not n.upper().startswith("BLAS"))  # BLAS is a CPU library, not a device
+
+
 def default_threads() -> int:
     """All cores this process may use (llama-server's decode threads)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -101,6 +119,11 @@ class GGUFBackend:
     """
 
     kind = "gguf"
+    # On the CPU every llama-server decodes with all cores (--threads), so models that answer at once
+    # spin-wait on each other: the page's "compare all" of the demo's 3 quants on 2 cores took
+    # 6-31 s until all were done, against 2.1-2.5 s one after another (the page now asks them in
+    # turn there: /medtune/info's "compare"). With a GPU they share the device instead. Load on ONE
+    # model is what continuous batching is for, and keeps every core.
 
     def __init__(self, plan: ServePlan, *, n_ctx: int, n_threads: int | None, parallel: int):
         try:
@@ -113,6 +136,8 @@ class GGUFBackend:
         self.servers: dict[str, ModelServer] = {}
         self.started: list[ModelServer] = []
         threads = n_threads or default_threads()
+        self.devices = offload_devices(binary)
+        self.models_answer_together = bool(self.devices)
         try:
             for i, model in enumerate(plan.models):
                 self.started.append(self._start(binary, i, model, n_ctx=n_ctx, parallel=parallel, threads=threads))

@@ -57,6 +57,7 @@ class HFBackend:
     """One transformers model (merged folder, or base + adapter) behind OpenAI's chat endpoint."""
 
     kind = "transformers"
+    models_answer_together = False  # one model, whose requests take turns anyway
 
     def __init__(self, plan: ServePlan, *, n_ctx: int):
         from fastapi import FastAPI
@@ -64,6 +65,9 @@ class HFBackend:
         self.plan = plan
         self.name = plan.models[0].name
         self.model = ChatModel(plan.models[0].path)
+        import torch  # already imported by ChatModel; the device rule is medtune.chat's
+
+        self.devices = ("cuda",) if torch.cuda.is_available() else ()
         window = self.model.context_length
         self.n_ctx = min(n_ctx, window) if window else n_ctx
         self._turn = threading.Lock()

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], history: [], key: sessionStorage.getItem("medtune-api-key") || "", busy: null };
+const state = { models: [], compare: "together", history: [], key: sessionStorage.getItem("medtune-api-key") || "", busy: null };
 
 // ---- reasoning vs final answer ----------------------------------------------------------------
 // A <think>...</think> block, or everything before the sentence that gives the final answer
@@ -119,9 +119,49 @@ function assistantBox(model) {
       if (parts.thinking) details.open = true;
       scrollDown();
     },
-    done(note) { meta.textContent = note; },
-    fail(message) { box.classList.add("error"); answer.textContent = message; },
+    wait(note) { box.classList.add("waiting"); meta.textContent = note; },
+    start() { box.classList.remove("waiting"); meta.textContent = ""; },
+    done(note) { box.classList.remove("waiting"); meta.textContent = note; },
+    fail(message) { box.classList.remove("waiting"); box.classList.add("error"); answer.textContent = message; },
   };
+}
+
+// One model's reply into its box; the reply's text, or null when it failed or was stopped.
+async function answerInto(box, model, messages, signal, waited) {
+  box.start();
+  const started = performance.now();
+  try {
+    const reply = await streamReply(model, messages, (text) => box.show(text), signal);
+    const seconds = (performance.now() - started) / 1000;
+    const ending = reply.finish === "length" ? "cut at max tokens" : "finished";
+    const unit = reply.tokens === 1 ? "token" : "tokens";
+    const turn = waited ? ` · waited ${waited.toFixed(1)} s for its turn` : "";
+    box.done(`${reply.tokens} ${unit} in ${seconds.toFixed(1)} s, ${ending}${turn}`);
+    return reply.text;
+  } catch (error) {
+    if (error.name === "AbortError") box.done("stopped");
+    else box.fail(error.message);
+    return null;
+  }
+}
+
+// Every model answers. On the CPU (the server's info says "in_turn") one after another, the picked
+// one first: models answering at once fight over the cores and all finish later (the demo's 3
+// quants on 2 cores: 6-31 s until all were done together, 2.1-2.5 s in turn). On a GPU all at once.
+async function answerAll(models, boxes, messages, signal) {
+  if (state.compare !== "in_turn" || models.length < 2) {
+    return Promise.all(models.map((model, i) => answerInto(boxes[i], model, messages, signal, 0)));
+  }
+  boxes.forEach((box, i) => { if (i > 0) box.wait(`waiting: answers after ${models[i - 1]} (on a CPU the models answer one at a time)`); });
+  const asked = performance.now();
+  const replies = [];
+  for (const [i, model] of models.entries()) {
+    if (signal.aborted) { boxes[i].done("stopped before its turn"); replies.push(null); continue; }
+    $("status").textContent = `answering ${i + 1} of ${models.length}: ${model}`;
+    const waited = i > 0 ? (performance.now() - asked) / 1000 : 0;
+    replies.push(await answerInto(boxes[i], model, messages, signal, waited));
+  }
+  return replies;
 }
 
 function conversation() {
@@ -143,23 +183,7 @@ async function ask(question) {
   setBusy(true);
   let kept = null;
   try {
-    // All at once: each quant has its own server, which also batches requests.
-    const replies = await Promise.all(models.map(async (model, i) => {
-      const started = performance.now();
-      try {
-        const reply = await streamReply(model, messages, (text) => boxes[i].show(text), controller.signal);
-        const seconds = (performance.now() - started) / 1000;
-        const ending = reply.finish === "length" ? "cut at max tokens" : "finished";
-        const unit = reply.tokens === 1 ? "token" : "tokens";
-        boxes[i].done(`${reply.tokens} ${unit} in ${seconds.toFixed(1)} s, ${ending}`);
-        return reply.text;
-      } catch (error) {
-        if (error.name === "AbortError") boxes[i].done("stopped");
-        else boxes[i].fail(error.message);
-        return null;
-      }
-    }));
-    kept = replies[0];
+    kept = (await answerAll(models, boxes, messages, controller.signal))[0];
   } finally {
     setBusy(false);
     state.busy = null;
@@ -185,7 +209,12 @@ async function load() {
   // The model controls appear only once the server has named its models (not before a key is given).
   for (const id of ["model-picker", "backend"]) $(id).hidden = false;
   $("title").textContent = info.title;
-  $("backend").textContent = `${info.backend} · context ${info.n_ctx}`;
+  const devices = info.devices || [];
+  $("backend").textContent = `${info.backend} · ${devices.length ? devices.join(", ") : "CPU"} · context ${info.n_ctx}`;
+  state.compare = info.compare || "together";
+  $("compare-toggle").title = state.compare === "in_turn"
+    ? "Send each question to every served model and show the answers side by side. On a CPU they answer one after another, the picked model first: at once they would slow each other down."
+    : "Send each question to every served model at once and show the answers side by side";
   $("disclaimer-text").textContent = info.disclaimer;
   if (!$("system").value) $("system").value = info.system_prompt || "";
   state.models = info.models.map((m) => m.id);
