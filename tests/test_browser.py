@@ -75,7 +75,8 @@ def test_chat_page_streams_switches_quant_and_compares(page, tiny_gguf_run, tmp_
         assert page.locator("#model").input_value() == "Q8_0"
         assert page.locator("#system").input_value() == "Answer briefly."  # the run's own system prompt, editable
         page.fill("#system", "You are a careful medical assistant.")
-        page.fill("#max-tokens", "24")
+        # enough tokens that the stream spans several network reads (24 once came in one read)
+        page.fill("#max-tokens", "120")
 
         _watch_answers(page)
         page.fill("#question", "What causes a stiff neck with fever?")
@@ -213,7 +214,8 @@ def test_compare_all_answers_the_quants_in_turn_on_a_cpu(page, tiny_gguf_run):
         }""")
         page.select_option("#model", "F16")
         page.check("#compare")
-        page.fill("#max-tokens", "24")
+        # enough tokens that the stream spans several network reads (24 once came in one read)
+        page.fill("#max-tokens", "120")
         page.fill("#question", "What causes a stiff neck with fever?")
         page.press("#question", "Enter")
         page.wait_for_function("[...document.querySelectorAll('#chat .meta')].filter(m => m.textContent.includes('tokens')).length === 2",
