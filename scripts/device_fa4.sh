@@ -22,7 +22,7 @@ if [ -z "${SKIP_GPU_TEST:-}" ]; then
 fi
 if [ -z "${SKIP_KERNELS:-}" ]; then
   echo "=== [$SECONDS s] attention kernels"
-  timeout 150 python3 benchmarks/attention_kernels.py --kernels "${KERNELS:-flash,fa4}" --results-dir "$OUT" 2>&1 | tee "$OUT/attention_kernels.txt" | tail -12
+  timeout 150 python3 benchmarks/attention_kernels.py --kernels "${KERNELS:-flash,fa4}" --shapes "${SHAPES:-1b,3b,8b}" --results-dir "$OUT" 2>&1 | tee "$OUT/attention_kernels.txt" | tail -12
 fi
 echo "=== [$SECONDS s] peers"
 PEERS_COMMAND="DIR=$DIR OUT=\$OUT LIMIT=${LIMIT:-330} ARMS=\"${ARMS:-}\" bash scripts/device_fa4.sh" \
