@@ -409,6 +409,8 @@ def test_transformers_server_answers_the_openai_client(tiny_llama_dir):
         reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=5, temperature=0)
         assert reply.usage.completion_tokens == 5 and reply.choices[0].finish_reason == "length"
         assert reply.usage.prompt_tokens > 0
+        status, info = _get(f"{server.url}/medtune/info", API_KEY)  # where the loaded model runs: the CPU here
+        assert status == 200 and info["devices"] == [] and info["compare"] == "in_turn"
         pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=5, temperature=0, stream=True)
             if c.choices and c.choices[0].delta.content]

@@ -85,6 +85,12 @@ class ChatModel:
             return self._llm.n_ctx()
         return getattr(self._model.config, "max_position_embeddings", None)
 
+    @property
+    def device(self) -> str:
+        """Where the model runs: "cpu" (every GGUF chat: llama-cpp-python is built for the CPU), else
+        the transformers model's device, e.g. "cuda:0"."""
+        return "cpu" if self.kind == "gguf" else str(self._model.device)
+
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """How many tokens `messages` take once rendered with the model's chat template (with the generation prompt)."""
         if self.kind == "gguf":

@@ -65,9 +65,7 @@ class HFBackend:
         self.plan = plan
         self.name = plan.models[0].name
         self.model = ChatModel(plan.models[0].path)
-        import torch  # already imported by ChatModel; the device rule is medtune.chat's
-
-        self.devices = ("cuda",) if torch.cuda.is_available() else ()
+        self.devices = () if self.model.device == "cpu" else (self.model.device,)
         window = self.model.context_length
         self.n_ctx = min(n_ctx, window) if window else n_ctx
         self._turn = threading.Lock()
