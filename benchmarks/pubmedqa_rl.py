@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from medtune.artifacts import atomic_write_json
 from medtune.benchmarking import append_run, format_table, machine, read_results, versions
 from medtune.config import load_config
 from medtune.data.prepare import prepare_data
@@ -101,7 +102,7 @@ def sft_step(args: argparse.Namespace) -> dict[str, Any]:
     prepare_data(config, run)
     sft = train_adapter(config, run)
     figures = {"steps": sft.steps, "seconds": round(time.perf_counter() - started, 1), "records": args.sft_records}
-    (work / "sft.json").write_text(json.dumps(figures, indent=1), encoding="utf-8")
+    atomic_write_json(work / "sft.json", figures)
     return figures
 
 
@@ -135,8 +136,8 @@ def rl_step(args: argparse.Namespace) -> dict[str, Any]:
              "versions": versions(("trl",))}
     for folder in (work / "cv", args.results_dir):
         if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / f"{args.setting}_cv.json").write_text(json.dumps(entry, indent=1), encoding="utf-8")
+            # atomic: a later call's `test` or `wait` never reads a setting's file half-written
+            atomic_write_json(Path(folder) / f"{args.setting}_cv.json", entry)
     return entry
 
 
@@ -156,6 +157,10 @@ def cv_row(entry: dict[str, Any]) -> dict[str, Any]:
             "rare_predicted": [side[w].get("predicted", {}).get(rare, 0) for w in ("before", "after")],
             "predicted_after": side["after"].get("predicted"), "steps": rl["rl_steps"],
             "rl_seconds": rl["rl_seconds"], "peak_memory_gib": rl["rl_peak_memory_gib"], "last_kl": rl.get("rl_last_kl")}
+
+
+CV_COLUMNS = ["setting", "val_before", "val_after", "difference", "ci95", "rare_right", "rare_predicted", "steps",
+              "rl_seconds", "peak_memory_gib"]
 
 
 def keeps_rare_label(row: dict[str, Any]) -> bool:
@@ -270,8 +275,7 @@ def record(args: argparse.Namespace) -> None:
 
 
 def print_test(result: dict[str, Any]) -> None:
-    print(format_table(result["cv"], ["setting", "val_before", "val_after", "difference", "ci95", "rare_right",
-                                      "rare_predicted", "steps", "rl_seconds", "peak_memory_gib"]))
+    print(format_table(result["cv"], CV_COLUMNS))
     print("chosen:", result["choice"])
     print(format_table(result["rows"], ["artifact", "mode", "accuracy", "ci95", "macro_f1", "predicted"]))
     print(format_table(result["paired"], ["a", "b", "mode", "difference", "ci95"]))
@@ -336,8 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(sft_step(args)))
     elif args.command == "rl":
         entry = rl_step(args)
-        print(format_table([cv_row(entry)], ["setting", "val_before", "val_after", "difference", "ci95", "rare_right",
-                                             "rare_predicted", "steps", "rl_seconds", "peak_memory_gib"]))
+        print(format_table([cv_row(entry)], CV_COLUMNS))
         print("predicted on held-out, before/after:", json.dumps(entry["rl"]["rl_val_classes"]))
     elif args.command == "test":
         save_test(args, test_step(args))

@@ -366,7 +366,6 @@ def _batches(train_data: Any, eval_data: Any | None, train: TrainConfig, plan: T
     return train_set, eval_set, PaddedCollator(pad_token_id), train.batch_size
 
 
-
 def run_bookkeeping_arguments(save_steps: int, save_total_limit: int | None, seed: int) -> dict[str, Any]:
     """What every medtune trainer (SFT here, GRPO in medtune.rl) asks of transformers' Trainer alike:
     a resumable checkpoint every `save_steps`, no outside loggers or tqdm (medtune logs itself), and
