@@ -41,7 +41,6 @@ from .workload import (
 # --------------------------------------------------------------------------- (a) medtune
 
 
-
 def timed_training(trainer, timer, row: dict) -> None:
     """Train, recording wall time, the timed window's seconds and real tokens, and peak memory, the same
     way for every system compared."""
