@@ -11,10 +11,13 @@ from transformers import TrainerCallback
 
 from medtune import pipeline
 from medtune.config import RunConfig
+from medtune.errors import TrainingError
 from medtune.merge import merged_adapter
 from medtune.report import write_html_report
 from medtune.rl.stage import rl_stage
+from medtune.train.trainer import latest_checkpoint
 from medtune.rundir import RunDir
+from train_fixtures import poison_gradient_at
 
 
 class KilledAfterCheckpoint(Exception):
@@ -61,6 +64,15 @@ def test_two_rl_steps_through_the_pipeline_resume_after_a_kill(tmp_path, tiny_ll
         pipeline.run_stage(config, "rl")
     assert run.stage_entry("rl")["status"] == "running"
     assert (run.rl_checkpoints / "checkpoint-1").is_dir() and not run.rl_adapter.exists()
+
+    # The resumed attempt's step 2 diverges (a nan gradient): it stops before applying it, naming the fix,
+    # and leaves checkpoint 1 to resume from (not CUDA's sampling assert a step later, nor an adapter of nan).
+    diverged = dataclasses.replace(pipeline.stage_by_name("rl"),
+                                   run=lambda c, r, resume=False: rl_stage(c, r, resume=resume, callbacks=[poison_gradient_at(2)]))
+    monkeypatch.setattr(pipeline, "STAGES", tuple(diverged if s.name == "rl" else s for s in pipeline.STAGES))
+    with pytest.raises(TrainingError, match=r"rl: optimizer step 2: the gradient is not finite.*rl.learning_rate"):
+        pipeline.run_stage(config, "rl")
+    assert latest_checkpoint(run.rl_checkpoints).name == "checkpoint-1" and not run.rl_adapter.exists()
     monkeypatch.undo()
 
     events = []

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from medtune.config import RunConfig, TrainConfig
-from medtune.errors import ConfigError
+from medtune.errors import ConfigError, TrainingError
 from medtune.train.attention import VARLEN
 from medtune.train.precision import resolve_precision
 from medtune.rundir import RunDir
 from medtune.train.trainer import checkpoint_step, latest_checkpoint, plan_training, resume_message
-from train_fixtures import make_examples, write_prepared
+from train_fixtures import make_examples, poison_gradient_at, write_prepared
 
 
 def test_precision_on_cpu():
@@ -190,6 +190,40 @@ def test_resume_gives_the_same_adapter_as_training_straight(tiny_llama_dir, smol
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     steps = [r["step"] for r in read_log(run.train_log) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]  # the interrupted run's records are kept, none duplicated
+
+
+def test_the_gradient_guard_stops_on_nan_or_inf_and_passes_finite_gradients():
+    from medtune.train.callbacks import NonFiniteGradientGuard, guards_gradients
+
+    model = torch.nn.Linear(3, 2)
+    guard = NonFiniteGradientGuard("train", "Lower train.learning_rate (0.001 now) and run again.")
+    state = type("State", (), {"global_step": 6})()
+    model(torch.ones(1, 3)).sum().backward()
+    assert guard.on_pre_optimizer_step(None, state, "control", model=model) == "control"
+    for bad in (float("nan"), float("inf")):
+        model.weight.grad[0, 0] = bad
+        with pytest.raises(TrainingError, match=r"^train: optimizer step 7: the gradient is not finite .*"
+                                                r"Lower train.learning_rate \(0.001 now\) and run again"):
+            guard.on_pre_optimizer_step(None, state, "control", model=model)
+    # fp16 mixed precision: an inf gradient is the loss scaler's signal to skip a step, not a divergence
+    assert guards_gradients("bf16") and guards_gradients("fp32") and not guards_gradients("fp16")
+
+
+@pytest.mark.slow
+def test_a_diverged_step_stops_training_before_it_is_applied_and_resume_goes_on(tiny_llama_dir, smollm2_tokenizer, tmp_path):
+    """Step 5's gradient turns nan: training stops there with the step and the fix named (not with a log that
+    hides the nan and an adapter of nan), checkpoint-3 stays, no adapter is written, and --resume finishes."""
+    from medtune.train.trainer import train_adapter
+
+    config = _config(tmp_path, tiny_llama_dir, "diverged")
+    run = RunDir.of(config)
+    write_prepared(config.run_dir, smollm2_tokenizer, n_train=20)
+    with pytest.raises(TrainingError, match=r"train: optimizer step 5: .*train.learning_rate \(0.001 now\)"):
+        train_adapter(config, run, callbacks=[poison_gradient_at(5)])
+    assert latest_checkpoint(run.checkpoints).name == "checkpoint-3" and not run.adapter.exists()
+    result = train_adapter(config, run, resume=True)
+    assert result.resumed_from_step == 3 and result.steps == 6
+    assert all(t.isfinite().all() for t in _adapter_tensors(run.adapter).values())
 
 
 @pytest.mark.slow

@@ -72,3 +72,17 @@ def write_prepared(run_dir: Path, tokenizer, n_train: int = 24, n_val: int = 8) 
     splits.save_to_disk(str(data_dir))
     (data_dir / "report.json").write_text(json.dumps({"kept": n_train + n_val}))
     return data_dir
+
+
+def poison_gradient_at(step: int):
+    """A Trainer callback that turns one gradient entry into nan just before optimizer step `step`: what a
+    diverged update looks like to the optimizer. Registered before medtune's NonFiniteGradientGuard (extra
+    callbacks come first), so the guard sees it."""
+    from transformers import TrainerCallback
+
+    class PoisonGradient(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step + 1 == step:
+                next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+
+    return PoisonGradient()

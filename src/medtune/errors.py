@@ -21,5 +21,9 @@ class ArtifactError(MedtuneError):
     """An earlier stage's artifact is missing, incomplete or fails verification."""
 
 
+class TrainingError(MedtuneError):
+    """Training cannot go on (a diverged update: a gradient of nan or inf)."""
+
+
 class ToolError(MedtuneError):
     """An external tool (llama.cpp converter, quantizer, runtime) is missing or failed."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from medtune.errors import TrainingError
 from medtune.ui import progress
 
 
@@ -121,6 +122,44 @@ class RichProgress(TrainerCallback):
         if self._val_loss is not None:
             parts.append(f"val {self._val_loss:.3f}")
         return "  ".join(parts)
+
+
+class NonFiniteGradientGuard(TrainerCallback):
+    """Stops training at the first optimizer step whose gradient holds nan or inf, before that step
+    is applied, with an error that names the step and the setting to change.
+
+    Without it a diverged step is silent: the optimizer writes nan into the LoRA weights, the
+    Trainer's log replaces a nan loss by the running mean (logging_nan_inf_filter), and what fails
+    is something later and far away (RL's sampling stops with CUDA's "probability tensor contains
+    either inf, nan" device-side assert; SFT would write an adapter of nan). Stopping before the
+    update keeps the weights and every checkpoint so far finite. Not for fp16 mixed precision, where
+    an inf gradient is the loss scaler's normal signal to skip the step (see `guards_gradients`).
+    """
+
+    def __init__(self, stage: str, fix: str):
+        self.stage = stage
+        self.fix = fix
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [getattr(p.grad, "_local_tensor", p.grad)  # FSDP2's DTensor: this process's shard
+                 for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return control
+        bad = (~torch.nn.utils.get_total_norm(grads).isfinite()).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every process stops together
+        if bad.item():
+            raise TrainingError(
+                f"{self.stage}: optimizer step {state.global_step + 1}: the gradient is not finite (nan or inf), so "
+                f"training stopped before applying it: the update diverged. {self.fix} Checkpoints written before "
+                "this step are intact."
+            )
+        return control
+
+
+def guards_gradients(precision_name: str) -> bool:
+    """Whether NonFiniteGradientGuard applies: not under fp16 mixed precision (its scaler skips inf steps)."""
+    return precision_name != "fp16"
 
 
 class StopAtStep(TrainerCallback):
