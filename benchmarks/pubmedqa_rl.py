@@ -59,15 +59,16 @@ BENCHMARK = "pubmedqa_rl"
 # batch's spread instead of each group's, because per-group scaling divides out the class-balance weight
 # (one weight per prompt, so per group) that was meant to keep "maybe" from collapsing (it collapsed: 3 -> 0).
 SETTINGS: dict[str, list[str]] = {
-    "untuned": [],  # the recipe's rl section as it stands
-    "lr1e-4": ["rl.learning_rate=1e-4", "rl.beta=0"],
-    "lr3e-4": ["rl.learning_rate=3e-4", "rl.beta=0"],
+    # Each pins every value it varies: the recipe's rl section is now the CV's choice (lr3e-4-batch).
+    "untuned": ["rl.learning_rate=3e-5", "rl.beta=0.04", "rl.scale_rewards=group"],  # the first GPU run's values
+    "lr1e-4": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.scale_rewards=group"],
+    "lr3e-4": ["rl.learning_rate=3e-4", "rl.beta=0", "rl.scale_rewards=group"],
     "lr1e-4-batch": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.scale_rewards=batch"],
     "lr3e-4-batch": ["rl.learning_rate=3e-4", "rl.beta=0", "rl.scale_rewards=batch"],
     # The same two rates on one pass over the RL prompts (7 steps, not 13): what a short device budget affords
     # for two settings side by side.
-    "lr1e-4-1ep": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.epochs=1"],
-    "lr3e-4-1ep": ["rl.learning_rate=3e-4", "rl.beta=0", "rl.epochs=1"],
+    "lr1e-4-1ep": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.scale_rewards=group", "rl.epochs=1"],
+    "lr3e-4-1ep": ["rl.learning_rate=3e-4", "rl.beta=0", "rl.scale_rewards=group", "rl.epochs=1"],
 }
 
 
