@@ -90,6 +90,7 @@ def bench_config(args: argparse.Namespace, output_dir: Path, extra: list[str] = 
     overrides = [f"output_dir={output_dir}", f"seed={args.seed}",
                  f"data.files=[{json.dumps(str(work / 'sft.jsonl'))}]",
                  f"rl.prompts=[{json.dumps(str(work / 'rl.jsonl'))}]", f"rl.val_size={args.val_prompts}",
+                 "rl.limit=null", "rl.hold_out_of_sft=false",  # the two files are the split (as measured)
                  f"eval.guard.path={args.mmlu}", *extra]
     return load_config(args.config, overrides)
 

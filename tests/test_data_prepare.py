@@ -74,9 +74,10 @@ def test_broken_records_are_each_counted_under_their_reason(tmp_path, tiny_llama
     for reason in BROKEN_LINES.values():
         expected[reason] = expected.get(reason, 0) + 1
     assert report["dropped"] == expected
-    # The file covers every reason but two, each tested where it arises: contamination
-    # (test_data_decontaminate.py) and a missing final answer under data.loss_on final_answer (test_data_loss_on.py).
-    assert set(expected) == set(REASONS) - {"contaminated", "no_final_answer"}
+    # The file covers every reason but three, each tested where it arises: contamination
+    # (test_data_decontaminate.py), a missing final answer under data.loss_on final_answer (test_data_loss_on.py)
+    # and an RL prompt held out of SFT (test_rl_prompts_are_held_out_of_sft_and_counted, below).
+    assert set(expected) == set(REASONS) - {"contaminated", "no_final_answer", "rl_prompt"}
     assert report["kept"] == len(GOOD_LINES) and report["records_read"] == 21
     assert report["records_read"] == report["kept"] + report["dropped_total"]
     path = builtin_path(BROKEN)
@@ -281,3 +282,31 @@ def test_a_problem_in_a_reasonmed_record_names_the_records_own_field(tmp_path, t
                          system_prompt="You are a careful physician.")
     with pytest.raises(DataError, match=r"reasonmed.jsonl:2: .*field 'output': assistant message is empty"):
         prepare_data(config)
+
+
+def test_rl_prompts_are_held_out_of_sft_and_counted(tmp_path, tiny_llama_dir):
+    """rl.hold_out_of_sft: every record whose user turn is one of RL's prompts (training and held-out) is dropped
+    from SFT's data and counted as rl_prompt; every other record is kept. One pool, disjoint parts."""
+    from medtune.data.prepare import chat_messages
+    from medtune.rl.prompts import prompt_key, run_prompts
+
+    config = RunConfig.model_validate({
+        "name": "held", "output_dir": str(tmp_path / "runs"), "seed": 42, "model": {"base": str(tiny_llama_dir)},
+        "data": {"files": ["builtin:reasonmed-sample"], "val_size": 0.25},
+        "rl": {"val_size": 2, "limit": 3, "hold_out_of_sft": True},
+    })
+    train, val, _ = run_prompts(config)
+    held = {prompt_key(p.user) for p in (*train, *val)}
+    assert len(train) == 3 and len(val) == 2 and len(held) == 5
+
+    report = prepare_data(config).report
+    assert report["dropped"]["rl_prompt"] == 5 and report["rl_held_out"] == {"prompts": 5, "dropped": 5}
+    assert report["reasons"]["rl_prompt"] == REASONS["rl_prompt"]
+    assert report["records_read"] == 68 == report["kept"] + report["dropped_total"]
+    splits = load_prepared(RunDir.of(config))
+    users = [prompt_key(m["content"]) for split in splits.values() for cell in split["messages"]
+             for m in chat_messages(cell) if m["role"] == "user"]
+    assert len(users) == report["kept"] and not held & set(users)
+
+    shared = prepare_data(config.model_copy(update={"name": "shared", "rl": config.rl.model_copy(update={"hold_out_of_sft": False})})).report
+    assert "rl_prompt" not in shared["dropped"] and shared["kept"] == report["kept"] + 5

@@ -164,3 +164,21 @@ def test_a_feature_added_later_leaves_fingerprints_alone_while_off(tmp_path, fak
     assert "guard" not in pipeline._result_fields(config, "eval")
     guarded = config.model_copy(update={"eval": config.eval.model_copy(update={"guard": config.eval.guard.model_copy(update={"enabled": True})})})
     assert pipeline.stage_fingerprint(guarded, eval_stage, manifest) != before
+
+
+def test_holding_rl_prompts_out_of_sft_redoes_prepare_and_is_absent_while_off(tmp_path, fake_stages):
+    # rl.hold_out_of_sft came after runs with an rl section existed: off, the rl fingerprint leaves it out and
+    # prepare does not read the rl section at all; on, what picks RL's prompts is an input of prepare.
+    config = RunConfig.model_validate({"name": "t", "output_dir": str(tmp_path), "data": {"files": ["builtin:reasonmed-sample"]},
+                                       "rl": {"val_size": 2}})
+    prepare = pipeline.stage_by_name("prepare")
+    plain = pipeline.stage_fingerprint(config.model_copy(update={"rl": None}), prepare, {})
+    assert pipeline.stage_fingerprint(config, prepare, {}) == plain
+    assert "hold_out_of_sft" not in pipeline._result_fields(config, "rl")
+
+    def held(**rl):
+        return config.model_copy(update={"rl": config.rl.model_copy(update={"hold_out_of_sft": True, **rl})})
+
+    assert "hold_out_of_sft" in pipeline._result_fields(held(), "rl")
+    on = pipeline.stage_fingerprint(held(), prepare, {})
+    assert on != plain and pipeline.stage_fingerprint(held(limit=3), prepare, {}) != on

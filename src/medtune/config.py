@@ -467,6 +467,11 @@ class RLConfig(Section):
         0.1, ge=0, description="Held-out prompts (share < 1 or count) whose mean reward is measured before and after RL."
     )
     limit: int | None = Field(None, ge=1, description="Use at most N training prompts (a seeded subset).")
+    hold_out_of_sft: bool = Field(
+        False, description="Keep RL's prompts (training and held-out) out of SFT: prepare drops every data record whose "
+        "user turn is one of them (counted as rl_prompt). With rl.prompts unset (data's own files), rl.val_size and "
+        "rl.limit, one pool splits into disjoint SFT, RL and held-out parts, so RL learns from records SFT never saw.",
+    )
     learning_rate: float = Field(1e-5, gt=0, le=1, description="Peak learning rate of the LoRA weights.")
     beta: float = Field(0.04, ge=0, description="KL penalty towards the SFT adapter (0: none, no reference pass).")
     num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the group GRPO compares).")

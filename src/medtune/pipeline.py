@@ -85,7 +85,7 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads", "parallel_gguf"}}
 # Switchable features added after run folders existed: while switched off they change nothing, and are
 # left out of the fingerprint so that older runs are not redone for a setting they never had.
-ABSENT_WHILE_OFF = {"eval": {"guard"}}
+ABSENT_WHILE_OFF = {"eval": {"guard"}, "rl": {"hold_out_of_sft"}}
 
 
 @dataclass
@@ -110,9 +110,14 @@ def active_stages(config: RunConfig) -> tuple[Stage, ...]:
     return tuple(stage for stage in STAGES if stage.enabled(config))
 
 
+def _switched_on(setting: Any) -> bool:
+    """A switchable feature's state: a section with `enabled`, or a plain flag."""
+    return bool(getattr(setting, "enabled", setting))
+
+
 def _result_fields(config: RunConfig, section: str) -> dict[str, Any]:
     speed_only = SPEED_ONLY_FIELDS.get(section, set())
-    off = {k for k in ABSENT_WHILE_OFF.get(section, set()) if not getattr(getattr(config, section), k).enabled}
+    off = {k for k in ABSENT_WHILE_OFF.get(section, set()) if not _switched_on(getattr(getattr(config, section), k))}
     return {k: v for k, v in config.section_dump(section).items() if k not in speed_only | off}
 
 
@@ -125,6 +130,11 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
     if stage.name == "prepare" and config.data.files:
         # Local data files are inputs too: editing one redoes prepare (hub data is identified by id).
         inputs["files"] = [record["sha256"] for record in source_digest(config.data)]
+    if stage.name == "prepare" and config.rl is not None and config.rl.hold_out_of_sft:
+        # RL's prompts are dropped from SFT's data: what picks them is an input of prepare.
+        local = [Path(entry).expanduser() for entry in config.rl.prompts if Path(entry).expanduser().is_file()]
+        inputs["rl_held_out"] = {"prompts": config.rl.prompts, "val_size": config.rl.val_size, "limit": config.rl.limit,
+                                 "files": [sha256_file(path) for path in local]}
     # An optional section that is not set (no `rl:`) is left out, so runs without it keep their fingerprints.
     sections = [section for section in stage.sections if getattr(config, section) is not None]
     if stage.name == "export" and config.export.imatrix not in ("auto", "off"):

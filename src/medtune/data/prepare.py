@@ -52,6 +52,7 @@ from medtune.data.validation import (
     with_system_prompt,
 )
 from medtune.errors import ArtifactError, DataError
+from medtune.rl.prompts import held_out_of_sft, prompt_key
 from medtune.rundir import RunDir
 from medtune.tokenizer import load_tokenizer, template_pinned_date
 from medtune.ui import progress
@@ -104,11 +105,12 @@ def prepare_data(config: RunConfig, run: RunDir) -> PrepareResult:
     hub_dataset = loading.load_hub_dataset(config.data) if config.data.dataset else None
     sources = loading.source_digest(config.data, hub_dataset)
     decontaminator = _decontaminator(config)
+    rl_held_out = held_out_of_sft(config)  # RL's prompts, kept out of SFT when rl.hold_out_of_sft
     timings = {"load_tokenizer_and_hash": round(time.perf_counter() - started, 2)}
     with atomic_dir(run.data) as tmp:
-        report = _build(config, renderer, hub_dataset, decontaminator, tmp, timings)
+        report = _build(config, renderer, hub_dataset, decontaminator, tmp, timings, rl_held_out)
         report.update(
-            fingerprint=_provenance(config, renderer, tokenizer, sources, decontaminator),
+            fingerprint=_provenance(config, renderer, tokenizer, sources, decontaminator, rl_held_out),
             sources=sources,
             chat_template_eot=renderer.eot_token,
             # The date a "Today Date" template renders, pinned for every stage (None: it renders none).
@@ -122,12 +124,12 @@ def prepare_data(config: RunConfig, run: RunDir) -> PrepareResult:
 
 
 def _build(config: RunConfig, renderer: ChatRenderer, hub_dataset, decontaminator, folder: Path,
-           timings: dict[str, float]) -> dict[str, Any]:
+           timings: dict[str, float], rl_held_out: set[str] | None = None) -> dict[str, Any]:
     """Read, validate, render, tokenize and split into `folder`; the report of what was kept and dropped."""
     work = folder / ".work"
     work.mkdir()
     mark = time.perf_counter()
-    collected = _collect(config, renderer, hub_dataset, work / "records.arrow", decontaminator)
+    collected = _collect(config, renderer, hub_dataset, work / "records.arrow", decontaminator, rl_held_out)
     timings["read_validate"] = round(time.perf_counter() - mark, 2)
     report = _tokenize_split_save(config, renderer, collected, work, folder, timings)
     shutil.rmtree(work)
@@ -136,10 +138,13 @@ def _build(config: RunConfig, renderer: ChatRenderer, hub_dataset, decontaminato
         summary = decontaminator.summary()
         summary["dropped"] = {name: report["dropped"].get(f"contaminated:{name}", 0) for name in summary["benchmarks"]}
         report["decontamination"] = summary
+    if rl_held_out is not None:
+        report["rl_held_out"] = {"prompts": len(rl_held_out), "dropped": report["dropped"].get("rl_prompt", 0)}
     return report
 
 
-def _provenance(config: RunConfig, renderer: ChatRenderer, tokenizer, sources, decontaminator) -> str:
+def _provenance(config: RunConfig, renderer: ChatRenderer, tokenizer, sources, decontaminator,
+                rl_held_out: set[str] | None = None) -> str:
     """A hash of what shaped the data, recorded beside it for provenance: source digests, data
     settings, the chat template and the tokenizer."""
     inputs = {
@@ -147,6 +152,7 @@ def _provenance(config: RunConfig, renderer: ChatRenderer, tokenizer, sources, d
         "sources": sources,
         "data": config.data.model_dump(mode="json", exclude={"num_proc"}),
         "decontamination": decontaminator.digest() if decontaminator else None,
+        "rl_held_out": sorted(rl_held_out) if rl_held_out is not None else None,
         "seed": config.seed,
         "chat_template": renderer.chat_template,
         "tokenizer": hashlib.sha256(renderer.backend.to_str().encode()).hexdigest(),
@@ -159,9 +165,10 @@ def _decontaminator(config: RunConfig) -> Decontaminator | None:
     return Decontaminator.from_config(config) if config.data.decontaminate.enabled else None
 
 
-def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path, decontaminator) -> dict[str, Any]:
-    """Stream every record through normalise -> validate -> dedupe -> decontaminate; write the kept ones
-    (normalised chat as JSON + location) to an Arrow file. Returns counts, the tally and formats used."""
+def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path, decontaminator,
+             rl_held_out: set[str] | None = None) -> dict[str, Any]:
+    """Stream every record through normalise -> validate -> dedupe -> decontaminate -> RL hold-out; write the
+    kept ones (normalised chat as JSON + location) to an Arrow file. Returns counts, the tally and formats used."""
     data = config.data
     control = control_token_pattern(renderer.control_tokens)
     tally = Tally()
@@ -183,6 +190,12 @@ def _collect(config: RunConfig, renderer: ChatRenderer, hub_dataset, path: Path,
                 if hit is not None:
                     tally.add(f"contaminated:{hit.benchmark}", location, hit.describe())
             rows = [row for row, hit in zip(rows, hits) if hit is None]
+        if rl_held_out:
+            held = [prompt_key(question_text(messages)) in rl_held_out for _, _, messages in rows]
+            for (_, location, _), is_held in zip(rows, held):
+                if is_held:
+                    tally.add("rl_prompt", location, "one of RL's prompts (rl.hold_out_of_sft)")
+            rows = [row for row, is_held in zip(rows, held) if not is_held]
         if rows:
             writer.write_batch({"messages": [r[0] for r in rows], "source": [r[1] for r in rows]})
         buffer.clear()

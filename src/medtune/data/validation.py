@@ -29,6 +29,7 @@ REASONS: dict[str, str] = {
     "special_token": "text contains a control token of the chat template",
     "duplicate": "exact duplicate of an earlier record",
     "contaminated": "question matches an evaluation benchmark item",
+    "rl_prompt": "one of RL's prompts, kept out of SFT by rl.hold_out_of_sft",
     "too_long": "longer than data.max_length tokens",
     "no_final_answer": "data.loss_on is final_answer but a reply has no final answer sentence",
 }

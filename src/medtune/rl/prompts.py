@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medtune.data.formats import detect_format, normalise
 from medtune.data.loading import iter_json, iter_jsonl, resolve_files
@@ -28,6 +28,9 @@ from medtune.data.validation import RecordProblem
 from medtune.errors import DataError
 from medtune.eval.answers import extract_answer
 from medtune.tasks import YES_NO_MAYBE, Item, get_benchmark, user_message
+
+if TYPE_CHECKING:
+    from medtune.config import RunConfig
 
 BENCHMARK_SOURCES = ("medqa", "medmcqa")
 _OPTION_LINE = re.compile(r"^\s*\(?([A-J])[.)]\s+(.+?)\s*$")
@@ -140,6 +143,30 @@ def split_prompts(prompts: list[RLPrompt], val_size: float, seed: int) -> tuple[
     val = sorted(order[:n_val])
     train = sorted(order[n_val:])
     return [prompts[i] for i in train], [prompts[i] for i in val]
+
+
+def run_prompts(config: RunConfig) -> tuple[list[RLPrompt], list[RLPrompt], dict[str, int]]:
+    """(train, held-out val, skipped-by-reason): the RL prompts of a run with an rl section, with its seed and limit."""
+    rl = config.rl
+    found = load_prompts(rl.prompts or list(config.data.files))
+    train, val = split_prompts(found.prompts, rl.val_size, config.seed)
+    if rl.limit is not None and len(train) > rl.limit:
+        train = [train[i] for i in sorted(random.Random(config.seed).sample(range(len(train)), rl.limit))]
+    return train, val, dict(found.skipped)
+
+
+def prompt_key(user: str) -> str:
+    """A user turn as compared between RL's prompts and SFT's records (whitespace runs collapsed)."""
+    return " ".join(user.split())
+
+
+def held_out_of_sft(config: RunConfig) -> set[str] | None:
+    """The keys (prompt_key) of every RL prompt, training and held-out, when rl.hold_out_of_sft keeps them out of
+    SFT's data; None otherwise."""
+    if config.rl is None or not config.rl.hold_out_of_sft:
+        return None
+    train, val, _ = run_prompts(config)
+    return {prompt_key(p.user) for p in (*train, *val)}
 
 
 def class_weights(prompts: list[RLPrompt]) -> dict[str, float]:

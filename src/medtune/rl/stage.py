@@ -15,7 +15,6 @@ rl_summary.json).
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from medtune.eval.scoring import stop_token_ids
 from medtune.eval.stats import paired_difference
 from medtune.modeling import load_base_model
 from medtune.rl.curves import plot_rl_curves
-from medtune.rl.prompts import RLPrompt, class_weights, load_prompts, split_prompts
+from medtune.rl.prompts import RLPrompt, class_weights, run_prompts
 from medtune.rl.log import RLLogger
 from medtune.rl.rewards import correctness_reward, format_reward, reward_functions
 from medtune.rundir import RunDir
@@ -152,12 +151,8 @@ def _require_rl(config: RunConfig) -> RLConfig:
 
 def rl_prompts(config: RunConfig) -> tuple[list[RLPrompt], list[RLPrompt], dict[str, int]]:
     """(train, held-out val, skipped-by-reason) prompts of the run, with the config's seed and limit."""
-    rl = _require_rl(config)
-    found = load_prompts(rl.prompts or list(config.data.files))
-    train, val = split_prompts(found.prompts, rl.val_size, config.seed)
-    if rl.limit is not None and len(train) > rl.limit:
-        train = [train[i] for i in sorted(random.Random(config.seed).sample(range(len(train)), rl.limit))]
-    return train, val, dict(found.skipped)
+    _require_rl(config)
+    return run_prompts(config)
 
 
 def load_sft_policy(config: RunConfig, run: RunDir, device: str):
