@@ -8,8 +8,9 @@ examples. Two kernels, each registered under its own attention name:
   extra package);
 - FA4: FlashAttention-4's `flash_attn.cute.flash_attn_varlen_func` (the `flash-attn-4` package,
   CuTe DSL kernels compiled at first call; Hopper sm90 and Blackwell sm100), with native GQA (k/v
-  keep their own heads) and wrapped as the torch.library op `medtune::fa4_varlen` with its
-  backward, so torch.compile keeps the decoder layer as one graph around it.
+  keep their own heads). Under torch.compile it is called through the torch.library op
+  `medtune::fa4_varlen` with its backward, so the decoder layer stays one graph around it; in eager
+  code directly, with FA4's own autograd (the op's Python dispatch would add host time).
 On CPU, and for fp32 inputs, a per-example SDPA loop computes the same function, which is what the
 tests compare against.
 """
@@ -227,9 +228,18 @@ def _make_fa4_kernel() -> Callable[..., torch.Tensor]:
         if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16):
             return reference_varlen_attention(q, k, v, cu_seqlens, max_len, scale)
         scale = scale if scale is not None else q.shape[-1] ** -0.5
-        # max_len stays as given (no int()): under torch.compile it may be symbolic, and int() would
-        # specialise the graph on every micro-batch's longest example.
-        return fa4_varlen(q, k, v, cu_seqlens.to(torch.int32), max_len, scale)[0]
+        cu_seqlens = cu_seqlens.to(torch.int32)
+        if torch.compiler.is_compiling():
+            # max_len stays as given (no int()): under torch.compile it may be symbolic, and int() would
+            # specialise the graph on every micro-batch's longest example.
+            return fa4_varlen(q, k, v, cu_seqlens, max_len, scale)[0]
+        # Eager (compile off): FA4's own autograd function, the same kernels without the op's Python dispatch,
+        # which costs ~0.45 ms of host time per forward + backward: at the 1B head shape more than the kernels
+        # take on the GPU (0.99 vs 1.43 ms a call, same GPU time, same errors; BENCHMARKS.md issue 28, call 15).
+        return flash_attn.cute.flash_attn_varlen_func(
+            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len, max_seqlen_k=max_len,
+            softmax_scale=scale, causal=True,
+        )[0]
 
     return kernel
 
