@@ -11,12 +11,13 @@ from transformers import TrainerCallback
 
 from medtune import pipeline
 from medtune.config import RunConfig
+from medtune.data.prepare import read_report
 from medtune.errors import TrainingError
 from medtune.merge import merged_adapter
 from medtune.report import write_html_report
 from medtune.rl.stage import rl_stage
-from medtune.train.trainer import latest_checkpoint
 from medtune.rundir import RunDir
+from medtune.train.trainer import latest_checkpoint
 from train_fixtures import poison_gradient_at
 
 
@@ -45,7 +46,7 @@ def _config(tmp_path, model_dir) -> RunConfig:
         "train": {"max_steps": 2, "batch_size": 4, "gradient_accumulation_steps": 1, "test_question": False,
                   "logging_steps": 1, "eval_steps": 2, "save_steps": 2},
         "rl": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 8, "max_steps": 2,
-               "val_size": 2, "save_steps": 1, "length_weight": 0.1},
+               "val_size": 2, "limit": 4, "save_steps": 1, "length_weight": 0.1, "hold_out_of_sft": True},
     })
 
 
@@ -55,6 +56,8 @@ def test_two_rl_steps_through_the_pipeline_resume_after_a_kill(tmp_path, tiny_ll
     run = RunDir.of(config)
     assert [s.name for s in pipeline.active_stages(config)][:4] == ["prepare", "train", "rl", "merge"]
     pipeline.run_pipeline(config, until="train")
+    # RL's 6 prompts (4 to train on, 2 held out) are kept out of SFT's data, counted by prepare.
+    assert read_report(run)["rl_held_out"]["prompts"] == 6
 
     # The first attempt dies right after checkpoint 1; the manifest says "running".
     killed = dataclasses.replace(pipeline.stage_by_name("rl"),
