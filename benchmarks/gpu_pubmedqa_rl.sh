@@ -23,6 +23,8 @@ H=${RL_BENCH_HOME:-/root/h7}  # another folder (and RL_BENCH_ARGS, e.g. --config
 W=$H/work
 export PYTHONPATH="$H/src:$H/site:$H" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 bench() { python3 benchmarks/pubmedqa_rl.py "$@" --pubmedqa "$H/pubmedqa" --mmlu "$H/mmlu_guard.jsonl" --work "$W" ${RL_BENCH_ARGS:-}; }
+# The started settings that have not ended (a log without its .rc), one name a line.
+running() { for log in "$W"/logs/*.log; do [ -e "$log" ] || continue; s=$(basename "$log" .log); [ -e "$W/logs/$s.rc" ] || echo "$s"; done; }
 quiet() { grep -v "Loading weights\|Writing model shards\|GGUF tensors\|warnings.warn\|FutureWarning\|UserWarning"; }
 step="${1:?usage: gpu_pubmedqa_rl.sh stage PART | sft PART | start SETTING... | wait SECONDS | test [SETTING]}"
 case "$step" in
@@ -57,13 +59,12 @@ case "$step" in
   wait)
     deadline=$(( $(date +%s) + $2 ))
     while [ "$(date +%s)" -lt "$deadline" ]; do
-      running=0
-      for log in "$W"/logs/*.log; do s=$(basename "$log" .log); [ -e "$W/logs/$s.rc" ] || running=$((running + 1)); done
-      [ "$running" -eq 0 ] && break
+      [ -z "$(running)" ] && break
       sleep 10
     done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
     for log in "$W"/logs/*.log; do
+      [ -e "$log" ] || continue
       s=$(basename "$log" .log)
       quiet < "$log" > "$OUT/$s.log" || true
       echo "== $s: rc $(cat "$W/logs/$s.rc" 2>/dev/null || echo running)"; grep -v "^{'loss'" "$OUT/$s.log" | tail -n 8
@@ -71,10 +72,8 @@ case "$step" in
     done;;
   test)
     # The CV choice is over every started setting: refuse while one is still running (its _cv.json is missing).
-    for log in "$W"/logs/*.log; do
-      s=$(basename "$log" .log)
-      [ -e "$W/logs/$s.rc" ] || { echo "setting $s is still running: wait for it before test" >&2; exit 4; }
-    done
+    still=$(running | tr '\n' ' ')
+    [ -z "$still" ] || { echo "still running: $still- wait for them before test" >&2; exit 4; }
     start=$(date +%s)
     set -o pipefail
     bench test --setting "${2:-best}" --results-dir "$OUT" 2>&1 | quiet | tee "$OUT/test.log"

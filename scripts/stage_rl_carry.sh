@@ -17,7 +17,8 @@ dl() { "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$@"; }
 gguf="$("$PY" -c 'from medtune.embedded import smollm2_gguf_path; print(smollm2_gguf_path())')"
 half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
-for part in "${@:-a}" $([ $# -eq 0 ] && echo b); do
+parts=("$@"); [ $# -eq 0 ] && parts=(a b)
+for part in "${parts[@]}"; do
   rm -rf ".carry-rl-$part" && mkdir -p ".carry-rl-$part/whl"
   case "$part" in
     a)

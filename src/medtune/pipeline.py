@@ -132,9 +132,9 @@ def stage_fingerprint(config: RunConfig, stage: Stage, manifest: dict[str, Any])
         inputs["files"] = [record["sha256"] for record in source_digest(config.data)]
     if stage.name == "prepare" and config.rl is not None and config.rl.hold_out_of_sft:
         # RL's prompts are dropped from SFT's data: what picks them is an input of prepare.
-        local = [Path(entry).expanduser() for entry in config.rl.prompts if Path(entry).expanduser().is_file()]
+        paths = [Path(entry).expanduser() for entry in config.rl.prompts]
         inputs["rl_held_out"] = {"prompts": config.rl.prompts, "val_size": config.rl.val_size, "limit": config.rl.limit,
-                                 "files": [sha256_file(path) for path in local]}
+                                 "files": [sha256_file(path) for path in paths if path.is_file()]}
     # An optional section that is not set (no `rl:`) is left out, so runs without it keep their fingerprints.
     sections = [section for section in stage.sections if getattr(config, section) is not None]
     if stage.name == "export" and config.export.imatrix not in ("auto", "off"):

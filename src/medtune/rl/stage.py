@@ -37,7 +37,7 @@ from medtune.rl.log import RLLogger
 from medtune.rl.rewards import correctness_reward, format_reward, reward_functions
 from medtune.rundir import RunDir
 from medtune.tokenizer import load_tokenizer
-from medtune.train.callbacks import NonFiniteGradientGuard, guards_gradients, read_log
+from medtune.train.callbacks import gradient_guards, read_log
 from medtune.train.precision import resolve_precision
 from medtune.train.trainer import latest_checkpoint, run_bookkeeping_arguments
 
@@ -289,18 +289,12 @@ def build_grpo_trainer(model, tokenizer, prompts: list[RLPrompt], config: RunCon
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[RLLogger(run.rl_scratch_log), *(callbacks or []), *_gradient_guard(config, device)],
+        # A diverged GRPO step (seen at lr 3e-4 with group-scaled rewards: every group's replies alike, then a nan
+        # gradient) stops with a clear error instead of CUDA's sampling assert one step later.
+        callbacks=[RLLogger(run.rl_scratch_log), *(callbacks or []), *gradient_guards(
+            "rl", f"Lower rl.learning_rate ({rl.learning_rate:g} now), or use rl.scale_rewards: batch (at 3e-4 it did not "
+            "diverge where group did), and run again.", fp16=args.fp16)],
     )
-
-
-def _gradient_guard(config: RunConfig, device: str) -> list:
-    """A diverged GRPO step (seen at rl.learning_rate 3e-4 with group-scaled rewards: every group's replies
-    alike, then a nan gradient) stops with a clear error instead of CUDA's sampling assert one step later."""
-    if not guards_gradients(resolve_precision(config.train.precision, device).name):
-        return []
-    return [NonFiniteGradientGuard(
-        "rl", f"Lower rl.learning_rate ({_require_rl(config).learning_rate:g} now), or use rl.scale_rewards: batch (at 3e-4 "
-        "it did not diverge where group did), and run again.")]
 
 
 # --------------------------------------------------------------------------- output

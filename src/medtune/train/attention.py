@@ -183,14 +183,18 @@ def _make_fa4_kernel() -> Callable[..., torch.Tensor]:
     import flash_attn.cute  # heavy optional dependency (flash-attn-4): imported only when FA4 is chosen
     from flash_attn.cute.interface import _flash_attn_bwd  # the backward FA4's own autograd.Function calls
 
+    def fa4_forward(q, k, v, cu_seqlens, max_len, scale, return_lse=False):
+        """FA4's causal varlen call, self-attention within each example (FA4's autograd outside an op)."""
+        return flash_attn.cute.flash_attn_varlen_func(
+            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len, max_seqlen_k=max_len,
+            softmax_scale=scale, causal=True, return_lse=return_lse,
+        )
+
     @torch.library.custom_op("medtune::fa4_varlen", mutates_args=(), device_types="cuda")
     def fa4_varlen(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = flash_attn.cute.flash_attn_varlen_func(
-            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len, max_seqlen_k=max_len,
-            softmax_scale=scale, causal=True, return_lse=True,
-        )
+        out, lse = fa4_forward(q, k, v, cu_seqlens, max_len, scale, return_lse=True)
         return out, lse
 
     @fa4_varlen.register_fake
@@ -236,10 +240,7 @@ def _make_fa4_kernel() -> Callable[..., torch.Tensor]:
         # Eager (compile off): FA4's own autograd function, the same kernels without the op's Python dispatch,
         # which costs ~0.45 ms of host time per forward + backward: at the 1B head shape more than the kernels
         # take on the GPU (0.99 vs 1.43 ms a call, same GPU time, same errors; BENCHMARKS.md issue 28, call 15).
-        return flash_attn.cute.flash_attn_varlen_func(
-            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_len, max_seqlen_k=max_len,
-            softmax_scale=scale, causal=True,
-        )[0]
+        return fa4_forward(q, k, v, cu_seqlens, max_len, scale)[0]
 
     return kernel
 

@@ -133,7 +133,7 @@ class NonFiniteGradientGuard(TrainerCallback):
     is something later and far away (RL's sampling stops with CUDA's "probability tensor contains
     either inf, nan" device-side assert; SFT would write an adapter of nan). Stopping before the
     update keeps the weights and every checkpoint so far finite. Not for fp16 mixed precision, where
-    an inf gradient is the loss scaler's normal signal to skip the step (see `guards_gradients`).
+    an inf gradient is the loss scaler's normal signal to skip the step (see `gradient_guards`).
     """
 
     def __init__(self, stage: str, fix: str):
@@ -157,9 +157,10 @@ class NonFiniteGradientGuard(TrainerCallback):
         return control
 
 
-def guards_gradients(precision_name: str) -> bool:
-    """Whether NonFiniteGradientGuard applies: not under fp16 mixed precision (its scaler skips inf steps)."""
-    return precision_name != "fp16"
+def gradient_guards(stage: str, fix: str, *, fp16: bool) -> list[TrainerCallback]:
+    """The callbacks that guard a stage's gradients: a NonFiniteGradientGuard, except under fp16 mixed
+    precision (its loss scaler skips inf steps itself)."""
+    return [] if fp16 else [NonFiniteGradientGuard(stage, fix)]
 
 
 class StopAtStep(TrainerCallback):

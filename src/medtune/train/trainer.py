@@ -39,7 +39,7 @@ from medtune.plots import plot_loss_curve
 from medtune.rundir import RunDir
 from medtune.tokenizer import load_tokenizer
 from medtune.train.attention import attention_label, resolve_attention, warm_up_attention
-from medtune.train.callbacks import JsonlLogger, NonFiniteGradientGuard, RichProgress, guards_gradients, read_log
+from medtune.train.callbacks import JsonlLogger, RichProgress, gradient_guards, read_log
 from medtune.train.fused_projections import fuse_projections, unfuse_projections
 from medtune.train.packing import ExampleDataset, ExampleRows, PackedCollator, PackedDataset, PaddedCollator
 from medtune.train.precision import Precision, resolve_precision
@@ -540,7 +540,9 @@ def train_adapter(
     trainer = build_trainer(
         model, train_data, val_data, train=config.train, plan=plan, seed=config.seed, output_dir=run.checkpoints,
         pad_token_id=tokenizer.pad_token_id, eval_on_start=checkpoint is None,
-        callbacks=[JsonlLogger(_live_log(run), resume_step), RichProgress(), *callbacks, *_gradient_guard(config, plan)],
+        callbacks=[JsonlLogger(_live_log(run), resume_step), RichProgress(), *callbacks,
+                   *gradient_guards("train", f"Lower train.learning_rate ({config.train.learning_rate:g} now) and run again.",
+                                    fp16=plan.precision.name == "fp16")],
     )
     _warm_up_attention(plan, model)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -552,13 +554,6 @@ def train_adapter(
     if trainer.is_world_process_zero():
         _write_adapter_folder(config, run, result, model, tokenizer, state_dict)
     return result
-
-
-def _gradient_guard(config: RunConfig, plan: TrainPlan) -> list[Any]:
-    if not guards_gradients(plan.precision.name):
-        return []
-    return [NonFiniteGradientGuard(
-        "train", f"Lower train.learning_rate ({config.train.learning_rate:g} now) and run again.")]
 
 
 def _say(message: str) -> None:
