@@ -14,7 +14,10 @@ The 500 PQA-L train/dev records (never the 500 test items) are split with the ru
 adapter (configs/pubmedqa-rl-smollm2.yaml's SFT recipe), the other 200 are RL's prompts, of which rl.val_size
 (100) are held out of RL too. The cross-validation criterion is the greedy reward on those held-out prompts,
 before and after RL (paired CI), and whether the rarest gold label (PubMedQA's maybe) keeps its right answers:
-`choose` ranks the settings on that alone, so the test split plays no part in the choice. `test` scores
+`choose` ranks the settings on that alone, so the test split plays no part in the choice. The recipe's
+rl.val_samples (8) also measures the held-out reward as the share of 8 sampled replies a prompt that are right,
+before and after (paired CI): the reward GRPO optimises, without the flip noise of one greedy reply; it is
+reported beside the greedy figure, and the choice stays on the greedy one (as it was before it existed). `test` scores
 base, SFT and SFT + the chosen RL setting on the 500 test items once (loglik for all three, cot for SFT and
 SFT + RL; --base-cot adds base), with per-class recall, macro-F1, paired differences and the forgetting guard
 (MMLU medical + a fixed sample of non-medical subjects, loglik).
@@ -162,12 +165,21 @@ def cv_row(entry: dict[str, Any]) -> dict[str, Any]:
             "rare_label": rare, "rare_gold": classes.get("gold", {}).get(rare, 0),
             "rare_right": [side[w].get("right", {}).get(rare, 0) for w in ("before", "after")],
             "rare_predicted": [side[w].get("predicted", {}).get(rare, 0) for w in ("before", "after")],
-            "predicted_after": side["after"].get("predicted"), "steps": rl["rl_steps"],
+            "predicted_after": side["after"].get("predicted"), **_sampled_columns(rl.get("rl_val_sampled")),
+            "steps": rl["rl_steps"],
             "rl_seconds": rl["rl_seconds"], "peak_memory_gib": rl["rl_peak_memory_gib"], "last_kl": rl.get("rl_last_kl")}
 
 
-CV_COLUMNS = ["setting", "val_before", "val_after", "difference", "ci95", "rare_right", "rare_predicted", "steps",
-              "rl_seconds", "peak_memory_gib"]
+def _sampled_columns(sampled: dict[str, Any] | None) -> dict[str, Any]:
+    """The held-out reward as the mean of rl.val_samples sampled replies a prompt (runs from 2026-12-07 on)."""
+    if not sampled:
+        return {}
+    return {"sampled_before": sampled["before"], "sampled_after": sampled["after"],
+            "sampled_difference": sampled["difference"]["difference"], "sampled_ci95": sampled["difference"]["ci95"]}
+
+
+CV_COLUMNS = ["setting", "val_before", "val_after", "difference", "ci95", "sampled_before", "sampled_after",
+              "sampled_difference", "sampled_ci95", "rare_right", "rare_predicted", "steps", "rl_seconds", "peak_memory_gib"]
 
 
 def keeps_rare_label(row: dict[str, Any]) -> bool:

@@ -41,3 +41,14 @@ def test_choose_says_when_no_setting_raised_the_reward():
     rows = [bench.cv_row(_entry(name, 0.63, after, [-0.1, 0.0], (1, 1), (2, 2))) for name, after in (("a", 0.60), ("b", 0.62))]
     best, why = bench.choose(rows)
     assert best["setting"] == "b" and "no setting raised the held-out reward" in why
+
+
+def test_cv_row_carries_the_sampled_held_out_reward_when_measured():
+    bench = load_benchmark("pubmedqa_rl")
+    entry = _entry("a", 0.63, 0.70, [0.01, 0.13], (2, 3), (4, 5))
+    assert "sampled_difference" not in bench.cv_row(entry)  # runs before rl.val_samples existed
+    entry["rl"]["rl_val_sampled"] = {"samples_per_prompt": 8, "before": 0.55, "after": 0.62,
+                                     "difference": {"difference": 0.07, "ci95": [0.03, 0.11], "n": 100}}
+    row = bench.cv_row(entry)
+    assert (row["sampled_before"], row["sampled_after"], row["sampled_ci95"]) == (0.55, 0.62, [0.03, 0.11])
+    assert row["difference"] == 0.07 and bench.choose([row])[0]["setting"] == "a"  # the choice stays greedy

@@ -46,7 +46,8 @@ def _config(tmp_path, model_dir) -> RunConfig:
         "train": {"max_steps": 2, "batch_size": 4, "gradient_accumulation_steps": 1, "test_question": False,
                   "logging_steps": 1, "eval_steps": 2, "save_steps": 2},
         "rl": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 8, "max_steps": 2,
-               "val_size": 2, "limit": 4, "save_steps": 1, "length_weight": 0.1, "hold_out_of_sft": True},
+               "val_size": 2, "limit": 4, "save_steps": 1, "length_weight": 0.1, "hold_out_of_sft": True,
+               "val_samples": 3},
     })
 
 
@@ -85,6 +86,9 @@ def test_two_rl_steps_through_the_pipeline_resume_after_a_kill(tmp_path, tiny_ll
     assert ("rl", "resuming from step 1") in events
     assert rl.figures["rl_steps"] == 2 and rl.figures["resumed_from_step"] == 1
     assert rl.figures["rl_val_prompts"] == 2 and rl.figures["rl_val_reward_difference"]["n"] == 2
+    sampled = rl.figures["rl_val_sampled"]  # 3 sampled replies a held-out prompt: shares in thirds
+    assert sampled["samples_per_prompt"] == 3 and sampled["difference"]["n"] == 2
+    assert all(0 <= sampled[k] <= 1 and abs(sampled[k] * 6 - round(sampled[k] * 6)) < 1e-3 for k in ("before", "after"))
     log = [json.loads(line) for line in run.rl_log.read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all("reward" in r and "rewards/correct/mean" in r for r in log)
     assert run.reward_curve.stat().st_size > 1000 and run.rl_summary.is_file()
@@ -94,4 +98,4 @@ def test_two_rl_steps_through_the_pipeline_resume_after_a_kill(tmp_path, tiny_ll
     assert merged_adapter(config, run) == run.rl_adapter
     assert pipeline.is_current(config, "rl")[0]
     page = write_html_report(run).read_text()
-    assert "Reinforcement learning (GRPO)" in page and "held-out reward change" in page
+    assert "Reinforcement learning (GRPO)" in page and "held-out reward change, sampled" in page

@@ -466,6 +466,11 @@ class RLConfig(Section):
     val_size: float = Field(
         0.1, ge=0, description="Held-out prompts (share < 1 or count) whose mean reward is measured before and after RL."
     )
+    val_samples: int = Field(
+        0, ge=0, le=64, description="Also sample N replies per held-out prompt (at rl.temperature) before and after RL and "
+        "compare their mean correctness per prompt (paired CI): the reward RL optimises, with less noise than one greedy "
+        "reply a prompt. 0: greedy only.",
+    )
     limit: int | None = Field(None, ge=1, description="Use at most N training prompts (a seeded subset).")
     hold_out_of_sft: bool = Field(
         False, description="Keep RL's prompts (training and held-out) out of SFT: prepare drops every data record whose "

@@ -85,7 +85,7 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 SPEED_ONLY_FIELDS = {"export": {"n_threads"}, "eval": {"n_threads", "parallel_gguf"}}
 # Switchable features added after run folders existed: while switched off they change nothing, and are
 # left out of the fingerprint so that older runs are not redone for a setting they never had.
-ABSENT_WHILE_OFF = {"eval": {"guard"}, "rl": {"hold_out_of_sft"}}
+ABSENT_WHILE_OFF = {"eval": {"guard"}, "rl": {"hold_out_of_sft", "val_samples"}}
 
 
 @dataclass

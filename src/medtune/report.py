@@ -108,10 +108,11 @@ def _rl(run: RunDir, stages: dict[str, Any]) -> str:
     if not entry:
         return ""
     shown = {k: v for k, v in entry.items() if k.startswith("rl_") and isinstance(v, (int, float, str))}
-    difference = entry.get("rl_val_reward_difference") or {}
-    if difference:
-        shown["held-out reward change (95% CI)"] = (f"{difference.get('difference', 0):+.3f} "
-                                                    f"({difference['ci95'][0]:+.3f}..{difference['ci95'][1]:+.3f})")
+    for label, difference in (("held-out reward change, greedy (95% CI)", entry.get("rl_val_reward_difference")),
+                              ("held-out reward change, sampled (95% CI)", (entry.get("rl_val_sampled") or {}).get("difference"))):
+        if difference:
+            shown[label] = (f"{difference.get('difference', 0):+.3f} "
+                            f"({difference['ci95'][0]:+.3f}..{difference['ci95'][1]:+.3f})")
     facts = _table(["figure", "value"], [[k.replace("_", " "), _num(v)] for k, v in shown.items()])
     plot = _img(run.reward_curve.read_bytes() if run.reward_curve.is_file() else None, "GRPO reward, correctness and KL")
     return f"<section><h2>Reinforcement learning (GRPO)</h2><div class=\"side\"><div>{plot}</div><div>{facts}</div></div></section>"

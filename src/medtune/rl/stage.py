@@ -7,7 +7,9 @@ for each prompt `rl.num_generations` sampled replies are scored by medtune's own
 (medtune.rl.rewards) and the adapter is moved towards the replies that beat their group's mean,
 with a KL term (`rl.beta`) towards the SFT adapter. Checkpoints go to run.rl_checkpoints (adapter,
 optimizer, scheduler, RNG, data position) and `resume=True` continues from the newest. The mean
-reward on the held-out prompts is measured greedily before and after (paired bootstrap CI).
+reward on the held-out prompts is measured greedily before and after (paired bootstrap CI), and with
+`rl.val_samples` > 0 also as the mean correctness of that many sampled replies a prompt (the reward GRPO
+optimises, less noisy than one greedy reply).
 Output, atomically: run.rl_adapter (adapter + tokenizer + rl_log.jsonl + reward_curve.png +
 rl_summary.json).
 """
@@ -81,6 +83,7 @@ class RLResult:
     resumed_from_step: int | None
     last_log: dict[str, Any] = field(default_factory=dict)
     val_classes: dict[str, Any] = field(default_factory=dict)
+    val_sampled: dict[str, Any] | None = None  # rl.val_samples > 0: sampled mean correctness before/after
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -94,6 +97,7 @@ class RLResult:
             "rl_val_reward_after": self.val_after,
             "rl_val_reward_difference": self.val_difference,
             "rl_val_classes": dict(self.val_classes),
+            **({"rl_val_sampled": self.val_sampled} if self.val_sampled else {}),
             "rl_peak_memory_gib": self.peak_memory_gib,
             "resumed_from_step": self.resumed_from_step,
             **{f"rl_last_{k.replace('/', '_')}": v for k, v in self.last_log.items() if k != "step"},
@@ -116,6 +120,7 @@ def rl_stage(config: RunConfig, run: RunDir, *, resume: bool = False, callbacks:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer, model = load_sft_policy(config, run, device)
     val_before = measure_val_reward(model, tokenizer, val_prompts, rl.max_completion_length)
+    sampled_before = sampled_val_reward(model, tokenizer, val_prompts, rl, config.seed)
     kept = drop_without_spread(model, tokenizer, train_prompts, rl) if rl.drop_solved else train_prompts
     checkpoint = latest_checkpoint(run.rl_checkpoints) if resume else None
     if checkpoint is None and run.rl_checkpoints.exists():
@@ -123,6 +128,7 @@ def rl_stage(config: RunConfig, run: RunDir, *, resume: bool = False, callbacks:
     trainer = build_grpo_trainer(model, tokenizer, kept, config, run, device, callbacks)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     val_after = measure_val_reward(model, tokenizer, val_prompts, rl.max_completion_length)
+    sampled_after = sampled_val_reward(model, tokenizer, val_prompts, rl, config.seed)
     result = RLResult(
         adapter_dir=run.rl_adapter,
         steps=trainer.state.global_step,
@@ -138,6 +144,7 @@ def rl_stage(config: RunConfig, run: RunDir, *, resume: bool = False, callbacks:
         resumed_from_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None,
         last_log=_last_metrics(read_log(run.rl_scratch_log)),
         val_classes=_val_classes(val_prompts, val_before, val_after),
+        val_sampled=_compare_sampled(sampled_before, sampled_after, rl.val_samples, config.seed),
     )
     write_rl_adapter(config, run, model, tokenizer, result)
     return result
@@ -199,6 +206,26 @@ def measure_val_reward(model, tokenizer, prompts: list[RLPrompt], max_new_tokens
                      [extract_answer(r, p.options) for r, p in zip(replies, prompts)])
 
 
+def sampled_val_reward(model, tokenizer, prompts: list[RLPrompt], rl: RLConfig, seed: int) -> list[float] | None:
+    """Per held-out prompt, the share of `rl.val_samples` sampled replies whose answer is right (None when
+    rl.val_samples is 0). Seeded, and without moving the training's random state."""
+    if not rl.val_samples or not prompts:
+        return None
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        groups = sampled_replies(model, tokenizer, prompts, rl.val_samples, rl)
+    return [sum(correctness_reward(r, p.gold, p.options) for r in group) / len(group) for group, p in zip(groups, prompts)]
+
+
+def _compare_sampled(before: list[float] | None, after: list[float] | None, samples: int, seed: int) -> dict[str, Any] | None:
+    if before is None or after is None:
+        return None
+    mean = lambda values: round(sum(values) / len(values), 4)  # noqa: E731
+    return {"samples_per_prompt": samples, "before": mean(before), "after": mean(after),
+            "difference": paired_difference(after, before, seed=seed)}
+
+
 def _val_classes(prompts: list[RLPrompt], before: ValReward, after: ValReward) -> dict[str, Any]:
     """The held-out prompts' gold labels and, before and after RL, the labels predicted and got right."""
     if not prompts:
@@ -208,26 +235,29 @@ def _val_classes(prompts: list[RLPrompt], before: ValReward, after: ValReward) -
 
 
 @torch.no_grad()
+def sampled_replies(model, tokenizer, prompts: list[RLPrompt], n: int, rl: RLConfig, chunk: int = 16) -> list[list[str]]:
+    """`n` replies to each prompt, sampled at rl.temperature within rl.max_completion_length (as GRPO samples)."""
+    model.eval()
+    device = next(model.parameters()).device
+    groups: list[list[str]] = []
+    for start in range(0, len(prompts), chunk):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.user}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts[start:start + chunk]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(**batch, max_new_tokens=rl.max_completion_length, do_sample=True, temperature=rl.temperature,
+                             num_return_sequences=n, eos_token_id=stop_token_ids(tokenizer),
+                             pad_token_id=tokenizer.pad_token_id)
+        replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        groups += [replies[i:i + n] for i in range(0, len(replies), n)]
+    return groups
+
+
 def drop_without_spread(model, tokenizer, prompts: list[RLPrompt], rl: RLConfig) -> list[RLPrompt]:
     """The prompts on which `rl.num_generations` sampled replies are neither all right nor all wrong
     (a group without reward spread has zero advantage: GRPO learns nothing from it)."""
-    model.eval()
-    device = next(model.parameters()).device
-    kept = []
-    for start in range(0, len(prompts), 16):
-        chunk = prompts[start:start + 16]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.user}], tokenize=False,
-                                               add_generation_prompt=True) for p in chunk]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        out = model.generate(**batch, max_new_tokens=rl.max_completion_length, do_sample=True, temperature=rl.temperature,
-                             num_return_sequences=rl.num_generations, eos_token_id=stop_token_ids(tokenizer),
-                             pad_token_id=tokenizer.pad_token_id)
-        replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for i, prompt in enumerate(chunk):
-            group = replies[i * rl.num_generations:(i + 1) * rl.num_generations]
-            right = sum(correctness_reward(r, prompt.gold, prompt.options) for r in group)
-            if 0 < right < len(group):
-                kept.append(prompt)
+    groups = sampled_replies(model, tokenizer, prompts, rl.num_generations, rl)
+    kept = [p for p, group in zip(prompts, groups)
+            if 0 < sum(correctness_reward(r, p.gold, p.options) for r in group) < len(group)]
     return kept or prompts  # nothing with spread: train on all rather than on nothing
 
 
