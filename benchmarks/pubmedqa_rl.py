@@ -69,7 +69,8 @@ SETTINGS: dict[str, list[str]] = {
     "lr1e-4-batch": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.scale_rewards=batch"],
     "lr3e-4-batch": ["rl.learning_rate=3e-4", "rl.beta=0", "rl.scale_rewards=batch"],
     # Prepared after the 2026-12-07 CV (the chosen setting's held-out gain, +0.07, had a CI reaching -0.03): more
-    # passes over the 100 RL prompts (26 steps), at the chosen rate and at the next lower one. Not yet measured.
+    # passes over the 100 RL prompts (25 steps), at the chosen rate and at the next lower one. lr3e-4-batch-4ep,
+    # measured 2026-12-07 (second session): collapsed onto "yes" (greedy held-out 0.62 -> 0.59); 1e-4 not measured.
     "lr3e-4-batch-4ep": ["rl.learning_rate=3e-4", "rl.beta=0", "rl.scale_rewards=batch", "rl.epochs=4"],
     "lr1e-4-batch-4ep": ["rl.learning_rate=1e-4", "rl.beta=0", "rl.scale_rewards=batch", "rl.epochs=4"],
     # The same two rates on one pass over the RL prompts (7 steps, not 13): what a short device budget affords
