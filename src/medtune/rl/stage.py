@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -221,8 +222,7 @@ def sampled_val_reward(model, tokenizer, prompts: list[RLPrompt], rl: RLConfig, 
 def _compare_sampled(before: list[float] | None, after: list[float] | None, samples: int, seed: int) -> dict[str, Any] | None:
     if before is None or after is None:
         return None
-    mean = lambda values: round(sum(values) / len(values), 4)  # noqa: E731
-    return {"samples_per_prompt": samples, "before": mean(before), "after": mean(after),
+    return {"samples_per_prompt": samples, "before": round(fmean(before), 4), "after": round(fmean(after), 4),
             "difference": paired_difference(after, before, seed=seed)}
 
 
