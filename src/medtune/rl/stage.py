@@ -182,26 +182,36 @@ def load_sft_policy(config: RunConfig, run: RunDir, device: str):
 
 
 @torch.no_grad()
-def greedy_replies(model, tokenizer, prompts: list[RLPrompt], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy replies to `prompts` through the chat template (what eval's cot mode sends)."""
+def generate_replies(model, tokenizer, prompts: list[RLPrompt], max_new_tokens: int, *, n: int = 1, batch_size: int = 64,
+                     **sampling: Any) -> list[list[str]]:
+    """`n` replies to each prompt through the chat template (what eval's cot mode sends), `batch_size` prompts a
+    generate call; greedy unless `sampling` says otherwise (do_sample, temperature)."""
     model.eval()
     device = next(model.parameters()).device
-    replies: list[str] = []
+    groups: list[list[str]] = []
     for start in range(0, len(prompts), batch_size):
         texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.user}], tokenize=False,
                                                add_generation_prompt=True) for p in prompts[start:start + batch_size]]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return replies
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             **({"do_sample": False} | sampling))
+        replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        groups += [replies[i:i + n] for i in range(0, len(replies), n)]
+    return groups
+
+
+def sampled_replies(model, tokenizer, prompts: list[RLPrompt], n: int, rl: RLConfig) -> list[list[str]]:
+    """`n` replies to each prompt, sampled at rl.temperature within rl.max_completion_length (as GRPO samples)."""
+    return generate_replies(model, tokenizer, prompts, rl.max_completion_length, n=n, batch_size=16,
+                            do_sample=True, temperature=rl.temperature)
 
 
 def measure_val_reward(model, tokenizer, prompts: list[RLPrompt], max_new_tokens: int) -> ValReward:
     """Correctness and format rewards of the greedy reply to each held-out prompt."""
     if not prompts:
         return ValReward([], [])
-    replies = greedy_replies(model, tokenizer, prompts, max_new_tokens)
+    replies = [group[0] for group in generate_replies(model, tokenizer, prompts, max_new_tokens)]
     return ValReward([correctness_reward(r, p.gold, p.options) for r, p in zip(replies, prompts)],
                      [format_reward(r, p.options) for r, p in zip(replies, prompts)],
                      [extract_answer(r, p.options) for r, p in zip(replies, prompts)])
@@ -232,24 +242,6 @@ def _val_classes(prompts: list[RLPrompt], before: ValReward, after: ValReward) -
         return {}
     golds = [p.gold for p in prompts]
     return {"gold": dict(Counter(golds)), "before": before.by_class(golds), "after": after.by_class(golds)}
-
-
-@torch.no_grad()
-def sampled_replies(model, tokenizer, prompts: list[RLPrompt], n: int, rl: RLConfig, chunk: int = 16) -> list[list[str]]:
-    """`n` replies to each prompt, sampled at rl.temperature within rl.max_completion_length (as GRPO samples)."""
-    model.eval()
-    device = next(model.parameters()).device
-    groups: list[list[str]] = []
-    for start in range(0, len(prompts), chunk):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p.user}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts[start:start + chunk]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        out = model.generate(**batch, max_new_tokens=rl.max_completion_length, do_sample=True, temperature=rl.temperature,
-                             num_return_sequences=n, eos_token_id=stop_token_ids(tokenizer),
-                             pad_token_id=tokenizer.pad_token_id)
-        replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        groups += [replies[i:i + n] for i in range(0, len(replies), n)]
-    return groups
 
 
 def drop_without_spread(model, tokenizer, prompts: list[RLPrompt], rl: RLConfig) -> list[RLPrompt]:
