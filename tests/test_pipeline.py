@@ -175,6 +175,9 @@ def test_holding_rl_prompts_out_of_sft_redoes_prepare_and_is_absent_while_off(tm
     plain = pipeline.stage_fingerprint(config.model_copy(update={"rl": None}), prepare, {})
     assert pipeline.stage_fingerprint(config, prepare, {}) == plain
     assert "hold_out_of_sft" not in pipeline._result_fields(config, "rl")
+    assert "val_samples" not in pipeline._result_fields(config, "rl")  # rl.val_samples, same rule: 0 is off
+    sampled = config.model_copy(update={"rl": config.rl.model_copy(update={"val_samples": 8})})
+    assert pipeline._result_fields(sampled, "rl")["val_samples"] == 8
 
     def held(**rl):
         return config.model_copy(update={"rl": config.rl.model_copy(update={"hold_out_of_sft": True, **rl})})
